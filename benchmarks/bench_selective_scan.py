@@ -1,0 +1,128 @@
+"""Selective-scan speed: every m4v backend against mamba_ssm, measured in the same run (GPU).
+
+Inputs follow ../shared/ANCHORS.md: u, delta, z, B, C in bf16 (B, C as (batch, dstate, seqlen)),
+A and D in fp32, delta_softplus=True. Prints a table and writes a JSON list of records
+{"backend", "shape": [batch, dim, seqlen, dstate], "dtype", "pass", "ms"}.
+
+The floor is the larger of ideal bytes / 3.0 TB/s and exps / 3.94 T/s (H100 ceilings measured
+in ANCHORS.md). Ideal bytes: forward reads u, delta, z and writes out (8 B per element in bf16);
+forward+backward adds reading u, delta, z, dout and writing du, ddelta, dz (14 B more). The
+backward recomputes the forward's exps at least once, so forward+backward needs 2 * dstate exps
+per element.
+
+    python benchmarks/bench_selective_scan.py [--shapes 1,3072,16384,16 ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+COPY_BYTES_PER_S = 3.0e12
+EXPS_PER_S = 3.94e12
+DEFAULT_SHAPES = [(1, 3072, 16384, 16), (1, 3072, 65536, 16), (2, 2048, 32768, 16)]
+
+
+def floor_ms(shape, pass_name, bytes_per_element=2):
+    batch, dim, seqlen, dstate = shape
+    elements = batch * dim * seqlen
+    reads_writes = 4 if pass_name == "fwd" else 11  # tensors of (batch, dim, seqlen) moved
+    exps = dstate * elements * (1 if pass_name == "fwd" else 2)
+    bytes_moved = reads_writes * bytes_per_element * elements
+    return 1e3 * max(bytes_moved / COPY_BYTES_PER_S, exps / EXPS_PER_S), bytes_moved
+
+
+def make_inputs(shape, dtype, requires_grad):
+    batch, dim, seqlen, dstate = shape
+    dev = "cuda"
+    g = requires_grad
+    u = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=g)
+    delta = (0.5 * torch.rand(batch, dim, seqlen, device=dev) - 4.0).to(dtype).requires_grad_(g)
+    A = (-torch.rand(dim, dstate, device=dev) - 0.5).requires_grad_(g)
+    B = torch.randn(batch, dstate, seqlen, device=dev, dtype=dtype, requires_grad=g)
+    C = torch.randn(batch, dstate, seqlen, device=dev, dtype=dtype, requires_grad=g)
+    D = torch.randn(dim, device=dev, requires_grad=g)
+    z = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=g)
+    return u, delta, A, B, C, D, z
+
+
+def scan_functions():
+    """name -> callable(u, delta, A, B, C, D, z) for every scan available here."""
+    from m4v.kernels import available_backends, selective_scan
+
+    fns = {}
+    for backend in ("cuda", "triton"):
+        status = available_backends()[backend]
+        if status.usable:
+            fns[backend] = (lambda b: lambda *a: selective_scan(*a, delta_softplus=True, backend=b))(backend)
+        else:
+            print(f"# skipping m4v backend {backend}: {status.reason}", file=sys.stderr)
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        fns["mamba_ssm"] = lambda *a: selective_scan_fn(*a, delta_softplus=True)
+    except ImportError as exc:
+        print(f"# mamba_ssm not importable ({exc}); no peer column", file=sys.stderr)
+    return fns
+
+
+def time_ms(fn, pass_name, shape, dtype):
+    from triton.testing import do_bench
+
+    inputs = make_inputs(shape, dtype, requires_grad=(pass_name == "fwd_bwd"))
+    if pass_name == "fwd":
+        with torch.no_grad():
+            return do_bench(lambda: fn(*inputs), warmup=50, rep=300, return_mode="median")
+    dout = torch.randn_like(inputs[0])
+    leaves = [t for t in inputs if t.requires_grad]
+
+    def step():
+        out = fn(*inputs)
+        torch.autograd.grad(out, leaves, dout)
+
+    return do_bench(step, warmup=50, rep=300, return_mode="median")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="*", default=None, help="batch,dim,seqlen,dstate ...")
+    parser.add_argument("--passes", nargs="*", default=["fwd", "fwd_bwd"])
+    parser.add_argument("--json", default=None, help="write the records here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_selective_scan: needs a CUDA GPU", file=sys.stderr)
+        return 1
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
+    dtype = torch.bfloat16
+    fns = scan_functions()
+    records = []
+    rows = []
+    for shape in shapes:
+        for pass_name in args.passes:
+            times = {}
+            for name, fn in fns.items():
+                ms = time_ms(fn, pass_name, shape, dtype)
+                times[name] = ms
+                records.append({"backend": name, "shape": list(shape), "dtype": "bfloat16", "pass": pass_name,
+                                "ms": round(ms, 4)})
+                torch.cuda.empty_cache()
+            floor, bytes_moved = floor_ms(shape, pass_name)
+            for name, ms in times.items():
+                peer = times.get("mamba_ssm")
+                rows.append((str(shape), pass_name, name, ms, bytes_moved / ms / 1e6, ms / floor,
+                             f"{peer / ms:.2f}x" if peer else "-"))
+    print(f"{'shape (b, d, L, N)':24} {'pass':8} {'backend':10} {'ms':>8} {'GB/s':>7} {'/floor':>7} {'speedup vs mamba_ssm':>21}")
+    for shape, pass_name, name, ms, gbps, vs_floor, vs_peer in rows:
+        print(f"{shape:24} {pass_name:8} {name:10} {ms:8.3f} {gbps:7.0f} {vs_floor:7.2f} {vs_peer:>21}")
+    print(json.dumps(records))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

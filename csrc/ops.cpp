@@ -1,0 +1,26 @@
+// The m4v operator library: every schema the extension implements, in one place.
+//
+// These are the CUDA back ends. The public ops (m4v::selective_scan_fwd / _bwd) are defined in
+// Python with a `backend` argument, fake implementations and autograd, and call these when the
+// CUDA backend is selected.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import m4v._C` loads this library, which runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(m4v, m) {
+  m.def(
+      "selective_scan_fwd_cuda(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+      "Tensor? delta_bias, Tensor? initial_state, Tensor? cu_seqlens, bool delta_softplus, bool reverse, "
+      "bool save_checkpoints) -> (Tensor out, Tensor last_state, Tensor checkpoints)");
+  m.def(
+      "selective_scan_bwd_cuda(Tensor dout, Tensor? dlast_state, Tensor u, Tensor delta, Tensor A, Tensor B, "
+      "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor? cu_seqlens, "
+      "Tensor checkpoints, bool delta_softplus, bool reverse) -> Tensor[]");
+}

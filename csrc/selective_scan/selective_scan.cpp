@@ -1,0 +1,301 @@
+// Selective-scan launcher: argument checks, buffer allocation, dtype dispatch and the CUDA
+// registrations of m4v::selective_scan_{fwd,bwd}_cuda. The public, backend-selecting ops and their
+// autograd live in m4v/kernels/selective_scan.py.
+#include <ATen/ATen.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+#include "selective_scan.h"
+
+namespace m4v {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+void check_cuda(const Tensor& t, const char* name, const Tensor& ref) {
+  TORCH_CHECK(t.is_cuda(), "selective_scan: ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.device() == ref.device(), "selective_scan: ", name, " is on ", t.device(), " but u is on ",
+              ref.device());
+}
+
+void check_shape(const Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.sizes() == shape, "selective_scan: ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+void check_f32(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "selective_scan: ", name, " must be float32, got ", t.scalar_type());
+}
+
+RowTensor row_tensor(const Tensor& t) {
+  RowTensor r;
+  r.ptr = t.data_ptr();
+  r.batch_stride = t.stride(0);
+  r.dim_stride = t.stride(1);
+  r.len_stride = t.stride(2);
+  return r;
+}
+
+StateTensor state_tensor(const Tensor& t) {
+  StateTensor s;
+  s.ptr = t.data_ptr();
+  s.batch_stride = t.stride(0);
+  s.group_stride = t.stride(1);
+  s.state_stride = t.stride(2);
+  s.len_stride = t.stride(3);
+  return s;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// An output buffer. With M4V_POISON_OUTPUTS=1 (tests) it starts as NaN, so any element a kernel
+// fails to write shows up.
+Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  static const bool poison = [] {
+    const char* v = std::getenv("M4V_POISON_OUTPUTS");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return poison ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options) : at::empty(sizes, options);
+}
+
+// Checks every input and fills the fields shared by the forward and the backward. Returns the
+// tensors that must outlive the launch (contiguous copies, chunk offsets).
+std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& delta, const Tensor& A,
+                                const Tensor& B, const Tensor& C, const OptTensor& D, const OptTensor& z,
+                                const OptTensor& delta_bias, const OptTensor& initial_state,
+                                const OptTensor& cu_seqlens, bool delta_softplus, bool reverse) {
+  std::vector<Tensor> keep;
+  TORCH_CHECK(u.dim() == 3, "selective_scan: u must be (batch, dim, seqlen), got ", u.sizes());
+  const auto dtype = u.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "selective_scan: u must be float32, float16 or bfloat16, got ", dtype);
+  const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
+  TORCH_CHECK(batch > 0 && dim > 0 && seqlen > 0, "selective_scan: u must not be empty, got ", u.sizes());
+  TORCH_CHECK(seqlen < (int64_t{1} << 31) - kScanChunk, "selective_scan: seqlen ", seqlen, " is too long");
+  TORCH_CHECK(dim <= 65535 * 4, "selective_scan: dim ", dim, " is too large");
+  check_cuda(u, "u", u);
+  for (auto [t, name] : {std::pair{&delta, "delta"}, std::pair{&B, "B"}, std::pair{&C, "C"}, std::pair{&A, "A"}}) {
+    check_cuda(*t, name, u);
+  }
+  check_shape(delta, "delta", u.sizes());
+  TORCH_CHECK(delta.scalar_type() == dtype, "selective_scan: delta must have u's dtype ", dtype, ", got ",
+              delta.scalar_type());
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "selective_scan: A must be (dim, dstate), got ", A.sizes());
+  check_f32(A, "A");
+  const int64_t dstate = A.size(1);
+  TORCH_CHECK(dstate >= 1 && dstate <= kScanMaxDstate, "selective_scan: dstate must be in [1, ", kScanMaxDstate,
+              "], got ", dstate);
+  for (auto [t, name] : {std::pair{&B, "B"}, std::pair{&C, "C"}}) {
+    TORCH_CHECK(t->dim() == 4 && t->size(0) == batch && t->size(2) == dstate && t->size(3) == seqlen,
+                "selective_scan: ", name, " must be (batch, groups, dstate, seqlen) = (", batch, ", G, ", dstate,
+                ", ", seqlen, "), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == dtype, "selective_scan: ", name, " must have u's dtype ", dtype, ", got ",
+                t->scalar_type());
+  }
+  TORCH_CHECK(B.size(1) == C.size(1), "selective_scan: B and C must have the same number of groups, got ",
+              B.size(1), " and ", C.size(1));
+  const int64_t groups = B.size(1);
+  TORCH_CHECK(groups >= 1 && dim % groups == 0, "selective_scan: dim ", dim, " must be divisible by groups ",
+              groups);
+  auto vector_arg = [&](const OptTensor& t, const char* name) -> const float* {
+    if (!t.has_value()) return nullptr;
+    check_cuda(*t, name, u);
+    check_f32(*t, name);
+    check_shape(*t, name, {dim});
+    keep.push_back(t->contiguous());
+    return keep.back().data_ptr<float>();
+  };
+  p.D = vector_arg(D, "D");
+  p.delta_bias = vector_arg(delta_bias, "delta_bias");
+  if (z.has_value()) {
+    check_cuda(*z, "z", u);
+    check_shape(*z, "z", u.sizes());
+    TORCH_CHECK(z->scalar_type() == dtype, "selective_scan: z must have u's dtype ", dtype, ", got ",
+                z->scalar_type());
+    p.z = row_tensor(*z);
+  }
+
+  int64_t num_seqs = batch;
+  if (cu_seqlens.has_value()) {
+    const Tensor& cu = *cu_seqlens;
+    check_cuda(cu, "cu_seqlens", u);
+    TORCH_CHECK(cu.scalar_type() == at::kInt, "selective_scan: cu_seqlens must be int32, got ", cu.scalar_type());
+    TORCH_CHECK(cu.dim() == 1 && cu.size(0) >= 2, "selective_scan: cu_seqlens must be (num_seqs + 1,), got ",
+                cu.sizes());
+    TORCH_CHECK(batch == 1, "selective_scan: cu_seqlens needs batch == 1, got batch ", batch);
+    num_seqs = cu.size(0) - 1;
+    Tensor cu_c = cu.contiguous();
+    Tensor lens = cu_c.slice(0, 1) - cu_c.slice(0, 0, num_seqs);
+    Tensor chunks = at::floor_divide(lens + (kScanChunk - 1), kScanChunk);
+    Tensor offsets = at::cat({at::zeros({1}, cu_c.options()), at::cumsum(chunks, 0, at::kInt)});
+    keep.push_back(cu_c);
+    keep.push_back(offsets);
+    p.cu_seqlens = cu_c.data_ptr<int>();
+    p.chunk_offsets = offsets.data_ptr<int>();
+  }
+  if (initial_state.has_value()) {
+    check_cuda(*initial_state, "initial_state", u);
+    check_f32(*initial_state, "initial_state");
+    check_shape(*initial_state, "initial_state", {num_seqs, dim, dstate});
+    keep.push_back(initial_state->contiguous());
+    p.initial_state = keep.back().data_ptr<float>();
+  }
+
+  p.num_seqs = static_cast<int>(num_seqs);
+  p.dim = static_cast<int>(dim);
+  p.seqlen = static_cast<int>(seqlen);
+  p.dstate = static_cast<int>(dstate);
+  p.groups = static_cast<int>(groups);
+  p.channels_per_group = static_cast<int>(dim / groups);
+  p.chunks_per_seq = static_cast<int>(ceil_div(seqlen, kScanChunk));
+  p.reverse = reverse;
+  p.delta_softplus = delta_softplus;
+  p.u = row_tensor(u);
+  p.delta = row_tensor(delta);
+  p.B = state_tensor(B);
+  p.C = state_tensor(C);
+  p.A = A.data_ptr<float>();
+  p.A_dim_stride = A.stride(0);
+  p.A_state_stride = A.stride(1);
+  return keep;
+}
+
+// Rows of the checkpoint buffer: a static upper bound, so no host sync is needed for varlen.
+int64_t checkpoint_rows(const ScanParams& p) {
+  return p.cu_seqlens != nullptr ? ceil_div(p.seqlen, kScanChunk) + p.num_seqs
+                                 : static_cast<int64_t>(p.num_seqs) * p.chunks_per_seq;
+}
+
+template <typename Fn>
+cudaError_t dispatch_dtype(at::ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case at::kFloat: return fn(float{});
+    case at::kHalf: return fn(__half{});
+    default: return fn(__nv_bfloat16{});
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
+                                                           const Tensor& B, const Tensor& C, const OptTensor& D,
+                                                           const OptTensor& z, const OptTensor& delta_bias,
+                                                           const OptTensor& initial_state,
+                                                           const OptTensor& cu_seqlens, bool delta_softplus,
+                                                           bool reverse, bool save_checkpoints) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  ScanParams p;
+  auto keep = fill_common(p, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse);
+  Tensor out = new_output(u.sizes(), u.options());
+  Tensor last_state = new_output({p.num_seqs, p.dim, p.dstate}, u.options().dtype(at::kFloat));
+  Tensor checkpoints = new_output({save_checkpoints ? checkpoint_rows(p) : 0, p.dim, p.dstate},
+                                  u.options().dtype(at::kFloat));
+  p.out = row_tensor(out);
+  p.last_state = last_state.data_ptr<float>();
+  p.checkpoints = save_checkpoints ? checkpoints.data_ptr<float>() : nullptr;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaError_t err = dispatch_dtype(u.scalar_type(), [&](auto tag) {
+    return launch_selective_scan_fwd<decltype(tag)>(p, stream);
+  });
+  TORCH_CHECK(err == cudaSuccess, "selective_scan forward launch failed: ", cudaGetErrorString(err));
+  return {out, last_state, checkpoints};
+}
+
+std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor& dlast_state, const Tensor& u,
+                                            const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                                            const OptTensor& D, const OptTensor& z, const OptTensor& delta_bias,
+                                            const OptTensor& initial_state, const OptTensor& cu_seqlens,
+                                            const Tensor& checkpoints, bool delta_softplus, bool reverse) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  ScanBwdParams p;
+  auto keep = fill_common(p, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse);
+  check_cuda(dout, "dout", u);
+  check_shape(dout, "dout", u.sizes());
+  TORCH_CHECK(dout.scalar_type() == u.scalar_type(), "selective_scan: dout must have u's dtype ", u.scalar_type(),
+              ", got ", dout.scalar_type());
+  const int64_t rows = checkpoint_rows(p);
+  check_cuda(checkpoints, "checkpoints", u);
+  check_f32(checkpoints, "checkpoints");
+  check_shape(checkpoints, "checkpoints", {rows, p.dim, p.dstate});
+  TORCH_CHECK(checkpoints.is_contiguous(), "selective_scan: checkpoints must be contiguous");
+  if (dlast_state.has_value()) {
+    check_cuda(*dlast_state, "dlast_state", u);
+    check_f32(*dlast_state, "dlast_state");
+    check_shape(*dlast_state, "dlast_state", {p.num_seqs, p.dim, p.dstate});
+    keep.push_back(dlast_state->contiguous());
+    p.dlast_state = keep.back().data_ptr<float>();
+  }
+
+  // Enough CTAs to fill the GPU a few times over, while keeping the dB/dC partial buffer (one
+  // copy per channel block) small.
+  int num_sms = 0;
+  TORCH_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, u.get_device()) == cudaSuccess,
+              "selective_scan: cannot read the multiprocessor count");
+  const int64_t warps = 8;
+  const int64_t max_blocks = ceil_div(p.channels_per_group, warps);
+  const int64_t wanted = ceil_div(4 * num_sms, std::max<int64_t>(1, rows * p.groups));
+  int64_t blocks = std::clamp<int64_t>(wanted, 1, std::min<int64_t>(max_blocks, 16));
+  blocks = std::min<int64_t>(blocks, std::max<int64_t>(1, 65535 / p.groups));
+  const int64_t channels_per_block = ceil_div(ceil_div(p.channels_per_group, blocks), warps) * warps;
+  p.blocks_per_group = static_cast<int>(ceil_div(p.channels_per_group, channels_per_block));
+  p.channels_per_block = static_cast<int>(channels_per_block);
+  p.total_chunks = static_cast<int>(rows);
+  p.checkpoints = checkpoints.data_ptr<float>();
+  p.dout = row_tensor(dout);
+
+  const auto f32 = u.options().dtype(at::kFloat);
+  Tensor du = new_output(u.sizes(), u.options());
+  Tensor ddelta = new_output(u.sizes(), u.options());
+  Tensor dz = z.has_value() ? new_output(u.sizes(), u.options()) : at::empty({0}, u.options());
+  Tensor dinitial_state = new_output({p.num_seqs, p.dim, p.dstate}, f32);
+  // Chunk slots past the last real chunk (varlen upper bound) stay zero and drop out of the sums.
+  Tensor dA_partial = at::zeros({rows, p.dim, p.dstate}, f32);
+  Tensor dD_partial = at::zeros({rows, p.dim}, f32);
+  Tensor ddelta_bias_partial = at::zeros({rows, p.dim}, f32);
+  const int64_t batch_rows = u.size(0);
+  Tensor dB_partial = at::zeros({p.blocks_per_group, batch_rows, p.groups, p.dstate, p.seqlen}, f32);
+  Tensor dC_partial = at::zeros_like(dB_partial);
+  Tensor chunk_decay = new_output({rows, p.dim, p.dstate}, f32);
+  Tensor chunk_adjoint = at::empty_like(chunk_decay);
+  Tensor adjoint_carry = at::empty_like(chunk_decay);
+  p.du = row_tensor(du);
+  p.ddelta = row_tensor(ddelta);
+  if (z.has_value()) p.dz = row_tensor(dz);
+  p.dinitial_state = dinitial_state.data_ptr<float>();
+  p.dA_partial = dA_partial.data_ptr<float>();
+  p.dD_partial = dD_partial.data_ptr<float>();
+  p.ddelta_bias_partial = ddelta_bias_partial.data_ptr<float>();
+  p.dB_partial = dB_partial.data_ptr<float>();
+  p.dC_partial = dC_partial.data_ptr<float>();
+  p.chunk_decay = chunk_decay.data_ptr<float>();
+  p.chunk_adjoint = chunk_adjoint.data_ptr<float>();
+  p.adjoint_carry = adjoint_carry.data_ptr<float>();
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaError_t err = dispatch_dtype(u.scalar_type(), [&](auto tag) {
+    return launch_selective_scan_bwd<decltype(tag)>(p, stream);
+  });
+  TORCH_CHECK(err == cudaSuccess, "selective_scan backward launch failed: ", cudaGetErrorString(err));
+
+  // Fixed-order reductions over chunks and channel blocks (no atomics: bitwise reproducible).
+  Tensor dA = dA_partial.sum(0);
+  Tensor dD = D.has_value() ? dD_partial.sum(0) : at::empty({0}, f32);
+  Tensor ddelta_bias = delta_bias.has_value() ? ddelta_bias_partial.sum(0) : at::empty({0}, f32);
+  Tensor dB = p.blocks_per_group == 1 ? dB_partial.select(0, 0) : dB_partial.sum(0);
+  Tensor dC = p.blocks_per_group == 1 ? dC_partial.select(0, 0) : dC_partial.sum(0);
+  return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(m4v, CUDA, m) {
+  m.impl("selective_scan_fwd_cuda", &selective_scan_fwd_cuda);
+  m.impl("selective_scan_bwd_cuda", &selective_scan_bwd_cuda);
+}
+
+}  // namespace m4v

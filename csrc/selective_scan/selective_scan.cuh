@@ -1,0 +1,652 @@
+// Selective scan (Mamba S6) forward and deterministic backward kernels.
+//
+// Layout of the work. One warp owns one channel d of one sequence and walks its time axis in
+// chunks of kScanChunk steps; lane l holds the kScanItems consecutive steps [l*8, l*8+8) of the
+// chunk. For each state n the lane first folds its own items, then a 5-step shuffle scan joins the
+// lanes, then the lane replays its items from the state entering it. The state carried between
+// chunks lives in shared memory (dstate can reach 256, too many for registers).
+//
+// Scan order. `reverse` scans right to left. Items are loaded in memory order and flipped in
+// registers, and lanes are visited in descending order, so every loop below is written once, in
+// scan order ("logical" order), and no memory is copied.
+//
+// Backward, in three deterministic passes (no float atomics anywhere):
+//  1. chunk summary: per (chunk, channel, state), the product of the chunk's decays and the
+//     adjoint the chunk produces on its own; also dz, which needs the recomputed pre-gate output.
+//  2. adjoint carry: a short sequential pass over chunks per (sequence, channel, state) that gives
+//     the adjoint entering each chunk from the right, and the initial-state gradient.
+//  3. main: every (chunk, channel block) is now independent. A CTA owns one chunk and a block of
+//     channels of one group; its warps take the channels in turn and sum dB and dC across channels
+//     in a fixed order in shared memory. The launcher sums the few channel blocks, and the
+//     per-chunk partials of dA, dD and delta_bias, with ordinary (deterministic) reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "selective_scan.h"
+
+namespace m4v {
+namespace scan_detail {
+
+constexpr int K = kScanItems;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kFwdWarps = 4;
+constexpr int kBwdWarps = 8;
+// dB/dC block accumulators stay in shared memory up to this dstate; beyond it they accumulate in
+// the (CTA-private) slice of the global partial buffer.
+constexpr int kSmemAccMaxDstate = 32;
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// K items of a strided row, starting at `pos`; items at or past `len` read as 0. One or two
+// 16-byte loads when the row is contiguous, aligned and fully in range.
+template <typename T>
+__device__ __forceinline__ void load_items(const T* row, int64_t stride, int pos, int len, float (&v)[K]) {
+  const T* p = row + pos * stride;
+  constexpr int kVec = 16 / sizeof(T);
+  if (stride == 1 && pos + K <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
+#pragma unroll
+    for (int i = 0; i < K / kVec; ++i) {
+      uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = pos + k < len ? to_float(p[k * stride]) : 0.f;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_items(T* row, int64_t stride, int pos, int len, const float (&v)[K]) {
+  T* p = row + pos * stride;
+  constexpr int kVec = 16 / sizeof(T);
+  if (stride == 1 && pos + K <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
+#pragma unroll
+    for (int i = 0; i < K / kVec; ++i) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(v[i * kVec + j]);
+      reinterpret_cast<uint4*>(p)[i] = raw;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (pos + k < len) p[k * stride] = from_float<T>(v[k]);
+  }
+}
+
+// Flip a lane's items between memory order and scan order (compile-time indices only, so the
+// arrays stay in registers).
+__device__ __forceinline__ void flip_if(bool flip, float (&v)[K]) {
+  if (flip) {
+#pragma unroll
+    for (int k = 0; k < K / 2; ++k) {
+      float t = v[k];
+      v[k] = v[K - 1 - k];
+      v[K - 1 - k] = t;
+    }
+  }
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
+// Same threshold as torch.nn.functional.softplus and mamba_ssm.
+__device__ __forceinline__ float softplus(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
+
+// Inclusive scan over lanes of the affine maps x -> decay * x + value, composed in scan order.
+// `descending` visits physical lanes 31..0.
+__device__ __forceinline__ void warp_scan(float& decay, float& value, bool descending) {
+  const int lane = threadIdx.x & 31;
+  const int rank = descending ? 31 - lane : lane;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int src = (descending ? lane + offset : lane - offset) & 31;
+    const float prev_decay = __shfl_sync(kFullMask, decay, src);
+    const float prev_value = __shfl_sync(kFullMask, value, src);
+    if (rank >= offset) {
+      value = fmaf(decay, prev_value, value);
+      decay *= prev_decay;
+    }
+  }
+}
+
+// After an inclusive warp_scan: the map composed over the lanes before this one (identity for the
+// first lane), and the whole chunk's map.
+struct LaneMaps {
+  float before_decay, before_value, total_decay, total_value;
+};
+
+__device__ __forceinline__ LaneMaps lane_maps(float decay, float value, bool descending) {
+  const int lane = threadIdx.x & 31;
+  const int rank = descending ? 31 - lane : lane;
+  const int prev = (descending ? lane + 1 : lane - 1) & 31;
+  const int last = descending ? 0 : 31;
+  LaneMaps m;
+  m.before_decay = __shfl_sync(kFullMask, decay, prev);
+  m.before_value = __shfl_sync(kFullMask, value, prev);
+  if (rank == 0) {
+    m.before_decay = 1.f;
+    m.before_value = 0.f;
+  }
+  m.total_decay = __shfl_sync(kFullMask, decay, last);
+  m.total_value = __shfl_sync(kFullMask, value, last);
+  return m;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+// Where one sequence lives: its batch row, first position, length and first global chunk.
+struct SeqSpan {
+  int batch, start, len, first_chunk, num_chunks;
+};
+
+__device__ __forceinline__ SeqSpan seq_span(const ScanParams& p, int s) {
+  SeqSpan span;
+  if (p.cu_seqlens != nullptr) {
+    span.batch = 0;
+    span.start = p.cu_seqlens[s];
+    span.len = p.cu_seqlens[s + 1] - span.start;
+    span.first_chunk = p.chunk_offsets[s];
+    span.num_chunks = p.chunk_offsets[s + 1] - span.first_chunk;
+  } else {
+    span.batch = s;
+    span.start = 0;
+    span.len = p.seqlen;
+    span.first_chunk = s * p.chunks_per_seq;
+    span.num_chunks = p.chunks_per_seq;
+  }
+  return span;
+}
+
+// The sequence that owns global chunk `chunk`, or -1 past the last one.
+__device__ __forceinline__ int seq_of_chunk(const ScanParams& p, int chunk) {
+  if (p.cu_seqlens == nullptr) return chunk < p.num_seqs * p.chunks_per_seq ? chunk / p.chunks_per_seq : -1;
+  if (chunk >= p.chunk_offsets[p.num_seqs]) return -1;
+  int lo = 0, hi = p.num_seqs - 1;  // largest s with chunk_offsets[s] <= chunk
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (p.chunk_offsets[mid] <= chunk) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename T>
+__device__ __forceinline__ const T* row_ptr(const RowTensor& t, const SeqSpan& span, int d) {
+  return static_cast<const T*>(t.ptr) + span.batch * t.batch_stride + d * t.dim_stride + span.start * t.len_stride;
+}
+template <typename T>
+__device__ __forceinline__ T* row_ptr_mut(const RowTensor& t, const SeqSpan& span, int d) {
+  return static_cast<T*>(t.ptr) + span.batch * t.batch_stride + d * t.dim_stride + span.start * t.len_stride;
+}
+template <typename T>
+__device__ __forceinline__ const T* state_row(const StateTensor& t, const SeqSpan& span, int g, int n) {
+  return static_cast<const T*>(t.ptr) + span.batch * t.batch_stride + g * t.group_stride + n * t.state_stride +
+         span.start * t.len_stride;
+}
+
+// One lane's view of one chunk of one channel, in scan order.
+struct ChunkInputs {
+  float u[K], dt[K];  // dt: bias added, softplus applied, 0 outside the sequence
+  float dt_sum;
+  bool valid[K];
+};
+
+template <typename T>
+__device__ __forceinline__ void load_chunk_inputs(const ScanParams& p, const SeqSpan& span, int d, int pos,
+                                                  ChunkInputs& in, float (*softplus_grad)[K] = nullptr) {
+  load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, in.u);
+  load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, in.dt);
+  const float bias = p.delta_bias != nullptr ? p.delta_bias[d] : 0.f;
+  in.dt_sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    in.valid[k] = pos + k < span.len;
+    const float pre = in.dt[k] + bias;
+    if (softplus_grad != nullptr) (*softplus_grad)[k] = p.delta_softplus ? sigmoid(pre) : 1.f;
+    in.dt[k] = in.valid[k] ? (p.delta_softplus ? softplus(pre) : pre) : 0.f;
+    in.dt_sum += in.dt[k];
+  }
+  flip_if(p.reverse, in.u);
+  flip_if(p.reverse, in.dt);
+  if (softplus_grad != nullptr) flip_if(p.reverse, *softplus_grad);
+  if (p.reverse) {
+#pragma unroll
+    for (int k = 0; k < K / 2; ++k) {
+      const bool t = in.valid[k];
+      in.valid[k] = in.valid[K - 1 - k];
+      in.valid[K - 1 - k] = t;
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void load_state_items(const StateTensor& t, const SeqSpan& span, int g, int n, int pos,
+                                                 bool reverse, float (&v)[K]) {
+  load_items(state_row<T>(t, span, g, n), t.len_stride, pos, span.len, v);
+  flip_if(reverse, v);
+}
+
+// Recomputes the pre-gate output y of one chunk (scan order) from the state entering the chunk.
+template <typename T>
+__device__ __forceinline__ void recompute_chunk_output(const ScanParams& p, const SeqSpan& span, int d, int g,
+                                                       int pos, const float* chunk_entry, const ChunkInputs& in,
+                                                       float (&y)[K]) {
+  const bool desc = p.reverse;
+  const float Dd = p.D != nullptr ? p.D[d] : 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) y[k] = Dd * in.u[k];
+  for (int n = 0; n < p.dstate; ++n) {
+    const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
+    float Bv[K], Cv[K], a[K];
+    load_state_items<T>(p.B, span, g, n, pos, desc, Bv);
+    load_state_items<T>(p.C, span, g, n, pos, desc, Cv);
+    float value = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      a[k] = fast_exp2(in.dt[k] * A2);
+      value = fmaf(a[k], value, in.dt[k] * in.u[k] * Bv[k]);
+    }
+    float decay = fast_exp2(in.dt_sum * A2);
+    warp_scan(decay, value, desc);
+    const LaneMaps m = lane_maps(decay, value, desc);
+    float x = fmaf(m.before_decay, chunk_entry[n], m.before_value);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      x = fmaf(a[k], x, in.dt[k] * in.u[k] * Bv[k]);
+      y[k] = fmaf(Cv[k], x, y[k]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward.
+template <typename T>
+__global__ void __launch_bounds__(kFwdWarps * 32) selective_scan_fwd_kernel(ScanParams p) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int s = blockIdx.x;
+  const int d = blockIdx.y * kFwdWarps + warp;
+  if (d >= p.dim) return;
+  const int N = p.dstate;
+  const bool desc = p.reverse;
+  const int g = d / p.channels_per_group;
+  float* carry = smem + warp * N;
+  const SeqSpan span = seq_span(p, s);
+  const int64_t state_row_offset = (static_cast<int64_t>(s) * p.dim + d) * N;
+  for (int n = lane; n < N; n += 32) carry[n] = p.initial_state != nullptr ? p.initial_state[state_row_offset + n] : 0.f;
+  __syncwarp();
+
+  const float Dd = p.D != nullptr ? p.D[d] : 0.f;
+  for (int q = 0; q < span.num_chunks; ++q) {
+    const int c = desc ? span.num_chunks - 1 - q : q;
+    const int pos = c * kScanChunk + lane * K;
+    ChunkInputs in;
+    load_chunk_inputs<T>(p, span, d, pos, in);
+    if (p.checkpoints != nullptr) {
+      float* ck = p.checkpoints + (static_cast<int64_t>(span.first_chunk + c) * p.dim + d) * N;
+      for (int n = lane; n < N; n += 32) ck[n] = carry[n];
+    }
+    float y[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) y[k] = Dd * in.u[k];
+#pragma unroll 2
+    for (int n = 0; n < N; ++n) {
+      const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
+      float Bv[K], Cv[K], a[K], b[K];
+      load_state_items<T>(p.B, span, g, n, pos, desc, Bv);
+      load_state_items<T>(p.C, span, g, n, pos, desc, Cv);
+      float value = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        a[k] = fast_exp2(in.dt[k] * A2);
+        b[k] = in.dt[k] * in.u[k] * Bv[k];
+        value = fmaf(a[k], value, b[k]);
+      }
+      float decay = fast_exp2(in.dt_sum * A2);
+      const float entry = carry[n];
+      warp_scan(decay, value, desc);
+      const LaneMaps m = lane_maps(decay, value, desc);
+      float x = fmaf(m.before_decay, entry, m.before_value);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        x = fmaf(a[k], x, b[k]);
+        y[k] = fmaf(Cv[k], x, y[k]);
+      }
+      __syncwarp();
+      if (lane == 0) carry[n] = fmaf(m.total_decay, entry, m.total_value);
+      __syncwarp();
+    }
+    if (p.z.ptr != nullptr) {
+      float z[K];
+      load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
+      flip_if(desc, z);
+#pragma unroll
+      for (int k = 0; k < K; ++k) y[k] *= silu(z[k]);
+    }
+    flip_if(desc, y);
+    store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
+  }
+  for (int n = lane; n < N; n += 32) p.last_state[state_row_offset + n] = carry[n];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward pass 1: chunk summaries and dz.
+template <typename T>
+__device__ __forceinline__ void load_gate_gradient(const ScanBwdParams& p, const SeqSpan& span, int d, int pos,
+                                                   float (&dout)[K], float (&z)[K]) {
+  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, dout);
+  flip_if(p.reverse, dout);
+  if (p.z.ptr != nullptr) {
+    load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
+    flip_if(p.reverse, z);
+  }
+}
+
+// The channels [d_begin, d_end) that a backward CTA owns, and its chunk.
+struct BwdTile {
+  SeqSpan span;
+  int chunk, global_chunk, group, block, d_begin, d_end;
+};
+
+__device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
+  t.global_chunk = blockIdx.x;
+  const int s = seq_of_chunk(p, t.global_chunk);
+  if (s < 0) return false;
+  t.span = seq_span(p, s);
+  t.chunk = t.global_chunk - t.span.first_chunk;
+  t.group = blockIdx.y / p.blocks_per_group;
+  t.block = blockIdx.y % p.blocks_per_group;
+  const int group_begin = t.group * p.channels_per_group;
+  t.d_begin = group_begin + t.block * p.channels_per_block;
+  t.d_end = min(t.d_begin + p.channels_per_block, group_begin + p.channels_per_group);
+  return true;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
+  BwdTile tile;
+  if (!bwd_tile(p, tile)) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bool desc = p.reverse;
+  const int N = p.dstate;
+  const int pos = tile.chunk * kScanChunk + lane * K;
+  for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
+    const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
+    ChunkInputs in;
+    load_chunk_inputs<T>(p, tile.span, d, pos, in);
+    float dout[K], z[K], gy[K];
+    load_gate_gradient<T>(p, tile.span, d, pos, dout, z);
+    if (p.z.ptr != nullptr) {
+      float y[K], dz[K];
+      recompute_chunk_output<T>(p, tile.span, d, tile.group, pos, p.checkpoints + chunk_row, in, y);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const float sg = sigmoid(z[k]);
+        gy[k] = dout[k] * z[k] * sg;
+        dz[k] = dout[k] * y[k] * sg * (1.f + z[k] * (1.f - sg));
+      }
+      flip_if(desc, dz);
+      store_items(row_ptr_mut<T>(p.dz, tile.span, d), p.dz.len_stride, pos, tile.span.len, dz);
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) gy[k] = dout[k];
+    }
+    for (int n = 0; n < N; ++n) {
+      const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
+      float Cv[K];
+      load_state_items<T>(p.C, tile.span, tile.group, n, pos, desc, Cv);
+      // Adjoint in scan order, right to left: v_k = a_k * (C_k * gy_k + v_{k+1}).
+      float value = 0.f;
+#pragma unroll
+      for (int k = K - 1; k >= 0; --k) value = fast_exp2(in.dt[k] * A2) * fmaf(Cv[k], gy[k], value);
+      float decay = fast_exp2(in.dt_sum * A2);
+      warp_scan(decay, value, !desc);
+      const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
+      if (lane == first_lane) {
+        p.chunk_decay[chunk_row + n] = decay;
+        p.chunk_adjoint[chunk_row + n] = value;
+      }
+    }
+  }
+}
+
+// Backward pass 2: the adjoint entering each chunk, sequential over chunks (one thread per
+// sequence, channel and state).
+// static: compiled into every per-dtype translation unit.
+static __global__ void selective_scan_bwd_carry_kernel(ScanBwdParams p) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t per_seq = static_cast<int64_t>(p.dim) * p.dstate;
+  if (idx >= per_seq * p.num_seqs) return;
+  const int s = static_cast<int>(idx / per_seq);
+  const int64_t dn = idx % per_seq;
+  const SeqSpan span = seq_span(p, s);
+  float v = p.dlast_state != nullptr ? p.dlast_state[idx] : 0.f;
+  for (int q = span.num_chunks - 1; q >= 0; --q) {
+    const int c = p.reverse ? span.num_chunks - 1 - q : q;
+    const int64_t at = static_cast<int64_t>(span.first_chunk + c) * per_seq + dn;
+    p.adjoint_carry[at] = v;
+    v = fmaf(p.chunk_decay[at], v, p.chunk_adjoint[at]);
+  }
+  p.dinitial_state[idx] = v;
+}
+
+// Backward pass 3: all gradients of one chunk for a block of channels.
+template <typename T>
+__global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_main_kernel(ScanBwdParams p) {
+  extern __shared__ float smem[];
+  BwdTile tile;
+  if (!bwd_tile(p, tile)) return;  // uniform across the CTA
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bool desc = p.reverse;
+  const int N = p.dstate;
+  const int pos = tile.chunk * kScanChunk + lane * K;
+  const int chunk_start = tile.chunk * kScanChunk;
+  const int chunk_len = min(kScanChunk, tile.span.len - chunk_start);
+
+  // Per-warp contributions of one state, then the block's running sums over channels.
+  float* contrib = smem;  // [kBwdWarps][2][kScanChunk]
+  const bool acc_in_smem = N <= kSmemAccMaxDstate;
+  float* acc_smem = smem + kBwdWarps * 2 * kScanChunk;  // [2][N][kScanChunk] when acc_in_smem
+  const int64_t L = p.seqlen;
+  const int64_t partial_row = ((static_cast<int64_t>(tile.block) * (p.cu_seqlens ? 1 : p.num_seqs) + tile.span.batch) *
+                                   p.groups + tile.group) * N * L + tile.span.start + chunk_start;
+  if (acc_in_smem) {
+    for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) acc_smem[i] = 0.f;
+  }
+
+  const int iterations = (tile.d_end - tile.d_begin + kBwdWarps - 1) / kBwdWarps;
+  for (int it = 0; it < iterations; ++it) {
+    const int d = tile.d_begin + it * kBwdWarps + warp;
+    const bool active = d < tile.d_end;  // uniform within the warp
+    const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
+    ChunkInputs in;
+    float softplus_grad[K], gy[K], du[K], ddt[K];
+    float Dd = 0.f, dD = 0.f;
+    if (active) {
+      load_chunk_inputs<T>(p, tile.span, d, pos, in, &softplus_grad);
+      float dout[K], z[K];
+      load_gate_gradient<T>(p, tile.span, d, pos, dout, z);
+      Dd = p.D != nullptr ? p.D[d] : 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        gy[k] = p.z.ptr != nullptr ? dout[k] * silu(z[k]) : dout[k];
+        du[k] = Dd * gy[k];
+        ddt[k] = 0.f;
+        dD = fmaf(gy[k], in.u[k], dD);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) in.u[k] = in.dt[k] = gy[k] = du[k] = ddt[k] = softplus_grad[k] = 0.f;
+      in.dt_sum = 0.f;
+    }
+
+    for (int n = 0; n < N; ++n) {
+      float dB_item[K], dC_item[K];
+      if (active) {
+        const float A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
+        const float A2 = A * kLog2e;
+        float Bv[K], Cv[K], a[K], b[K], x_before[K];
+        load_state_items<T>(p.B, tile.span, tile.group, n, pos, desc, Bv);
+        load_state_items<T>(p.C, tile.span, tile.group, n, pos, desc, Cv);
+        // Forward state, replayed from the checkpoint.
+        float value = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          a[k] = fast_exp2(in.dt[k] * A2);
+          b[k] = in.dt[k] * in.u[k] * Bv[k];
+          value = fmaf(a[k], value, b[k]);
+        }
+        const float chunk_decay = fast_exp2(in.dt_sum * A2);
+        float decay = chunk_decay;
+        warp_scan(decay, value, desc);
+        const LaneMaps fm = lane_maps(decay, value, desc);
+        float x = fmaf(fm.before_decay, p.checkpoints[chunk_row + n], fm.before_value);
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          x_before[k] = x;
+          x = fmaf(a[k], x, b[k]);
+        }
+        // Adjoint, right to left in scan order, entering from the next chunk.
+        value = 0.f;
+#pragma unroll
+        for (int k = K - 1; k >= 0; --k) value = a[k] * fmaf(Cv[k], gy[k], value);
+        decay = chunk_decay;
+        warp_scan(decay, value, !desc);
+        const LaneMaps bm = lane_maps(decay, value, !desc);
+        float v = fmaf(bm.before_decay, p.adjoint_carry[chunk_row + n], bm.before_value);
+        float dA = 0.f;
+#pragma unroll
+        for (int k = K - 1; k >= 0; --k) {
+          const float h = fmaf(Cv[k], gy[k], v);  // dL/dx_k
+          v = a[k] * h;
+          const float decay_term = a[k] * x_before[k];
+          du[k] = fmaf(h * in.dt[k], Bv[k], du[k]);
+          ddt[k] = fmaf(h, fmaf(A, decay_term, Bv[k] * in.u[k]), ddt[k]);
+          dA = fmaf(h * in.dt[k], decay_term, dA);
+          dB_item[k] = h * in.dt[k] * in.u[k];
+          dC_item[k] = gy[k] * fmaf(a[k], x_before[k], b[k]);
+        }
+        dA = warp_sum(dA);
+        if (lane == 0) p.dA_partial[chunk_row + n] = dA;
+        flip_if(desc, dB_item);
+        flip_if(desc, dC_item);
+      } else {
+#pragma unroll
+        for (int k = 0; k < K; ++k) dB_item[k] = dC_item[k] = 0.f;
+      }
+      // Fixed-order sum over the warps' channels.
+      float* mine = contrib + warp * 2 * kScanChunk + lane * K;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        mine[k] = dB_item[k];
+        mine[kScanChunk + k] = dC_item[k];
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < 2 * kScanChunk; i += blockDim.x) {
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < kBwdWarps; ++w) sum += contrib[w * 2 * kScanChunk + i];
+        const int which = i / kScanChunk, at = i % kScanChunk;
+        if (acc_in_smem) {
+          acc_smem[(which * N + n) * kScanChunk + at] += sum;
+        } else if (at < chunk_len) {
+          float* dst = (which == 0 ? p.dB_partial : p.dC_partial) + partial_row + n * L + at;
+          *dst += sum;
+        }
+      }
+      __syncthreads();
+    }
+
+    if (active) {
+      float dbias = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        ddt[k] = in.valid[k] ? ddt[k] * softplus_grad[k] : 0.f;
+        dbias += ddt[k];
+      }
+      flip_if(desc, du);
+      flip_if(desc, ddt);
+      store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.len, du);
+      store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.len, ddt);
+      dD = warp_sum(dD);
+      dbias = warp_sum(dbias);
+      if (lane == 0) {
+        p.dD_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dD;
+        p.ddelta_bias_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dbias;
+      }
+    }
+  }
+
+  if (acc_in_smem) {
+    for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) {
+      const int at = i % kScanChunk;
+      if (at >= chunk_len) continue;
+      const int which = i / (N * kScanChunk), n = (i / kScanChunk) % N;
+      (which == 0 ? p.dB_partial : p.dC_partial)[partial_row + n * L + at] = acc_smem[i];
+    }
+  }
+}
+
+}  // namespace scan_detail
+
+// ------------------------------------------------------------------------------------------------
+// Launchers, instantiated once per dtype in selective_scan_<dtype>.cu.
+
+template <typename input_t>
+cudaError_t launch_selective_scan_fwd(const ScanParams& params, cudaStream_t stream) {
+  using namespace scan_detail;
+  const dim3 grid(params.num_seqs, (params.dim + kFwdWarps - 1) / kFwdWarps);
+  const size_t smem = sizeof(float) * kFwdWarps * params.dstate;
+  selective_scan_fwd_kernel<input_t><<<grid, kFwdWarps * 32, smem, stream>>>(params);
+  return cudaGetLastError();
+}
+
+template <typename input_t>
+cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t stream) {
+  using namespace scan_detail;
+  const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
+  selective_scan_bwd_summary_kernel<input_t><<<grid, kBwdWarps * 32, 0, stream>>>(params);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  const int64_t carries = static_cast<int64_t>(params.num_seqs) * params.dim * params.dstate;
+  const int carry_threads = 256;
+  selective_scan_bwd_carry_kernel<<<static_cast<unsigned>((carries + carry_threads - 1) / carry_threads),
+                                    carry_threads, 0, stream>>>(params);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  size_t smem = sizeof(float) * kBwdWarps * 2 * kScanChunk;
+  if (params.dstate <= kSmemAccMaxDstate) smem += sizeof(float) * 2 * params.dstate * kScanChunk;
+  err = cudaFuncSetAttribute(selective_scan_bwd_main_kernel<input_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  selective_scan_bwd_main_kernel<input_t><<<grid, kBwdWarps * 32, smem, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace m4v

@@ -1,0 +1,90 @@
+// Parameters shared by the selective-scan launcher (.cpp, sees torch) and the kernels (.cu, see
+// only this header). Keeping torch out of the .cu files keeps nvcc fast on small machines.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace m4v {
+
+// One warp owns one channel of one sequence; each lane holds kScanItems consecutive time steps,
+// so one warp pass covers kScanChunk steps. The forward saves the state entering every chunk so
+// that the backward can recompute any chunk independently.
+constexpr int kScanItems = 8;
+constexpr int kScanChunk = 32 * kScanItems;
+constexpr int kScanMaxDstate = 256;
+
+enum class ScanDtype { kFloat32, kFloat16, kBFloat16 };
+
+// A (batch, dim, seqlen) tensor seen through its strides (in elements).
+struct RowTensor {
+  void* ptr = nullptr;
+  int64_t batch_stride = 0, dim_stride = 0, len_stride = 0;
+};
+
+// A (batch, groups, dstate, seqlen) tensor seen through its strides (in elements).
+struct StateTensor {
+  const void* ptr = nullptr;
+  int64_t batch_stride = 0, group_stride = 0, state_stride = 0, len_stride = 0;
+};
+
+struct ScanParams {
+  // Sizes. `num_seqs` is the batch, or the number of packed sequences when `cu_seqlens` is set.
+  int num_seqs = 0, dim = 0, seqlen = 0, dstate = 0, groups = 0, channels_per_group = 0;
+  bool reverse = false, delta_softplus = false;
+
+  // Packed variable-length sequences: cu_seqlens (num_seqs + 1), or nullptr. chunk_offsets
+  // (num_seqs + 1) gives each sequence's first global chunk index (its checkpoint rows).
+  const int* cu_seqlens = nullptr;
+  const int* chunk_offsets = nullptr;
+  int chunks_per_seq = 0;  // fixed-length case: ceil(seqlen / kScanChunk)
+
+  RowTensor u, delta, z;  // z.ptr may be null
+  StateTensor B, C;
+  const float* A = nullptr;  // (dim, dstate), strides below
+  int64_t A_dim_stride = 0, A_state_stride = 0;
+  const float* D = nullptr;           // (dim,) or null
+  const float* delta_bias = nullptr;  // (dim,) or null
+  const float* initial_state = nullptr;  // contiguous (num_seqs, dim, dstate) or null
+
+  // Forward outputs.
+  RowTensor out;           // contiguous
+  float* last_state = nullptr;   // contiguous (num_seqs, dim, dstate)
+  float* checkpoints = nullptr;  // (total_chunks, dim, dstate), or null when no backward follows
+};
+
+struct ScanBwdParams : ScanParams {
+  int total_chunks = 0;          // rows of the checkpoint / partial buffers (an upper bound)
+  int blocks_per_group = 1;      // channel blocks per group in the backward grid
+  int channels_per_block = 0;    // channels each backward CTA owns (multiple of the warp count)
+
+  RowTensor dout;                       // gradient of the gated output
+  const float* dlast_state = nullptr;   // contiguous (num_seqs, dim, dstate) or null
+
+  // Gradient outputs (contiguous). dz only when z is given.
+  RowTensor du, ddelta, dz;
+  float* dinitial_state = nullptr;  // (num_seqs, dim, dstate)
+  // Per-chunk partial sums, reduced over chunks by the launcher in a fixed order.
+  float* dA_partial = nullptr;          // (total_chunks, dim, dstate)
+  float* dD_partial = nullptr;          // (total_chunks, dim)
+  float* ddelta_bias_partial = nullptr; // (total_chunks, dim)
+  // dB and dC summed over the channels of one channel block:
+  // (blocks_per_group, batch, groups, dstate, seqlen), reduced over blocks by the launcher.
+  float* dB_partial = nullptr;
+  float* dC_partial = nullptr;
+  // Scratch written by the chunk-summary pass: per (chunk, channel, state), the product of the
+  // chunk's decays and its adjoint contribution; then, per chunk, the adjoint entering from the
+  // right (in scan order).
+  float* chunk_decay = nullptr;
+  float* chunk_adjoint = nullptr;
+  float* adjoint_carry = nullptr;
+};
+
+// Implemented once per input dtype (selective_scan_<dtype>.cu). Each returns the launch error.
+template <typename input_t>
+cudaError_t launch_selective_scan_fwd(const ScanParams& params, cudaStream_t stream);
+template <typename input_t>
+cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t stream);
+
+}  // namespace m4v

@@ -1,0 +1,441 @@
+"""Triton fallback of the selective scan: forward, and the same three-pass deterministic backward
+as the CUDA kernels (chunk summaries, adjoint carries, then independent chunks).
+
+A program owns a (channels x states x time) tile of BLOCK_D x BLOCK_N x CHUNK and scans the time
+axis with ``tl.associative_scan`` over the affine maps x -> a * x + b. ``reverse`` uses the scan's
+own reverse mode, so no input is flipped in memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from m4v.kernels.selective_scan import CHECKPOINT_CHUNK, checkpoint_rows
+
+CHUNK = CHECKPOINT_CHUNK["triton"]
+LOG2E = 1.4426950408889634
+TILE_ELEMENTS = 8192  # BLOCK_D * BLOCK_N * CHUNK, bounded to keep the tile in registers
+MAX_BLOCKS_PER_GROUP = 16
+
+
+@triton.jit
+def _compose(a1, b1, a2, b2):
+    # (a1, b1) acts first: x -> a2 * (a1 * x + b1) + b2.
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN: tl.constexpr):
+    if VARLEN:
+        start = tl.load(cu_ptr + s)
+        length = tl.load(cu_ptr + s + 1) - start
+        first_chunk = tl.load(chunk_off_ptr + s)
+        num_chunks = tl.load(chunk_off_ptr + s + 1) - first_chunk
+        batch = 0
+    else:
+        start = 0
+        length = seqlen
+        first_chunk = s * chunks_per_seq
+        num_chunks = chunks_per_seq
+        batch = s
+    return batch, start, length, first_chunk, num_chunks
+
+
+@triton.jit
+def _load_dt(delta_ptr, row_off, t, valid, s_l, bias, SOFTPLUS: tl.constexpr):
+    """delta + bias with softplus, zero outside the sequence; also d(softplus)/d(pre)."""
+    pre = tl.load(delta_ptr + row_off + t[None, :] * s_l, mask=valid, other=0.0).to(tl.float32) + bias[:, None]
+    if SOFTPLUS:
+        dt = tl.where(pre <= 20.0, tl.log(1.0 + tl.exp(pre)), pre)
+        grad = tl.sigmoid(pre)
+    else:
+        dt = pre
+        grad = tl.full(pre.shape, 1.0, tl.float32)
+    return tl.where(valid, dt, 0.0), grad
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+    u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, init_ptr, last_ptr, ck_ptr,
+    cu_ptr, chunk_off_ptr,
+    dim, seqlen, dstate, channels_per_group, chunks_per_seq,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+    VARLEN: tl.constexpr, SAVE_CK: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
+):
+    s = tl.program_id(0)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    d_ok = d < dim
+    dn_ok = d_ok[:, None] & (n[None, :] < dstate)
+    batch, start, length, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq,
+                                                              VARLEN)
+    g = d // channels_per_group
+    A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0) * 1.4426950408889634
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+    state_off = (s * dim + d[:, None]) * dstate + n[None, :]
+    if HAS_INIT:
+        carry = tl.load(init_ptr + state_off, mask=dn_ok, other=0.0)
+    else:
+        carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    steps = tl.arange(0, CHUNK_L)
+    last_step = 0 if REVERSE else CHUNK_L - 1
+    for q in range(0, num_chunks):
+        c = num_chunks - 1 - q if REVERSE else q
+        t = c * CHUNK_L + steps
+        valid = d_ok[:, None] & (t < length)[None, :]
+        pos = start + t
+        u = tl.load(u_ptr + batch * su_b + d[:, None] * su_d + pos[None, :] * su_l, mask=valid, other=0.0)
+        u = u.to(tl.float32)
+        dt, _ = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
+        if SAVE_CK:
+            tl.store(ck_ptr + ((first_chunk + c) * dim + d[:, None]) * dstate + n[None, :], carry, mask=dn_ok)
+        tile_ok = dn_ok[:, :, None] & (t < length)[None, None, :]
+        Bt = tl.load(B_ptr + batch * sB_b + g[:, None, None] * sB_g + n[None, :, None] * sB_n + pos[None, None, :] * sB_l,
+                     mask=tile_ok, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
+                     mask=tile_ok, other=0.0).to(tl.float32)
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        drive = (dt * u)[:, None, :] * Bt
+        scan_decay, scan_drive = tl.associative_scan((decay, drive), 2, _compose, reverse=REVERSE)
+        x = scan_decay * carry[:, :, None] + scan_drive
+        y = tl.sum(Ct * x, 1) + Dv[:, None] * u
+        carry = tl.sum(tl.where(steps[None, None, :] == last_step, x, 0.0), 2)
+        if HAS_Z:
+            z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
+            z = z.to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(out_ptr + batch * so_b + d[:, None] * so_d + pos[None, :] * so_l, y.to(out_ptr.dtype.element_ty),
+                 mask=valid)
+    tl.store(last_ptr + state_off, carry, mask=dn_ok)
+
+
+@triton.jit
+def _chunk_tile(
+    u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
+    batch, start, length, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, CHUNK_L: tl.constexpr,
+):
+    """Loads one chunk for a block of channels and replays its forward states from the checkpoint."""
+    steps = tl.arange(0, CHUNK_L)
+    t = c * CHUNK_L + steps
+    in_seq = (t < length)[None, :]
+    valid = d_ok[:, None] & in_seq
+    pos = start + t
+    u = tl.load(u_ptr + batch * su_b + d[:, None] * su_d + pos[None, :] * su_l, mask=valid, other=0.0).to(tl.float32)
+    dt, dt_grad = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
+    dout = tl.load(dout_ptr + batch * sg_b + d[:, None] * sg_d + pos[None, :] * sg_l, mask=valid, other=0.0)
+    dout = dout.to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
+        z = z.to(tl.float32)
+    else:
+        z = tl.zeros(u.shape, tl.float32)
+    tile_ok = dn_ok[:, :, None] & (t < length)[None, None, :]
+    Bt = tl.load(B_ptr + batch * sB_b + g[:, None, None] * sB_g + n[None, :, None] * sB_n + pos[None, None, :] * sB_l,
+                 mask=tile_ok, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
+                 mask=tile_ok, other=0.0).to(tl.float32)
+    decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+    drive = (dt * u)[:, None, :] * Bt
+    entry = tl.load(ck_ptr + (global_chunk * dim + d[:, None]) * dstate + n[None, :], mask=dn_ok, other=0.0)
+    scan_decay, scan_drive = tl.associative_scan((decay, drive), 2, _compose, reverse=REVERSE)
+    x = scan_decay * entry[:, :, None] + scan_drive
+    # Decay of the step after each step in scan order (1 past the chunk's end: the carry covers it).
+    t_next = t - 1 if REVERSE else t + 1
+    next_in_chunk = (t_next >= c * CHUNK_L) & (t_next < c * CHUNK_L + CHUNK_L) & (t_next < length)
+    next_valid = d_ok[:, None] & next_in_chunk[None, :]
+    dt_next, _ = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, start + t_next, next_valid, sdl_l, bias,
+                          SOFTPLUS)
+    decay_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
+    return u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos
+
+
+@triton.jit
+def _adjoint(decay_next, forcing, entering, REVERSE: tl.constexpr):
+    """h_k = forcing_k + decay_next_k * h_{k+1} (scan order), with the adjoint `entering` from the right."""
+    scan_decay, scan_h = tl.associative_scan((decay_next, forcing), 2, _compose, reverse=not REVERSE)
+    return scan_h + scan_decay * entering[:, :, None]
+
+
+@triton.jit
+def _selective_scan_bwd_summary_kernel(
+    u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
+    chunk_decay_ptr, chunk_adjoint_ptr, cu_ptr, chunk_off_ptr,
+    num_seqs, dim, seqlen, dstate, channels_per_group, chunks_per_seq,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, VARLEN: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
+):
+    global_chunk = tl.program_id(0)
+    s, c = _locate_chunk(global_chunk, num_seqs, chunks_per_seq, chunk_off_ptr, VARLEN)
+    if s >= 0:
+        batch, start, length, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq,
+                                                                  VARLEN)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        n = tl.arange(0, BLOCK_N)
+        d_ok = d < dim
+        dn_ok = d_ok[:, None] & (n[None, :] < dstate)
+        g = d // channels_per_group
+        A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0) * 1.4426950408889634
+        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+        Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+        u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos = _chunk_tile(
+            u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
+            batch, start, length, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
+            su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+            sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+            HAS_Z, SOFTPLUS, REVERSE, CHUNK_L)
+        if HAS_Z:
+            y = tl.sum(Ct * x, 1) + Dv[:, None] * u
+            sg = tl.sigmoid(z)
+            dz = dout * y * sg * (1.0 + z * (1.0 - sg))
+            tl.store(dz_ptr + (batch * dim + d[:, None]) * seqlen + pos[None, :],
+                     dz.to(dz_ptr.dtype.element_ty), mask=valid)
+            gy = dout * z * sg
+        else:
+            gy = dout
+        h = _adjoint(decay_next, Ct * gy[:, None, :], tl.zeros([BLOCK_D, BLOCK_N], tl.float32), REVERSE)
+        first_step = CHUNK_L - 1 if REVERSE else 0
+        steps = tl.arange(0, CHUNK_L)
+        adjoint = tl.sum(tl.where(steps[None, None, :] == first_step, decay * h, 0.0), 2)
+        chunk_decay = tl.exp2(tl.sum(dt, 1)[:, None] * A2)
+        out_off = (global_chunk * dim + d[:, None]) * dstate + n[None, :]
+        tl.store(chunk_decay_ptr + out_off, chunk_decay, mask=dn_ok)
+        tl.store(chunk_adjoint_ptr + out_off, adjoint, mask=dn_ok)
+
+
+@triton.jit
+def _locate_chunk(global_chunk, num_seqs, chunks_per_seq, chunk_off_ptr, VARLEN: tl.constexpr):
+    """(sequence, chunk within it) of a global chunk index; sequence -1 past the last chunk."""
+    if VARLEN:
+        s = global_chunk * 0 - 1
+        c = global_chunk * 0
+        for i in range(0, num_seqs):
+            lo = tl.load(chunk_off_ptr + i)
+            hi = tl.load(chunk_off_ptr + i + 1)
+            owns = (global_chunk >= lo) & (global_chunk < hi)
+            s = tl.where(owns, i, s)
+            c = tl.where(owns, global_chunk - lo, c)
+    else:
+        s = tl.where(global_chunk < num_seqs * chunks_per_seq, global_chunk // chunks_per_seq, -1)
+        c = global_chunk % chunks_per_seq
+    return s, c
+
+
+@triton.jit
+def _selective_scan_bwd_carry_kernel(
+    chunk_decay_ptr, chunk_adjoint_ptr, carry_ptr, dlast_ptr, dinit_ptr, cu_ptr, chunk_off_ptr,
+    dim, seqlen, dstate, chunks_per_seq,
+    HAS_DLAST: tl.constexpr, VARLEN: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    s = tl.program_id(0)
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    per_seq = dim * dstate
+    ok = idx < per_seq
+    _, _, _, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN)
+    if HAS_DLAST:
+        v = tl.load(dlast_ptr + s * per_seq + idx, mask=ok, other=0.0)
+    else:
+        v = tl.zeros([BLOCK], tl.float32)
+    for q in range(0, num_chunks):
+        c = q if REVERSE else num_chunks - 1 - q  # adjoint order: last chunk in scan order first
+        at = (first_chunk + c) * per_seq + idx
+        tl.store(carry_ptr + at, v, mask=ok)
+        v = tl.load(chunk_decay_ptr + at, mask=ok, other=0.0) * v + tl.load(chunk_adjoint_ptr + at, mask=ok, other=0.0)
+    tl.store(dinit_ptr + s * per_seq + idx, v, mask=ok)
+
+
+@triton.jit
+def _selective_scan_bwd_main_kernel(
+    u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, carry_ptr,
+    du_ptr, ddelta_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr, cu_ptr, chunk_off_ptr,
+    num_seqs, batch_rows, dim, seqlen, dstate, groups, channels_per_group, chunks_per_seq, blocks_per_group,
+    channels_per_block,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, VARLEN: tl.constexpr,
+    SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
+):
+    global_chunk = tl.program_id(0)
+    s, c = _locate_chunk(global_chunk, num_seqs, chunks_per_seq, chunk_off_ptr, VARLEN)
+    if s >= 0:
+        batch, start, length, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq,
+                                                                  VARLEN)
+        g = tl.program_id(1) // blocks_per_group
+        block = tl.program_id(1) % blocks_per_group
+        d_begin = g * channels_per_group + block * channels_per_block
+        d_end = tl.minimum(d_begin + channels_per_block, (g + 1) * channels_per_group)
+        n = tl.arange(0, BLOCK_N)
+        dB_acc = tl.zeros([BLOCK_N, CHUNK_L], tl.float32)
+        dC_acc = tl.zeros([BLOCK_N, CHUNK_L], tl.float32)
+        # Channels in a fixed order: the sums over channels are reproducible bit for bit.
+        for d0 in range(d_begin, d_end, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            d_ok = d < d_end
+            dn_ok = d_ok[:, None] & (n[None, :] < dstate)
+            A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0)
+            A2 = A * 1.4426950408889634
+            bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+            Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+            u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos = _chunk_tile(
+                u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
+                batch, start, length, c, global_chunk, d, tl.zeros([BLOCK_D], tl.int32) + g, n, d_ok, dn_ok, A2,
+                bias, Dv, dim, dstate,
+                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                HAS_Z, SOFTPLUS, REVERSE, CHUNK_L)
+            gy = dout * z * tl.sigmoid(z) if HAS_Z else dout
+            state_off = (global_chunk * dim + d[:, None]) * dstate + n[None, :]
+            entering = tl.load(carry_ptr + state_off, mask=dn_ok, other=0.0)
+            h = _adjoint(decay_next, Ct * gy[:, None, :], entering, REVERSE)
+            decay_term = x - drive  # a_t * x_{t-1}
+            du = Dv[:, None] * gy + tl.sum(h * Bt, 1) * dt
+            ddt = tl.sum(h * (A[:, :, None] * decay_term + Bt * u[:, None, :]), 1)
+            ddt = tl.where(valid, ddt * dt_grad, 0.0)
+            tl.store(dA_part_ptr + state_off, tl.sum(h * dt[:, None, :] * decay_term, 2), mask=dn_ok)
+            dB_acc += tl.sum(h * (dt * u)[:, None, :], 0)
+            dC_acc += tl.sum(gy[:, None, :] * x, 0)
+            row = batch * dim + d[:, None]
+            tl.store(du_ptr + row * seqlen + pos[None, :], du.to(du_ptr.dtype.element_ty), mask=valid)
+            tl.store(ddelta_ptr + row * seqlen + pos[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
+            tl.store(dD_part_ptr + global_chunk * dim + d, tl.sum(gy * u, 1), mask=d_ok)
+            tl.store(dbias_part_ptr + global_chunk * dim + d, tl.sum(ddt, 1), mask=d_ok)
+        t = c * CHUNK_L + tl.arange(0, CHUNK_L)
+        part = (((block * batch_rows + batch) * groups + g) * dstate + n[:, None]) * seqlen + start + t[None, :]
+        ok = (n[:, None] < dstate) & (t < length)[None, :]
+        tl.store(dB_part_ptr + part, dB_acc, mask=ok)
+        tl.store(dC_part_ptr + part, dC_acc, mask=ok)
+
+
+def _new_output(shape, device, dtype):
+    """An output buffer; NaN-filled under M4V_POISON_OUTPUTS=1 so unwritten elements show up."""
+    if os.environ.get("M4V_POISON_OUTPUTS") == "1":
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def _block_sizes(dstate: int) -> tuple[int, int]:
+    block_n = triton.next_power_of_2(dstate)
+    block_d = max(1, min(16, TILE_ELEMENTS // (block_n * CHUNK)))
+    return block_d, block_n
+
+
+def _chunk_offsets(cu_seqlens):
+    if cu_seqlens is None:
+        return None
+    counts = torch.div(cu_seqlens[1:] - cu_seqlens[:-1] + CHUNK - 1, CHUNK, rounding_mode="floor")
+    return torch.cat([cu_seqlens.new_zeros(1), torch.cumsum(counts, 0).to(torch.int32)])
+
+
+def _row_strides(t):
+    return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
+
+
+def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
+                              reverse, save_checkpoints):
+    """Same contract as the m4v::selective_scan_fwd op (B, C in (batch, groups, dstate, seqlen))."""
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    f32 = dict(device=u.device, dtype=torch.float32)
+    out = _new_output(u.shape, u.device, u.dtype)
+    last = _new_output((num_seqs, dim, dstate), **f32)
+    rows = checkpoint_rows("triton", batch, seqlen, cu_seqlens) if save_checkpoints else 0
+    checkpoints = _new_output((rows, dim, dstate), **f32)
+    block_d, block_n = _block_sizes(dstate)
+    offsets = _chunk_offsets(cu_seqlens)
+    dummy = last
+    grid = (num_seqs, triton.cdiv(dim, block_d))
+    _selective_scan_fwd_kernel[grid](
+        u, delta, z if z is not None else u, out, B, C, A, D if D is not None else dummy,
+        delta_bias if delta_bias is not None else dummy,
+        initial_state.contiguous() if initial_state is not None else dummy, last, checkpoints,
+        cu_seqlens if cu_seqlens is not None else dummy, offsets if offsets is not None else dummy,
+        dim, seqlen, dstate, dim // B.shape[1], triton.cdiv(seqlen, CHUNK),
+        *_row_strides(u), *_row_strides(delta), *_row_strides(z), *_row_strides(out),
+        *B.stride(), *C.stride(), *A.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        HAS_INIT=initial_state is not None, VARLEN=cu_seqlens is not None, SAVE_CK=save_checkpoints,
+        SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK,
+    )
+    return out, last, checkpoints
+
+
+def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
+                              checkpoints, delta_softplus, reverse):
+    """Same contract as the m4v::selective_scan_bwd op."""
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    groups = B.shape[1]
+    channels_per_group = dim // groups
+    varlen = cu_seqlens is not None
+    num_seqs = cu_seqlens.shape[0] - 1 if varlen else batch
+    rows = checkpoint_rows("triton", batch, seqlen, cu_seqlens)
+    if checkpoints.shape != (rows, dim, dstate):
+        raise ValueError(f"selective_scan: checkpoints must be ({rows}, {dim}, {dstate}) for the triton backend, "
+                         f"got {tuple(checkpoints.shape)}")
+    f32 = dict(device=u.device, dtype=torch.float32)
+    block_d, block_n = _block_sizes(dstate)
+    offsets = _chunk_offsets(cu_seqlens)
+    chunks_per_seq = triton.cdiv(seqlen, CHUNK)
+    dummy = checkpoints
+    common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, VARLEN=varlen,
+                  SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK)
+    D_arg = D if D is not None else dummy
+    bias_arg = delta_bias if delta_bias is not None else dummy
+    cu_arg = cu_seqlens if varlen else dummy
+    off_arg = offsets if varlen else dummy
+    strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(z), *_row_strides(dout),
+               *B.stride(), *C.stride(), *A.stride())
+
+    dz = _new_output((batch, dim, seqlen), u.device, u.dtype) if z is not None else u.new_empty((0,))
+    chunk_decay = torch.zeros((rows, dim, dstate), **f32)
+    chunk_adjoint = torch.zeros_like(chunk_decay)
+    _selective_scan_bwd_summary_kernel[(rows, triton.cdiv(dim, block_d))](
+        u, delta, z if z is not None else u, dout, B, C, A, D_arg, bias_arg, checkpoints,
+        dz if z is not None else u, chunk_decay, chunk_adjoint, cu_arg, off_arg,
+        num_seqs, dim, seqlen, dstate, channels_per_group, chunks_per_seq, *strides, **common)
+
+    carry = _new_output((rows, dim, dstate), **f32)
+    dinit = _new_output((num_seqs, dim, dstate), **f32)
+    carry_block = 256
+    _selective_scan_bwd_carry_kernel[(num_seqs, triton.cdiv(dim * dstate, carry_block))](
+        chunk_decay, chunk_adjoint, carry, dlast_state.contiguous() if dlast_state is not None else dummy, dinit,
+        cu_arg, off_arg, dim, seqlen, dstate, chunks_per_seq,
+        HAS_DLAST=dlast_state is not None, VARLEN=varlen, REVERSE=reverse, BLOCK=carry_block)
+
+    # Few channel blocks per group keep the dB/dC partial buffers small; enough chunks keep the
+    # GPU busy.
+    blocks_per_group = max(1, min(MAX_BLOCKS_PER_GROUP, triton.cdiv(channels_per_group, block_d),
+                                  triton.cdiv(512, max(1, rows * groups))))
+    channels_per_block = triton.cdiv(triton.cdiv(channels_per_group, blocks_per_group), block_d) * block_d
+    blocks_per_group = triton.cdiv(channels_per_group, channels_per_block)
+    du = _new_output((batch, dim, seqlen), u.device, u.dtype)
+    ddelta = _new_output((batch, dim, seqlen), u.device, u.dtype)
+    dA_part = torch.zeros((rows, dim, dstate), **f32)
+    dD_part = torch.zeros((rows, dim), **f32)
+    dbias_part = torch.zeros((rows, dim), **f32)
+    dB_part = torch.zeros((blocks_per_group, batch, groups, dstate, seqlen), **f32)
+    dC_part = torch.zeros_like(dB_part)
+    _selective_scan_bwd_main_kernel[(rows, groups * blocks_per_group)](
+        u, delta, z if z is not None else u, dout, B, C, A, D_arg, bias_arg, checkpoints, carry,
+        du, ddelta, dA_part, dD_part, dbias_part, dB_part, dC_part, cu_arg, off_arg,
+        num_seqs, batch, dim, seqlen, dstate, groups, channels_per_group, chunks_per_seq, blocks_per_group,
+        channels_per_block, *strides, **common)
+
+    return [du, ddelta, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0),
+            dD_part.sum(0) if D is not None else u.new_empty((0,)), dz,
+            dbias_part.sum(0) if delta_bias is not None else u.new_empty((0,)), dinit]

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds, checks and times on the GPU machine in one call; logs go to $OUT.
+#   bash scripts/device_check.sh peer-build   # start mamba_ssm's build (from .peer/) in the background
+#   bash scripts/device_check.sh check        # build m4v, GPU tests, compute-sanitizer
+#   bash scripts/device_check.sh bench        # wait for the peer build, then benchmarks
+set -uo pipefail
+OUT=${OUT:-/tmp/m4v-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+PEER_DIR=/tmp/peer
+
+build_m4v() {
+  local start=$SECONDS
+  M4V_FORCE_CUDA_BUILD=1 python3 -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
+    || { tail -40 "$OUT/build.log"; return 1; }
+  echo "m4v build: $((SECONDS - start)) s"
+  python3 -c "import m4v.kernels as k; print({n: s.reason for n, s in k.available_backends().items()})"
+}
+
+case "${1:-check}" in
+  peer-build)
+    rm -rf "$PEER_DIR" && mkdir -p "$PEER_DIR" && tar xzf .peer/mamba_ssm-*.tar.gz -C "$PEER_DIR"
+    cd "$PEER_DIR"/mamba_ssm-* || exit 1
+    sed -i 's/+ cc_flag/+ ["-gencode", "arch=compute_90,code=sm_90"]/' setup.py
+    setsid nohup bash -c "MAMBA_FORCE_BUILD=TRUE python3 -m pip install --no-build-isolation --no-deps --no-index . \
+      > $PEER_DIR/build.log 2>&1; echo \$? > $PEER_DIR/build.rc" >/dev/null 2>&1 &
+    echo "mamba_ssm build started"
+    ;;
+  check)
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    build_m4v || exit 1
+    python3 -m pytest tests -q -x --durations=10 2>&1 | tee "$OUT/tests.log" | tail -25
+    compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_selective_scan.py \
+      >"$OUT/memcheck.log" 2>&1; echo "memcheck rc=$?"; tail -3 "$OUT/memcheck.log"
+    compute-sanitizer --tool racecheck --error-exitcode 9 python3 scripts/sanitize_selective_scan.py \
+      >"$OUT/racecheck.log" 2>&1; echo "racecheck rc=$?"; tail -3 "$OUT/racecheck.log"
+    ;;
+  bench)
+    python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    for _ in $(seq 120); do [ -f "$PEER_DIR/build.rc" ] && break; sleep 5; done
+    echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
+    tail -3 "$PEER_DIR/build.log" 2>/dev/null
+    python3 benchmarks/bench_selective_scan.py --json "$OUT/h100-selective-scan.json" 2>&1 | tee "$OUT/bench.log"
+    ;;
+esac

@@ -1,0 +1,42 @@
+"""One small forward+backward per feature, for compute-sanitizer (memcheck, racecheck).
+
+    compute-sanitizer --tool memcheck python3 scripts/sanitize_selective_scan.py
+"""
+
+import torch
+
+from m4v.kernels import selective_scan
+
+
+def run(seqlen, dim=24, dstate=16, groups=2, dtype=torch.bfloat16, reverse=False, seq_lens=None, init=False):
+    dev = "cuda"
+    batch = 2 if seq_lens is None else 1
+    if seq_lens is not None:
+        seqlen = sum(seq_lens)
+    u = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=True)
+    delta = torch.rand(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=True)
+    A = (-torch.rand(dim, dstate, device=dev) - 0.5).requires_grad_(True)
+    B = torch.randn(batch, groups, dstate, seqlen, device=dev, dtype=dtype, requires_grad=True)
+    C = torch.randn(batch, groups, dstate, seqlen, device=dev, dtype=dtype, requires_grad=True)
+    D = torch.randn(dim, device=dev, requires_grad=True)
+    z = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=True)
+    bias = torch.randn(dim, device=dev, requires_grad=True)
+    cu = None
+    num_seqs = batch
+    if seq_lens is not None:
+        cu = torch.tensor([0, *torch.tensor(seq_lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+        num_seqs = len(seq_lens)
+    x0 = torch.randn(num_seqs, dim, dstate, device=dev, requires_grad=True) if init else None
+    out, last = selective_scan(u, delta, A, B, C, D, z, bias, True, True, initial_state=x0, reverse=reverse,
+                               cu_seqlens=cu, backend="cuda")
+    (out.float().square().sum() + last.sum()).backward()
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    run(1000)
+    run(257, reverse=True, init=True, dtype=torch.float32)
+    run(0, seq_lens=(300, 0, 1, 77), init=True)
+    run(100, dstate=64, groups=1, dtype=torch.float16)
+    run(70, dstate=256, dim=8, groups=1)
+    print("sanitize cases ran")

@@ -1,0 +1,458 @@
+"""Selective scan: the reference against an independent float64 recurrence, every backend against
+the reference, registration (opcheck, torch.compile, FLOP counting) and argument checking.
+
+On a CPU-only machine the Triton backend runs through its interpreter (tests/conftest.py) on small
+float32 shapes; with a GPU the same tests run for the cuda and triton backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from m4v.kernels import available_backends, selective_scan, selective_scan_flops, selective_scan_ref
+
+HAS_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_GPU else "cpu"
+# Backends under test here: both compiled paths on a GPU, the Triton interpreter on CPU.
+BACKENDS = [b for b in ("cuda", "triton") if available_backends()[b].usable]
+# Relative L2 error allowed per input dtype (forward, gradients).
+TOLERANCE = {torch.float32: (2e-4, 1e-3), torch.float16: (5e-3, 1e-2), torch.bfloat16: (3e-2, 4e-2)}
+LOW_PRECISION = [torch.float16, torch.bfloat16] if HAS_GPU else []
+
+
+@dataclass
+class Case:
+    batch: int = 2
+    dim: int = 6
+    seqlen: int = 7
+    dstate: int = 4
+    groups: int = 2
+    with_D: bool = True
+    with_z: bool = True
+    with_bias: bool = True
+    softplus: bool = True
+    with_init: bool = False
+    reverse: bool = False
+    seq_lens: tuple | None = None  # packed varlen (batch becomes 1)
+
+
+def make_inputs(case: Case, dtype=torch.float32, device=DEVICE, generator_seed=None):
+    """Fresh random inputs (never zeros). Returns (args, kwargs) for selective_scan."""
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    batch, seqlen = case.batch, case.seqlen
+    cu_seqlens = None
+    if case.seq_lens is not None:
+        batch, seqlen = 1, sum(case.seq_lens)
+        cu_seqlens = torch.tensor([0, *torch.tensor(case.seq_lens).cumsum(0).tolist()], dtype=torch.int32,
+                                  device=device)
+    num_seqs = batch if cu_seqlens is None else len(case.seq_lens)
+    dim, n = case.dim, case.dstate
+    f32 = dict(device=device, dtype=torch.float32)
+    u = torch.randn(batch, dim, seqlen, device=device).to(dtype)
+    # Positive-ish steps so that decays span (0, 1) without vanishing.
+    delta = (0.5 * torch.rand(batch, dim, seqlen, device=device) + (-1.0 if case.softplus else 0.05)).to(dtype)
+    A = -(0.5 + torch.rand(dim, n, **f32))
+    B = torch.randn(batch, case.groups, n, seqlen, device=device).to(dtype)
+    C = torch.randn(batch, case.groups, n, seqlen, device=device).to(dtype)
+    D = torch.randn(dim, **f32) if case.with_D else None
+    z = torch.randn(batch, dim, seqlen, device=device).to(dtype) if case.with_z else None
+    bias = 0.1 * torch.randn(dim, **f32) if case.with_bias else None
+    init = torch.randn(num_seqs, dim, n, **f32) if case.with_init else None
+    args = (u, delta, A, B, C, D, z)
+    kwargs = dict(delta_bias=bias, delta_softplus=case.softplus, initial_state=init, reverse=case.reverse,
+                  cu_seqlens=cu_seqlens)
+    return args, kwargs
+
+
+def independent_recurrence(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, cu_seqlens):
+    """Float64, one time step at a time, written without the reference's vectorisation.
+
+    Differentiable by autograd. Returns (out, last_state) in float64.
+    """
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    batch, dim, seqlen = u.shape
+    groups = B.shape[1]
+    per_group = dim // groups
+    if cu_seqlens is None:
+        spans = [(b, 0, seqlen) for b in range(batch)]
+    else:
+        bounds = cu_seqlens.tolist()
+        spans = [(0, bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
+    out_cols = {}
+    lasts = []
+    for s, (b, lo, hi) in enumerate(spans):
+        x = initial_state[s].double() if initial_state is not None else u.new_zeros(dim, A.shape[1])
+        steps = range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)
+        for t in steps:
+            dt = delta[b, :, t] + (delta_bias.double() if delta_bias is not None else 0.0)
+            if delta_softplus:
+                dt = torch.log1p(torch.exp(dt))
+            Bt = torch.stack([B[b, d // per_group, :, t] for d in range(dim)])  # (dim, dstate)
+            Ct = torch.stack([C[b, d // per_group, :, t] for d in range(dim)])
+            x = torch.exp(dt[:, None] * A) * x + (dt * u[b, :, t])[:, None] * Bt
+            y = (x * Ct).sum(-1)
+            if D is not None:
+                y = y + D.double() * u[b, :, t]
+            if z is not None:
+                zt = z[b, :, t].double()
+                y = y * zt / (1 + torch.exp(-zt))
+            out_cols[(b, t)] = y
+        lasts.append(x)
+    out = torch.stack([torch.stack([out_cols[(b, t)] for t in range(seqlen)], -1) for b in range(batch)])
+    return out, torch.stack(lasts)
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert not torch.isnan(actual).any(), "NaN in result"
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    a, e = actual.double(), expected.double()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+CORE_CASES = [
+    Case(),
+    Case(seqlen=1),
+    Case(seqlen=127, groups=1, reverse=True, with_init=True),
+    Case(with_z=False, with_D=False, with_bias=False, softplus=False, with_init=True),
+    Case(groups=3, dim=6, reverse=True, softplus=False),
+    Case(seq_lens=(5, 1, 9), with_init=True),
+    Case(seq_lens=(3, 0, 8), reverse=True, groups=1),
+]
+
+
+def _differentiable(args, kwargs):
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) if t is not None else None for t in args]
+    kw = dict(kwargs)
+    if kw["initial_state"] is not None:
+        kw["initial_state"] = kw["initial_state"].detach().clone().requires_grad_(True)
+    if kw["delta_bias"] is not None:
+        kw["delta_bias"] = kw["delta_bias"].detach().clone().requires_grad_(True)
+    return leaves, kw
+
+
+def _grad_leaves(leaves, kw):
+    return [t for t in (*leaves, kw["delta_bias"], kw["initial_state"]) if t is not None]
+
+
+@pytest.mark.parametrize("case", CORE_CASES, ids=repr)
+def test_reference_matches_independent_recurrence(case):
+    args, kwargs = make_inputs(case, device="cpu")
+    args = tuple(t.double() if t is not None and t.is_floating_point() else t for t in args)
+    kwargs = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in kwargs.items()}
+    leaves, kw = _differentiable(args, kwargs)
+    out, last = selective_scan_ref(*leaves, return_last_state=True, **kw)
+    leaves2, kw2 = _differentiable(args, kwargs)
+    out2, last2 = independent_recurrence(*leaves2, kw2["delta_bias"], kw2["delta_softplus"], kw2["initial_state"],
+                                         kw2["reverse"], kw2["cu_seqlens"])
+    assert rel_err(out, out2) < 1e-12
+    assert rel_err(last, last2) < 1e-12
+    g_out, g_last = torch.randn_like(out), torch.randn_like(last)
+    grads = torch.autograd.grad([out, last], _grad_leaves(leaves, kw), [g_out, g_last])
+    grads2 = torch.autograd.grad([out2, last2], _grad_leaves(leaves2, kw2), [g_out, g_last])
+    for g, g2 in zip(grads, grads2):
+        assert rel_err(g, g2) < 1e-10
+
+
+@pytest.mark.parametrize("case", [Case(seqlen=5, dim=4, dstate=3), Case(seq_lens=(2, 3), reverse=True, with_init=True,
+                                                                      dim=2, dstate=2, groups=1)], ids=repr)
+def test_gradcheck_float64_through_the_op(case):
+    """gradcheck of the public function on the reference backend (exercises the op's autograd)."""
+    args, kwargs = make_inputs(case, device="cpu")
+    args = tuple(t.double() if t is not None and t.is_floating_point() else t for t in args)
+    kwargs = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in kwargs.items()}
+    leaves, kw = _differentiable(args, kwargs)
+    cu = kw["cu_seqlens"]
+
+    def fn(u, delta, A, B, C, D, z, bias, init):
+        out, last = selective_scan(u, delta, A, B, C, D, z, bias, kw["delta_softplus"], True, initial_state=init,
+                                   reverse=kw["reverse"], cu_seqlens=cu, backend="reference")
+        return out, last
+
+    inputs = (*leaves, kw["delta_bias"], kw["initial_state"])
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_reference_long_sequence_against_recurrence():
+    case = Case(batch=1, dim=2, seqlen=2049, dstate=2, groups=1, with_init=True)
+    args, kwargs = make_inputs(case, device="cpu", dtype=torch.float64)
+    out, last = selective_scan_ref(*args, return_last_state=True, **kwargs)
+    out2, last2 = independent_recurrence(*args, kwargs["delta_bias"], kwargs["delta_softplus"],
+                                         kwargs["initial_state"], kwargs["reverse"], None)
+    assert rel_err(out, out2) < 1e-12 and rel_err(last, last2) < 1e-12
+
+
+def test_mamba_ssm_shape_forms_agree():
+    """(batch, dstate, seqlen) and time-invariant (dim, dstate) B/C, as mamba_ssm accepts them."""
+    torch.manual_seed(0)
+    u, delta = torch.randn(2, 4, 9), torch.rand(2, 4, 9)
+    A = -torch.rand(4, 3) - 0.5
+    B3, C3 = torch.randn(2, 3, 9), torch.randn(2, 3, 9)
+    out3 = selective_scan(u, delta, A, B3, C3)
+    out4 = selective_scan(u, delta, A, B3[:, None], C3[:, None])
+    assert torch.equal(out3, out4)
+    Bti, Cti = torch.randn(4, 3), torch.randn(4, 3)
+    out_ti = selective_scan(u, delta, A, Bti, Cti)
+    expanded = lambda m: m[None, :, :, None].expand(2, 4, 3, 9).contiguous()  # noqa: E731
+    assert rel_err(out_ti, selective_scan(u, delta, A, expanded(Bti), expanded(Cti))) < 1e-6
+
+
+def test_reverse_equals_flip_scan_flip():
+    args, kwargs = make_inputs(Case(seqlen=11), device="cpu")
+    u, delta, A, B, C, D, z = args
+    flip = lambda t: t.flip(-1)  # noqa: E731
+    out_rev = selective_scan(*args, **{**kwargs, "reverse": True})
+    out_flip = flip(selective_scan(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), **kwargs))
+    assert rel_err(out_rev, out_flip) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends against the reference.
+
+
+def _backend_cases():
+    if HAS_GPU:
+        lengths = (1, 7, 127, 2049, 8192 + 3)
+    else:  # the Triton interpreter is slow: small float32 shapes only
+        lengths = (1, 7, 127)
+    cases = [Case(seqlen=L, reverse=(i % 2 == 1), with_init=(i % 2 == 0)) for i, L in enumerate(lengths)]
+    cases += [
+        Case(with_z=False, with_D=False, with_bias=False, softplus=False, seqlen=70),
+        Case(seq_lens=(65, 1, 0, 130), with_init=True, groups=3, dim=6),
+        Case(seq_lens=(300, 17), reverse=True, groups=1),
+        Case(dstate=1, seqlen=33, groups=1),
+        Case(dstate=17, seqlen=40, reverse=True),
+    ]
+    if HAS_GPU:
+        cases += [Case(dstate=64, seqlen=600, dim=16), Case(dstate=256, seqlen=300, dim=8, groups=1),
+                  Case(batch=3, dim=40, seqlen=1000, groups=4, with_init=True)]
+    return cases
+
+
+def _check_backend_against_reference(backend, case, dtype, poison_env):
+    args, kwargs = make_inputs(case, dtype=dtype)
+    leaves, kw = _differentiable(args, kwargs)
+    out, last = selective_scan(*leaves, return_last_state=True, backend=backend, **kw)
+    ref_args = [t.detach().double() if t is not None and t.is_floating_point() else t for t in args]
+    ref_kw = {k: (v.detach().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in kwargs.items()}
+    ref_leaves, ref_kw = _differentiable(ref_args, ref_kw)
+    ref_out, ref_last = selective_scan_ref(*ref_leaves, return_last_state=True, **ref_kw)
+    fwd_tol, grad_tol = TOLERANCE[dtype]
+    assert out.dtype == dtype and last.dtype == torch.float32
+    assert rel_err(out, ref_out) < fwd_tol
+    assert rel_err(last, ref_last) < fwd_tol
+    g_out = torch.randn_like(ref_out)
+    g_last = torch.randn_like(ref_last)
+    grads = torch.autograd.grad([out, last], _grad_leaves(leaves, kw), [g_out.to(dtype), g_last.float()])
+    ref_grads = torch.autograd.grad([ref_out, ref_last], _grad_leaves(ref_leaves, ref_kw), [g_out, g_last])
+    for g, rg, leaf in zip(grads, ref_grads, _grad_leaves(leaves, kw)):
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape
+        assert rel_err(g, rg) < grad_tol
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch):
+    """Fill every buffer the kernels write with NaN first, so an unwritten element fails the test."""
+    monkeypatch.setenv("M4V_POISON_OUTPUTS", "1")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", _backend_cases(), ids=repr)
+def test_backend_matches_reference_fp32(backend, case, poison_outputs):
+    _check_backend_against_reference(backend, case, torch.float32, poison_outputs)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="bf16/fp16 kernels are checked on the GPU")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("case", [Case(seqlen=2049), Case(seq_lens=(100, 257, 3), reverse=True, with_init=True),
+                                  Case(dim=64, seqlen=4096, dstate=16, groups=1)], ids=repr)
+def test_backend_matches_reference_low_precision(backend, dtype, case, poison_outputs):
+    _check_backend_against_reference(backend, case, dtype, poison_outputs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channel_last_strides(backend):
+    """(batch, dim, seqlen) views of token-major (batch, seqlen, dim) tensors, as the model uses."""
+    case = Case(seqlen=45, dim=8)
+    args, kwargs = make_inputs(case)
+    as_channel_last = lambda t: t.transpose(-1, -2).contiguous().transpose(-1, -2)  # noqa: E731
+    u, delta, A, B, C, D, z = args
+    strided = (as_channel_last(u), as_channel_last(delta), A, as_channel_last(B), as_channel_last(C), D,
+               as_channel_last(z))
+    assert strided[0].stride(1) == 1
+    out = selective_scan(*strided, backend=backend, **kwargs)
+    assert rel_err(out, selective_scan_ref(*args, **kwargs)) < TOLERANCE[torch.float32][0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_is_deterministic(backend):
+    case = Case(dim=16, seqlen=700 if HAS_GPU else 130, groups=1, with_init=True)
+    args, kwargs = make_inputs(case)
+    results = []
+    for _ in range(2):
+        leaves, kw = _differentiable(args, kwargs)
+        out = selective_scan(*leaves, backend=backend, **kw)
+        results.append(torch.autograd.grad(out, _grad_leaves(leaves, kw), torch.ones_like(out)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration: opcheck, torch.compile, FLOP formula, backend choice.
+
+
+def _op_args(backend, device):
+    args, kwargs = make_inputs(Case(seqlen=9, with_init=True), device=device)
+    u, delta, A, B, C, D, z = args
+    return (u, delta, A, B, C, D, z, kwargs["delta_bias"], kwargs["initial_state"], None, True, False, backend, True)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_opcheck(backend):
+    device = "cpu" if backend == "reference" else DEVICE
+    args = _op_args(backend, device)
+    for t in args[:9]:
+        if t is not None:
+            t.requires_grad_(True)
+    torch.library.opcheck(torch.ops.m4v.selective_scan_fwd.default, args)
+    out, last, checkpoints = torch.ops.m4v.selective_scan_fwd(*args)
+    detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in args]
+    bwd_args = (torch.randn_like(out), torch.randn_like(last), *detached[:10], checkpoints.detach(), True, False,
+                backend)
+    torch.library.opcheck(torch.ops.m4v.selective_scan_bwd.default, bwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph():
+    args, kwargs = make_inputs(Case(seqlen=9), device=DEVICE)
+
+    def mixer(u, delta, A, B, C, D, z, bias):
+        return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True) * 2.0
+
+    compiled = torch.compile(mixer, fullgraph=True, backend="aot_eager")
+    expected = mixer(*args, kwargs["delta_bias"])
+    assert torch.equal(compiled(*args, kwargs["delta_bias"]), expected)
+
+
+def test_flop_counter_counts_the_scan():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args, kwargs = make_inputs(Case(batch=2, dim=6, seqlen=7, dstate=4), device="cpu")
+    with FlopCounterMode(display=False) as counter:
+        selective_scan(*args, **kwargs)
+    assert counter.get_total_flops() == selective_scan_flops(2, 6, 7, 4, has_D=True, has_z=True)
+
+
+def test_auto_backend_on_cpu_is_reference_and_backends_explain_themselves():
+    status = available_backends()
+    assert set(status) == {"cuda", "triton", "reference"}
+    assert all(s.reason for s in status.values())
+    if not HAS_GPU:
+        assert not status["cuda"].usable
+        args, kwargs = make_inputs(Case(), device="cpu")
+        with pytest.raises(RuntimeError, match="backend='cuda' is not usable"):
+            selective_scan(*args, backend="cuda", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument.
+
+
+def _good():
+    args, kwargs = make_inputs(Case(batch=1, seqlen=10), device="cpu")
+    return list(args), kwargs
+
+
+def _bad_inputs():
+    def mutate(fn):
+        args, kwargs = _good()
+        fn(args, kwargs)
+        return args, kwargs
+
+    def set_arg(i, value_fn):
+        return lambda a, k: a.__setitem__(i, value_fn(a))
+
+    def set_kw(name, value_fn):
+        return lambda a, k: k.__setitem__(name, value_fn(a, k))
+
+    yield "u", mutate(set_arg(0, lambda a: a[0].long()))
+    yield "u", mutate(set_arg(0, lambda a: a[0][0]))
+    yield "u", mutate(lambda a, k: [a.__setitem__(i, a[i][..., :0]) for i in (0, 1, 6)]
+                      + [a.__setitem__(i, a[i][..., :0]) for i in (3, 4)])
+    yield "delta", mutate(set_arg(1, lambda a: a[1][..., :5]))
+    yield "delta", mutate(set_arg(1, lambda a: a[1].double()))
+    yield "A", mutate(set_arg(2, lambda a: a[2][:3]))
+    yield "A", mutate(set_arg(2, lambda a: a[2].to(torch.complex64)))
+    yield "dstate", mutate(lambda a, k: [a.__setitem__(2, -torch.rand(a[0].shape[1], 257)),
+                                          a.__setitem__(3, torch.randn(1, 257, 10)),
+                                          a.__setitem__(4, torch.randn(1, 257, 10))])
+    yield "B", mutate(set_arg(3, lambda a: a[3][..., :4]))
+    yield "B", mutate(set_arg(3, lambda a: torch.randn(2, 2, 4, 10)))  # mismatched batch
+    yield "C", mutate(set_arg(4, lambda a: a[4][0, 0]))
+    yield "groups", mutate(lambda a, k: [a.__setitem__(3, torch.randn(1, 4, 4, 10)),
+                                         a.__setitem__(4, torch.randn(1, 4, 4, 10))])
+    yield "D", mutate(set_arg(5, lambda a: torch.randn(3)))
+    yield "z", mutate(set_arg(6, lambda a: a[6][..., :3]))
+    yield "delta_bias", mutate(set_kw("delta_bias", lambda a, k: torch.randn(5)))
+    yield "initial_state", mutate(set_kw("initial_state", lambda a, k: torch.randn(2, 6, 4)))
+    yield "meta", mutate(set_arg(3, lambda a: a[3].to("meta")))
+    yield "cu_seqlens", mutate(set_kw("cu_seqlens", lambda a, k: torch.tensor([0, 6, 3, 10], dtype=torch.int32)))
+    yield "cu_seqlens", mutate(set_kw("cu_seqlens", lambda a, k: torch.tensor([0, 4, 9], dtype=torch.int32)))
+    yield "cu_seqlens", mutate(set_kw("cu_seqlens", lambda a, k: torch.tensor([0, 4, 10])))
+    yield "cu_seqlens", mutate(set_kw("cu_seqlens", lambda a, k: torch.tensor([[0, 10]], dtype=torch.int32)))
+
+
+def _batch2_cu_seqlens():
+    args, kwargs = make_inputs(Case(batch=2, seqlen=10), device="cpu")
+    kwargs["cu_seqlens"] = torch.tensor([0, 10], dtype=torch.int32)
+    return list(args), kwargs
+
+
+@pytest.mark.parametrize("name,inputs", [*_bad_inputs(), ("batch", _batch2_cu_seqlens())],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_bad_input_names_the_argument(name, inputs):
+    args, kwargs = inputs
+    with pytest.raises(ValueError, match=name):
+        selective_scan(*args, **kwargs)
+
+
+def test_bad_backend_name():
+    args, kwargs = _good()
+    with pytest.raises(ValueError, match="backend"):
+        selective_scan(*args, backend="cudnn", **kwargs)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
+def test_cuda_op_rejects_bad_input_directly():
+    """The compiled op checks its own arguments too (for callers that bypass the Python checks)."""
+    u = torch.randn(1, 4, 8, device="cuda")
+    A = -torch.rand(4, 3, device="cuda")
+    B = torch.randn(1, 1, 3, 8, device="cuda")
+    with pytest.raises(RuntimeError, match="delta"):
+        torch.ops.m4v.selective_scan_fwd_cuda(u, u[..., :4], A, B, B, None, None, None, None, None, False, False,
+                                              False)
+    with pytest.raises(RuntimeError, match="A must be float32"):
+        torch.ops.m4v.selective_scan_fwd_cuda(u, u, A.double(), B, B, None, None, None, None, None, False, False,
+                                              False)
+
+
+def test_math_sanity_decay_only():
+    """With B = 0 and an initial state the output is C . exp(A * cumsum(dt)) * x0: a closed form."""
+    dim, n, L = 3, 2, 6
+    u = torch.randn(1, dim, L, dtype=torch.float64)
+    dt = torch.rand(1, dim, L, dtype=torch.float64)
+    A = -torch.rand(dim, n, dtype=torch.float64)
+    B = torch.zeros(1, n, L, dtype=torch.float64)
+    C = torch.randn(1, n, L, dtype=torch.float64)
+    x0 = torch.randn(1, dim, n, dtype=torch.float64)
+    out = selective_scan(u, dt, A, B, C, initial_state=x0)
+    decay = torch.exp(dt.cumsum(-1)[..., None, :] * A[None, :, :, None])  # (1, dim, n, L)
+    expected = (C[:, None] * decay * x0[..., None]).sum(2)
+    assert rel_err(out, expected) < 1e-12
