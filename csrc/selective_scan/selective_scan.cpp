@@ -79,7 +79,6 @@ std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& de
   const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
   TORCH_CHECK(batch > 0 && dim > 0 && seqlen > 0, "selective_scan: u must not be empty, got ", u.sizes());
   TORCH_CHECK(seqlen < (int64_t{1} << 31) - kScanChunk, "selective_scan: seqlen ", seqlen, " is too long");
-  TORCH_CHECK(dim <= 65535 * 4, "selective_scan: dim ", dim, " is too large");
   check_cuda(u, "u", u);
   for (auto [t, name] : {std::pair{&delta, "delta"}, std::pair{&B, "B"}, std::pair{&C, "C"}, std::pair{&A, "A"}}) {
     check_cuda(*t, name, u);
@@ -104,6 +103,8 @@ std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& de
   const int64_t groups = B.size(1);
   TORCH_CHECK(groups >= 1 && dim % groups == 0, "selective_scan: dim ", dim, " must be divisible by groups ",
               groups);
+  TORCH_CHECK(groups * ceil_div(dim / groups, 8) <= 65535, "selective_scan: dim ", dim, " with ", groups,
+              " groups is too large for one launch");
   auto vector_arg = [&](const OptTensor& t, const char* name) -> const float* {
     if (!t.has_value()) return nullptr;
     check_cuda(*t, name, u);

@@ -32,8 +32,13 @@ namespace scan_detail {
 constexpr int K = kScanItems;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kFwdWarps = 4;
+constexpr int kFwdWarps = 8;
 constexpr int kBwdWarps = 8;
+// The forward stages B and C of this many states for one chunk in shared memory at a time; all
+// warps of a CTA (channels of one group) read them from there.
+constexpr int kFwdStateTile = 16;
+// The backward stages all of B and C for its chunk up to this dstate; beyond it, it reads global.
+constexpr int kBwdTileMaxDstate = 32;
 // dB/dC block accumulators stay in shared memory up to this dstate; beyond it they accumulate in
 // the (CTA-private) slice of the global partial buffer.
 constexpr int kSmemAccMaxDstate = 32;
@@ -250,11 +255,49 @@ __device__ __forceinline__ void load_state_items(const StateTensor& t, const Seq
   flip_if(reverse, v);
 }
 
+// Rows [n0, n0 + rows) of one chunk of B or C, as float, into tile[rows][kScanChunk] (memory order,
+// zero past the sequence or past dstate). Cooperative over the CTA; the caller synchronises.
+template <typename T>
+__device__ __forceinline__ void load_state_tile(const StateTensor& t, const SeqSpan& span, int g, int n0, int rows,
+                                                int dstate, int chunk_start, float* tile) {
+  constexpr int kVecsPerRow = kScanChunk / K;
+  for (int i = threadIdx.x; i < rows * kVecsPerRow; i += blockDim.x) {
+    const int r = i / kVecsPerRow, j = i % kVecsPerRow;
+    float v[K];
+    if (n0 + r < dstate) {
+      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + j * K, span.len, v);
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) v[k] = 0.f;
+    }
+    float4* dst = reinterpret_cast<float4*>(tile + r * kScanChunk + j * K);
+    dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+    dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+}
+
+// A lane's K items of one staged row, in scan order.
+__device__ __forceinline__ void tile_items(const float* row, bool reverse, float (&v)[K]) {
+  const float4* src = reinterpret_cast<const float4*>(row + (threadIdx.x & 31) * K);
+  const float4 a = src[0], b = src[1];
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+  v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  flip_if(reverse, v);
+}
+
+// B or C items of state n: from the staged chunk tile when there is one, else from global memory.
+template <typename T>
+__device__ __forceinline__ void state_items(const float* tile, const StateTensor& t, const SeqSpan& span, int g,
+                                            int n, int pos, bool reverse, float (&v)[K]) {
+  if (tile != nullptr) tile_items(tile + n * kScanChunk, reverse, v);
+  else load_state_items<T>(t, span, g, n, pos, reverse, v);
+}
+
 // Recomputes the pre-gate output y of one chunk (scan order) from the state entering the chunk.
 template <typename T>
 __device__ __forceinline__ void recompute_chunk_output(const ScanParams& p, const SeqSpan& span, int d, int g,
                                                        int pos, const float* chunk_entry, const ChunkInputs& in,
-                                                       float (&y)[K]) {
+                                                       const float* tile_B, const float* tile_C, float (&y)[K]) {
   const bool desc = p.reverse;
   const float Dd = p.D != nullptr ? p.D[d] : 0.f;
 #pragma unroll
@@ -262,8 +305,8 @@ __device__ __forceinline__ void recompute_chunk_output(const ScanParams& p, cons
   for (int n = 0; n < p.dstate; ++n) {
     const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
     float Bv[K], Cv[K], a[K];
-    load_state_items<T>(p.B, span, g, n, pos, desc, Bv);
-    load_state_items<T>(p.C, span, g, n, pos, desc, Cv);
+    state_items<T>(tile_B, p.B, span, g, n, pos, desc, Bv);
+    state_items<T>(tile_C, p.C, span, g, n, pos, desc, Cv);
     float value = 0.f;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -284,17 +327,22 @@ __device__ __forceinline__ void recompute_chunk_output(const ScanParams& p, cons
 
 // ------------------------------------------------------------------------------------------------
 // Forward.
+// One CTA: kFwdWarps channels of one group, one sequence. Grid: (sequence, group x channel block).
 template <typename T>
-__global__ void __launch_bounds__(kFwdWarps * 32) selective_scan_fwd_kernel(ScanParams p) {
+__global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(ScanParams p) {
   extern __shared__ float smem[];
+  float* tile_B = smem;                                // [kFwdStateTile][kScanChunk]
+  float* tile_C = tile_B + kFwdStateTile * kScanChunk;  // [kFwdStateTile][kScanChunk]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int s = blockIdx.x;
-  const int d = blockIdx.y * kFwdWarps + warp;
-  if (d >= p.dim) return;
   const int N = p.dstate;
   const bool desc = p.reverse;
-  const int g = d / p.channels_per_group;
-  float* carry = smem + warp * N;
+  const int blocks_per_group = (p.channels_per_group + kFwdWarps - 1) / kFwdWarps;
+  const int g = blockIdx.y / blocks_per_group;
+  const int channel = (blockIdx.y % blocks_per_group) * kFwdWarps + warp;
+  const bool active = channel < p.channels_per_group;  // idle warps still help stage B and C
+  const int d = g * p.channels_per_group + min(channel, p.channels_per_group - 1);
+  float* carry = tile_C + kFwdStateTile * kScanChunk + warp * N;  // [N] per warp
+  const int s = blockIdx.x;
   const SeqSpan span = seq_span(p, s);
   const int64_t state_row_offset = (static_cast<int64_t>(s) * p.dim + d) * N;
   for (int n = lane; n < N; n += 32) carry[n] = p.initial_state != nullptr ? p.initial_state[state_row_offset + n] : 0.f;
@@ -303,41 +351,50 @@ __global__ void __launch_bounds__(kFwdWarps * 32) selective_scan_fwd_kernel(Scan
   const float Dd = p.D != nullptr ? p.D[d] : 0.f;
   for (int q = 0; q < span.num_chunks; ++q) {
     const int c = desc ? span.num_chunks - 1 - q : q;
-    const int pos = c * kScanChunk + lane * K;
+    const int chunk_start = c * kScanChunk;
+    const int pos = chunk_start + lane * K;
     ChunkInputs in;
     load_chunk_inputs<T>(p, span, d, pos, in);
-    if (p.checkpoints != nullptr) {
+    if (active && p.checkpoints != nullptr) {
       float* ck = p.checkpoints + (static_cast<int64_t>(span.first_chunk + c) * p.dim + d) * N;
       for (int n = lane; n < N; n += 32) ck[n] = carry[n];
     }
     float y[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) y[k] = Dd * in.u[k];
+    for (int n0 = 0; n0 < N; n0 += kFwdStateTile) {
+      const int rows = min(kFwdStateTile, N - n0);
+      __syncthreads();  // the previous tile is consumed
+      load_state_tile<T>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
+      load_state_tile<T>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
+      __syncthreads();
 #pragma unroll 2
-    for (int n = 0; n < N; ++n) {
-      const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
-      float Bv[K], Cv[K], a[K], b[K];
-      load_state_items<T>(p.B, span, g, n, pos, desc, Bv);
-      load_state_items<T>(p.C, span, g, n, pos, desc, Cv);
-      float value = 0.f;
+      for (int r = 0; r < rows; ++r) {
+        const int n = n0 + r;
+        const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
+        float Bv[K], Cv[K], a[K], b[K];
+        tile_items(tile_B + r * kScanChunk, desc, Bv);
+        tile_items(tile_C + r * kScanChunk, desc, Cv);
+        float value = 0.f;
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        a[k] = fast_exp2(in.dt[k] * A2);
-        b[k] = in.dt[k] * in.u[k] * Bv[k];
-        value = fmaf(a[k], value, b[k]);
-      }
-      float decay = fast_exp2(in.dt_sum * A2);
-      const float entry = carry[n];
-      warp_scan(decay, value, desc);
-      const LaneMaps m = lane_maps(decay, value, desc);
-      float x = fmaf(m.before_decay, entry, m.before_value);
+        for (int k = 0; k < K; ++k) {
+          a[k] = fast_exp2(in.dt[k] * A2);
+          b[k] = in.dt[k] * in.u[k] * Bv[k];
+          value = fmaf(a[k], value, b[k]);
+        }
+        float decay = fast_exp2(in.dt_sum * A2);
+        const float entry = carry[n];
+        warp_scan(decay, value, desc);
+        const LaneMaps m = lane_maps(decay, value, desc);
+        float x = fmaf(m.before_decay, entry, m.before_value);
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        x = fmaf(a[k], x, b[k]);
-        y[k] = fmaf(Cv[k], x, y[k]);
+        for (int k = 0; k < K; ++k) {
+          x = fmaf(a[k], x, b[k]);
+          y[k] = fmaf(Cv[k], x, y[k]);
+        }
+        // Every lane read carry[n] before the shuffles above, which all lanes must reach.
+        if (lane == 0) carry[n] = fmaf(m.total_decay, entry, m.total_value);
       }
-      __syncwarp();
-      if (lane == 0) carry[n] = fmaf(m.total_decay, entry, m.total_value);
       __syncwarp();
     }
     if (p.z.ptr != nullptr) {
@@ -348,9 +405,11 @@ __global__ void __launch_bounds__(kFwdWarps * 32) selective_scan_fwd_kernel(Scan
       for (int k = 0; k < K; ++k) y[k] *= silu(z[k]);
     }
     flip_if(desc, y);
-    store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
+    if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
   }
-  for (int n = lane; n < N; n += 32) p.last_state[state_row_offset + n] = carry[n];
+  if (active) {
+    for (int n = lane; n < N; n += 32) p.last_state[state_row_offset + n] = carry[n];
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -388,12 +447,22 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
 
 template <typename T>
 __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
+  extern __shared__ float smem[];
   BwdTile tile;
-  if (!bwd_tile(p, tile)) return;
+  if (!bwd_tile(p, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const bool desc = p.reverse;
   const int N = p.dstate;
   const int pos = tile.chunk * kScanChunk + lane * K;
+  const float* tile_B = nullptr;
+  const float* tile_C = nullptr;
+  if (N <= kBwdTileMaxDstate) {  // every channel of the CTA reads the same B and C chunk
+    load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem);
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem + N * kScanChunk);
+    __syncthreads();
+    tile_B = smem;
+    tile_C = smem + N * kScanChunk;
+  }
   for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
     const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
     ChunkInputs in;
@@ -402,7 +471,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_ker
     load_gate_gradient<T>(p, tile.span, d, pos, dout, z);
     if (p.z.ptr != nullptr) {
       float y[K], dz[K];
-      recompute_chunk_output<T>(p, tile.span, d, tile.group, pos, p.checkpoints + chunk_row, in, y);
+      recompute_chunk_output<T>(p, tile.span, d, tile.group, pos, p.checkpoints + chunk_row, in, tile_B, tile_C, y);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const float sg = sigmoid(z[k]);
@@ -418,7 +487,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_ker
     for (int n = 0; n < N; ++n) {
       const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
       float Cv[K];
-      load_state_items<T>(p.C, tile.span, tile.group, n, pos, desc, Cv);
+      state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
       // Adjoint in scan order, right to left: v_k = a_k * (C_k * gy_k + v_{k+1}).
       float value = 0.f;
 #pragma unroll
@@ -456,7 +525,7 @@ static __global__ void selective_scan_bwd_carry_kernel(ScanBwdParams p) {
 
 // Backward pass 3: all gradients of one chunk for a block of channels.
 template <typename T>
-__global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_main_kernel(ScanBwdParams p) {
+__global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
   BwdTile tile;
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
@@ -471,12 +540,22 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_main_kernel
   float* contrib = smem;  // [kBwdWarps][2][kScanChunk]
   const bool acc_in_smem = N <= kSmemAccMaxDstate;
   float* acc_smem = smem + kBwdWarps * 2 * kScanChunk;  // [2][N][kScanChunk] when acc_in_smem
+  const float* tile_B = nullptr;
+  const float* tile_C = nullptr;
+  if (N <= kBwdTileMaxDstate) {  // [2][N][kScanChunk] after the accumulators
+    float* staged = acc_smem + (acc_in_smem ? 2 * N * kScanChunk : 0);
+    load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, chunk_start, staged);
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, chunk_start, staged + N * kScanChunk);
+    tile_B = staged;
+    tile_C = staged + N * kScanChunk;
+  }
   const int64_t L = p.seqlen;
   const int64_t partial_row = ((static_cast<int64_t>(tile.block) * (p.cu_seqlens ? 1 : p.num_seqs) + tile.span.batch) *
                                    p.groups + tile.group) * N * L + tile.span.start + chunk_start;
   if (acc_in_smem) {
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) acc_smem[i] = 0.f;
   }
+  __syncthreads();
 
   const int iterations = (tile.d_end - tile.d_begin + kBwdWarps - 1) / kBwdWarps;
   for (int it = 0; it < iterations; ++it) {
@@ -510,8 +589,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_main_kernel
         const float A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
         const float A2 = A * kLog2e;
         float Bv[K], Cv[K], a[K], b[K], x_before[K];
-        load_state_items<T>(p.B, tile.span, tile.group, n, pos, desc, Bv);
-        load_state_items<T>(p.C, tile.span, tile.group, n, pos, desc, Cv);
+        state_items<T>(tile_B, p.B, tile.span, tile.group, n, pos, desc, Bv);
+        state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
         // Forward state, replayed from the checkpoint.
         float value = 0.f;
 #pragma unroll
@@ -619,8 +698,12 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_main_kernel
 template <typename input_t>
 cudaError_t launch_selective_scan_fwd(const ScanParams& params, cudaStream_t stream) {
   using namespace scan_detail;
-  const dim3 grid(params.num_seqs, (params.dim + kFwdWarps - 1) / kFwdWarps);
-  const size_t smem = sizeof(float) * kFwdWarps * params.dstate;
+  const int blocks_per_group = (params.channels_per_group + kFwdWarps - 1) / kFwdWarps;
+  const dim3 grid(params.num_seqs, params.groups * blocks_per_group);
+  const size_t smem = sizeof(float) * (2 * kFwdStateTile * kScanChunk + kFwdWarps * params.dstate);
+  cudaError_t err = cudaFuncSetAttribute(selective_scan_fwd_kernel<input_t>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
   selective_scan_fwd_kernel<input_t><<<grid, kFwdWarps * 32, smem, stream>>>(params);
   return cudaGetLastError();
 }
@@ -629,8 +712,12 @@ template <typename input_t>
 cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   using namespace scan_detail;
   const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
-  selective_scan_bwd_summary_kernel<input_t><<<grid, kBwdWarps * 32, 0, stream>>>(params);
-  cudaError_t err = cudaGetLastError();
+  const size_t tiles = params.dstate <= kBwdTileMaxDstate ? sizeof(float) * 2 * params.dstate * kScanChunk : 0;
+  cudaError_t err = cudaFuncSetAttribute(selective_scan_bwd_summary_kernel<input_t>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tiles));
+  if (err != cudaSuccess) return err;
+  selective_scan_bwd_summary_kernel<input_t><<<grid, kBwdWarps * 32, tiles, stream>>>(params);
+  err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
   const int64_t carries = static_cast<int64_t>(params.num_seqs) * params.dim * params.dstate;
@@ -640,7 +727,7 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  size_t smem = sizeof(float) * kBwdWarps * 2 * kScanChunk;
+  size_t smem = sizeof(float) * kBwdWarps * 2 * kScanChunk + tiles;
   if (params.dstate <= kSmemAccMaxDstate) smem += sizeof(float) * 2 * params.dstate * kScanChunk;
   err = cudaFuncSetAttribute(selective_scan_bwd_main_kernel<input_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem));
