@@ -20,6 +20,17 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
+// Messages format numbers with std::to_string rather than std::ostream: on the H100 image an
+// ostream numeric insert compiled from g++ 13 headers crashed inside the libstdc++ that Python had
+// loaded, turning every failed check into a segfault.
+std::string num(int64_t v) { return std::to_string(v); }
+
+std::string shape_str(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + num(shape[i]);
+  return s + "]";
+}
+
 void check_cuda(const Tensor& t, const char* name, const Tensor& ref) {
   TORCH_CHECK(t.is_cuda(), "selective_scan: ", name, " must be a CUDA tensor, got ", t.device());
   TORCH_CHECK(t.device() == ref.device(), "selective_scan: ", name, " is on ", t.device(), " but u is on ",
@@ -27,7 +38,8 @@ void check_cuda(const Tensor& t, const char* name, const Tensor& ref) {
 }
 
 void check_shape(const Tensor& t, const char* name, at::IntArrayRef shape) {
-  TORCH_CHECK(t.sizes() == shape, "selective_scan: ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == shape, "selective_scan: ", name, " must have shape ", shape_str(shape), ", got ",
+              shape_str(t.sizes()));
 }
 
 void check_f32(const Tensor& t, const char* name) {
@@ -72,13 +84,13 @@ std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& de
                                 const OptTensor& delta_bias, const OptTensor& initial_state,
                                 const OptTensor& cu_seqlens, bool delta_softplus, bool reverse) {
   std::vector<Tensor> keep;
-  TORCH_CHECK(u.dim() == 3, "selective_scan: u must be (batch, dim, seqlen), got ", u.sizes());
+  TORCH_CHECK(u.dim() == 3, "selective_scan: u must be (batch, dim, seqlen), got ", shape_str(u.sizes()));
   const auto dtype = u.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
               "selective_scan: u must be float32, float16 or bfloat16, got ", dtype);
   const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
-  TORCH_CHECK(batch > 0 && dim > 0 && seqlen > 0, "selective_scan: u must not be empty, got ", u.sizes());
-  TORCH_CHECK(seqlen < (int64_t{1} << 31) - kScanChunk, "selective_scan: seqlen ", seqlen, " is too long");
+  TORCH_CHECK(batch > 0 && dim > 0 && seqlen > 0, "selective_scan: u must not be empty, got ", shape_str(u.sizes()));
+  TORCH_CHECK(seqlen < (int64_t{1} << 31) - kScanChunk, "selective_scan: seqlen ", num(seqlen), " is too long");
   check_cuda(u, "u", u);
   for (auto [t, name] : {std::pair{&delta, "delta"}, std::pair{&B, "B"}, std::pair{&C, "C"}, std::pair{&A, "A"}}) {
     check_cuda(*t, name, u);
@@ -86,30 +98,30 @@ std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& de
   check_shape(delta, "delta", u.sizes());
   TORCH_CHECK(delta.scalar_type() == dtype, "selective_scan: delta must have u's dtype ", dtype, ", got ",
               delta.scalar_type());
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "selective_scan: A must be (dim, dstate), got ", A.sizes());
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "selective_scan: A must be (dim, dstate), got ", shape_str(A.sizes()));
   check_f32(A, "A");
   const int64_t dstate = A.size(1);
-  TORCH_CHECK(dstate >= 1 && dstate <= kScanMaxDstate, "selective_scan: dstate must be in [1, ", kScanMaxDstate,
-              "], got ", dstate);
+  TORCH_CHECK(dstate >= 1 && dstate <= kScanMaxDstate, "selective_scan: dstate must be in [1, ",
+              num(kScanMaxDstate), "], got ", num(dstate));
   for (auto [t, name] : {std::pair{&B, "B"}, std::pair{&C, "C"}}) {
     TORCH_CHECK(t->dim() == 4 && t->size(0) == batch && t->size(2) == dstate && t->size(3) == seqlen,
-                "selective_scan: ", name, " must be (batch, groups, dstate, seqlen) = (", batch, ", G, ", dstate,
-                ", ", seqlen, "), got ", t->sizes());
+                "selective_scan: ", name, " must be (batch, groups, dstate, seqlen) = (", num(batch), ", G, ",
+                num(dstate), ", ", num(seqlen), "), got ", shape_str(t->sizes()));
     TORCH_CHECK(t->scalar_type() == dtype, "selective_scan: ", name, " must have u's dtype ", dtype, ", got ",
                 t->scalar_type());
   }
   TORCH_CHECK(B.size(1) == C.size(1), "selective_scan: B and C must have the same number of groups, got ",
-              B.size(1), " and ", C.size(1));
+              num(B.size(1)), " and ", num(C.size(1)));
   const int64_t groups = B.size(1);
-  TORCH_CHECK(groups >= 1 && dim % groups == 0, "selective_scan: dim ", dim, " must be divisible by groups ",
-              groups);
-  TORCH_CHECK(groups * ceil_div(dim / groups, 8) <= 65535, "selective_scan: dim ", dim, " with ", groups,
-              " groups is too large for one launch");
+  TORCH_CHECK(groups >= 1 && dim % groups == 0, "selective_scan: dim ", num(dim), " must be divisible by groups ",
+              num(groups));
+  TORCH_CHECK(groups * ceil_div(dim / groups, 8) <= 65535, "selective_scan: dim ", num(dim), " with ",
+              num(groups), " groups is too large for one launch");
   auto vector_arg = [&](const OptTensor& t, const char* name) -> const float* {
     if (!t.has_value()) return nullptr;
     check_cuda(*t, name, u);
     check_f32(*t, name);
-    check_shape(*t, name, {dim});
+    check_shape(*t, name, at::IntArrayRef{dim});
     keep.push_back(t->contiguous());
     return keep.back().data_ptr<float>();
   };
@@ -129,8 +141,8 @@ std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& de
     check_cuda(cu, "cu_seqlens", u);
     TORCH_CHECK(cu.scalar_type() == at::kInt, "selective_scan: cu_seqlens must be int32, got ", cu.scalar_type());
     TORCH_CHECK(cu.dim() == 1 && cu.size(0) >= 2, "selective_scan: cu_seqlens must be (num_seqs + 1,), got ",
-                cu.sizes());
-    TORCH_CHECK(batch == 1, "selective_scan: cu_seqlens needs batch == 1, got batch ", batch);
+                shape_str(cu.sizes()));
+    TORCH_CHECK(batch == 1, "selective_scan: cu_seqlens needs batch == 1, got batch ", num(batch));
     num_seqs = cu.size(0) - 1;
     Tensor cu_c = cu.contiguous();
     Tensor lens = cu_c.slice(0, 1) - cu_c.slice(0, 0, num_seqs);
