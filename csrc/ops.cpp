@@ -18,9 +18,9 @@ TORCH_LIBRARY(m4v, m) {
   m.def(
       "selective_scan_fwd_cuda(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
       "Tensor? delta_bias, Tensor? initial_state, Tensor? cu_seqlens, bool delta_softplus, bool reverse, "
-      "bool save_checkpoints) -> (Tensor out, Tensor last_state, Tensor checkpoints)");
+      "bool save_checkpoints) -> (Tensor out, Tensor last_state, Tensor checkpoints, Tensor out_pre)");
   m.def(
       "selective_scan_bwd_cuda(Tensor dout, Tensor? dlast_state, Tensor u, Tensor delta, Tensor A, Tensor B, "
       "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor? cu_seqlens, "
-      "Tensor checkpoints, bool delta_softplus, bool reverse) -> Tensor[]");
+      "Tensor checkpoints, Tensor out_pre, bool delta_softplus, bool reverse) -> Tensor[]");
 }

@@ -195,7 +195,7 @@ cudaError_t dispatch_dtype(at::ScalarType dtype, Fn&& fn) {
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
+std::tuple<Tensor, Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
                                                            const Tensor& B, const Tensor& C, const OptTensor& D,
                                                            const OptTensor& z, const OptTensor& delta_bias,
                                                            const OptTensor& initial_state,
@@ -208,7 +208,10 @@ std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, cons
   Tensor last_state = new_output({p.num_seqs, p.dim, p.dstate}, u.options().dtype(at::kFloat));
   Tensor checkpoints = new_output({save_checkpoints ? checkpoint_rows(p) : 0, p.dim, p.dstate},
                                   u.options().dtype(at::kFloat));
+  // With a gate, the backward needs y before it: kept when a backward will follow.
+  Tensor out_pre = save_checkpoints && z.has_value() ? new_output(u.sizes(), u.options()) : at::empty({0}, u.options());
   p.out = row_tensor(out);
+  if (out_pre.numel() > 0) p.out_pre = row_tensor(out_pre);
   p.last_state = last_state.data_ptr<float>();
   p.checkpoints = save_checkpoints ? checkpoints.data_ptr<float>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -216,14 +219,15 @@ std::tuple<Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, cons
     return launch_selective_scan_fwd<decltype(tag)>(p, stream);
   });
   TORCH_CHECK(err == cudaSuccess, "selective_scan forward launch failed: ", cudaGetErrorString(err));
-  return {out, last_state, checkpoints};
+  return {out, last_state, checkpoints, out_pre};
 }
 
 std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor& dlast_state, const Tensor& u,
                                             const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                                             const OptTensor& D, const OptTensor& z, const OptTensor& delta_bias,
                                             const OptTensor& initial_state, const OptTensor& cu_seqlens,
-                                            const Tensor& checkpoints, bool delta_softplus, bool reverse) {
+                                            const Tensor& checkpoints, const Tensor& out_pre, bool delta_softplus,
+                                            bool reverse) {
   const c10::cuda::CUDAGuard guard(u.device());
   ScanBwdParams p;
   auto keep = fill_common(p, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse);
@@ -236,6 +240,12 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   check_f32(checkpoints, "checkpoints");
   check_shape(checkpoints, "checkpoints", {rows, p.dim, p.dstate});
   TORCH_CHECK(checkpoints.is_contiguous(), "selective_scan: checkpoints must be contiguous");
+  if (z.has_value()) {
+    check_cuda(out_pre, "out_pre", u);
+    check_shape(out_pre, "out_pre", u.sizes());
+    TORCH_CHECK(out_pre.scalar_type() == u.scalar_type(), "selective_scan: out_pre must have u's dtype");
+    p.out_pre = row_tensor(out_pre);
+  }
   if (dlast_state.has_value()) {
     check_cuda(*dlast_state, "dlast_state", u);
     check_f32(*dlast_state, "dlast_state");
@@ -249,12 +259,10 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   int num_sms = 0;
   TORCH_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, u.get_device()) == cudaSuccess,
               "selective_scan: cannot read the multiprocessor count");
-  const int64_t warps = 8;
-  const int64_t max_blocks = ceil_div(p.channels_per_group, warps);
   const int64_t wanted = ceil_div(4 * num_sms, std::max<int64_t>(1, rows * p.groups));
-  int64_t blocks = std::clamp<int64_t>(wanted, 1, std::min<int64_t>(max_blocks, 16));
+  int64_t blocks = std::clamp<int64_t>(wanted, 1, std::min<int64_t>(p.channels_per_group, 16));
   blocks = std::min<int64_t>(blocks, std::max<int64_t>(1, 65535 / p.groups));
-  const int64_t channels_per_block = ceil_div(ceil_div(p.channels_per_group, blocks), warps) * warps;
+  const int64_t channels_per_block = ceil_div(p.channels_per_group, blocks);
   p.blocks_per_group = static_cast<int>(ceil_div(p.channels_per_group, channels_per_block));
   p.channels_per_block = static_cast<int>(channels_per_block);
   p.total_chunks = static_cast<int>(rows);
@@ -269,7 +277,7 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   // Chunk slots past the last real chunk (varlen upper bound) stay zero and drop out of the sums.
   Tensor dA_partial = at::zeros({rows, p.dim, p.dstate}, f32);
   Tensor dD_partial = at::zeros({rows, p.dim}, f32);
-  Tensor ddelta_bias_partial = at::zeros({rows, p.dim}, f32);
+  Tensor ddelta_bias_partial = at::zeros({rows, p.dim, kScanBwdWarps}, f32);
   const int64_t batch_rows = u.size(0);
   Tensor dB_partial = at::zeros({p.blocks_per_group, batch_rows, p.groups, p.dstate, p.seqlen}, f32);
   Tensor dC_partial = at::zeros_like(dB_partial);
@@ -298,7 +306,7 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   // Fixed-order reductions over chunks and channel blocks (no atomics: bitwise reproducible).
   Tensor dA = dA_partial.sum(0);
   Tensor dD = D.has_value() ? dD_partial.sum(0) : at::empty({0}, f32);
-  Tensor ddelta_bias = delta_bias.has_value() ? ddelta_bias_partial.sum(0) : at::empty({0}, f32);
+  Tensor ddelta_bias = delta_bias.has_value() ? ddelta_bias_partial.sum(at::IntArrayRef{0, 2}) : at::empty({0}, f32);
   Tensor dB = p.blocks_per_group == 1 ? dB_partial.select(0, 0) : dB_partial.sum(0);
   Tensor dC = p.blocks_per_group == 1 ? dC_partial.select(0, 0) : dC_partial.sum(0);
   return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state};

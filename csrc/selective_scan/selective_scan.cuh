@@ -33,7 +33,7 @@ constexpr int K = kScanItems;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kFwdWarps = 8;
-constexpr int kBwdWarps = 8;
+constexpr int kBwdWarps = kScanBwdWarps;
 // The forward stages B and C of this many states for one chunk in shared memory at a time; all
 // warps of a CTA (channels of one group) read them from there.
 constexpr int kFwdStateTile = 16;
@@ -293,38 +293,6 @@ __device__ __forceinline__ void state_items(const float* tile, const StateTensor
   else load_state_items<T>(t, span, g, n, pos, reverse, v);
 }
 
-// Recomputes the pre-gate output y of one chunk (scan order) from the state entering the chunk.
-template <typename T>
-__device__ __forceinline__ void recompute_chunk_output(const ScanParams& p, const SeqSpan& span, int d, int g,
-                                                       int pos, const float* chunk_entry, const ChunkInputs& in,
-                                                       const float* tile_B, const float* tile_C, float (&y)[K]) {
-  const bool desc = p.reverse;
-  const float Dd = p.D != nullptr ? p.D[d] : 0.f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) y[k] = Dd * in.u[k];
-  for (int n = 0; n < p.dstate; ++n) {
-    const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
-    float Bv[K], Cv[K], a[K];
-    state_items<T>(tile_B, p.B, span, g, n, pos, desc, Bv);
-    state_items<T>(tile_C, p.C, span, g, n, pos, desc, Cv);
-    float value = 0.f;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      a[k] = fast_exp2(in.dt[k] * A2);
-      value = fmaf(a[k], value, in.dt[k] * in.u[k] * Bv[k]);
-    }
-    float decay = fast_exp2(in.dt_sum * A2);
-    warp_scan(decay, value, desc);
-    const LaneMaps m = lane_maps(decay, value, desc);
-    float x = fmaf(m.before_decay, chunk_entry[n], m.before_value);
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      x = fmaf(a[k], x, in.dt[k] * in.u[k] * Bv[k]);
-      y[k] = fmaf(Cv[k], x, y[k]);
-    }
-  }
-}
-
 // ------------------------------------------------------------------------------------------------
 // Forward.
 // One CTA: kFwdWarps channels of one group, one sequence. Grid: (sequence, group x channel block).
@@ -397,14 +365,17 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(S
       }
       __syncwarp();
     }
+    flip_if(desc, y);
     if (p.z.ptr != nullptr) {
+      // The backward's dz needs y before the gate; keeping it costs one write instead of a replay.
+      if (active && p.out_pre.ptr != nullptr) {
+        store_items(row_ptr_mut<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
+      }
       float z[K];
       load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
-      flip_if(desc, z);
 #pragma unroll
       for (int k = 0; k < K; ++k) y[k] *= silu(z[k]);
     }
-    flip_if(desc, y);
     if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
   }
   if (active) {
@@ -413,16 +384,39 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(S
 }
 
 // ------------------------------------------------------------------------------------------------
-// Backward pass 1: chunk summaries and dz.
+// Backward passes 1 and 3 give each warp of a CTA different states of the same channel: then every
+// warp owns its states' dB/dC rows outright, and only the per-position sums over states (du,
+// ddelta) cross warps, once per channel.
+static_assert(kBwdWarps * 32 == kScanChunk, "pass 3 reduces one chunk position per thread");
+
+// The gradient reaching y (before the gate), in scan order.
 template <typename T>
-__device__ __forceinline__ void load_gate_gradient(const ScanBwdParams& p, const SeqSpan& span, int d, int pos,
-                                                   float (&dout)[K], float (&z)[K]) {
-  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, dout);
-  flip_if(p.reverse, dout);
+__device__ __forceinline__ void load_output_gradient(const ScanBwdParams& p, const SeqSpan& span, int d, int pos,
+                                                     float (&gy)[K]) {
+  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, gy);
+  flip_if(p.reverse, gy);
   if (p.z.ptr != nullptr) {
+    float z[K];
     load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
     flip_if(p.reverse, z);
+#pragma unroll
+    for (int k = 0; k < K; ++k) gy[k] *= silu(z[k]);
   }
+}
+
+// dz = dout * y * silu'(z), from the pre-gate output the forward saved (memory order throughout).
+template <typename T>
+__device__ __forceinline__ void write_gate_gradient(const ScanBwdParams& p, const SeqSpan& span, int d, int pos) {
+  float dout[K], z[K], y[K];
+  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, dout);
+  load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
+  load_items(row_ptr<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const float sg = sigmoid(z[k]);
+    y[k] = dout[k] * y[k] * sg * (1.f + z[k] * (1.f - sg));
+  }
+  store_items(row_ptr_mut<T>(p.dz, span, d), p.dz.len_stride, pos, span.len, y);
 }
 
 // The channels [d_begin, d_end) that a backward CTA owns, and its chunk.
@@ -445,6 +439,19 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
   return true;
 }
 
+// Stages the chunk's B and C (all states) in shared memory when they fit; returns the tiles or null.
+template <typename T>
+__device__ __forceinline__ void stage_bwd_tiles(const ScanBwdParams& p, const BwdTile& tile, float* smem,
+                                                const float*& tile_B, const float*& tile_C) {
+  tile_B = tile_C = nullptr;
+  if (p.dstate > kBwdTileMaxDstate) return;
+  const int N = p.dstate;
+  load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem);
+  load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem + N * kScanChunk);
+  tile_B = smem;
+  tile_C = smem + N * kScanChunk;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
@@ -454,37 +461,22 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_ker
   const bool desc = p.reverse;
   const int N = p.dstate;
   const int pos = tile.chunk * kScanChunk + lane * K;
-  const float* tile_B = nullptr;
   const float* tile_C = nullptr;
-  if (N <= kBwdTileMaxDstate) {  // every channel of the CTA reads the same B and C chunk
-    load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem);
-    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem + N * kScanChunk);
-    __syncthreads();
-    tile_B = smem;
-    tile_C = smem + N * kScanChunk;
+  if (N <= kBwdTileMaxDstate) {  // every channel of the CTA reads the same C chunk
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem);
+    tile_C = smem;
   }
-  for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
-    const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
+  __syncthreads();
+  const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
+  for (int d = tile.d_begin; d < tile.d_end; ++d) {
+    if (p.z.ptr != nullptr && warp == kBwdWarps - 1) write_gate_gradient<T>(p, tile.span, d, pos);
+    if (warp >= N) continue;
     ChunkInputs in;
     load_chunk_inputs<T>(p, tile.span, d, pos, in);
-    float dout[K], z[K], gy[K];
-    load_gate_gradient<T>(p, tile.span, d, pos, dout, z);
-    if (p.z.ptr != nullptr) {
-      float y[K], dz[K];
-      recompute_chunk_output<T>(p, tile.span, d, tile.group, pos, p.checkpoints + chunk_row, in, tile_B, tile_C, y);
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const float sg = sigmoid(z[k]);
-        gy[k] = dout[k] * z[k] * sg;
-        dz[k] = dout[k] * y[k] * sg * (1.f + z[k] * (1.f - sg));
-      }
-      flip_if(desc, dz);
-      store_items(row_ptr_mut<T>(p.dz, tile.span, d), p.dz.len_stride, pos, tile.span.len, dz);
-    } else {
-#pragma unroll
-      for (int k = 0; k < K; ++k) gy[k] = dout[k];
-    }
-    for (int n = 0; n < N; ++n) {
+    float gy[K];
+    load_output_gradient<T>(p, tile.span, d, pos, gy);
+    const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
+    for (int n = warp; n < N; n += kBwdWarps) {
       const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
       float Cv[K];
       state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
@@ -494,7 +486,6 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_ker
       for (int k = K - 1; k >= 0; --k) value = fast_exp2(in.dt[k] * A2) * fmaf(Cv[k], gy[k], value);
       float decay = fast_exp2(in.dt_sum * A2);
       warp_scan(decay, value, !desc);
-      const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
       if (lane == first_lane) {
         p.chunk_decay[chunk_row + n] = decay;
         p.chunk_adjoint[chunk_row + n] = value;
@@ -523,7 +514,7 @@ static __global__ void selective_scan_bwd_carry_kernel(ScanBwdParams p) {
   p.dinitial_state[idx] = v;
 }
 
-// Backward pass 3: all gradients of one chunk for a block of channels.
+// Backward pass 3: all gradients of one chunk for a block of channels, one channel at a time.
 template <typename T>
 __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
@@ -536,151 +527,152 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   const int chunk_start = tile.chunk * kScanChunk;
   const int chunk_len = min(kScanChunk, tile.span.len - chunk_start);
 
-  // Per-warp contributions of one state, then the block's running sums over channels.
-  float* contrib = smem;  // [kBwdWarps][2][kScanChunk]
+  // Shared memory: [B tile][C tile] (dstate <= kBwdTileMaxDstate), then the dB/dC accumulators
+  // [2][N][kScanChunk] (dstate <= kSmemAccMaxDstate; row n belongs to warp n % kBwdWarps), then two
+  // buffers of per-warp du/ddelta partials [kBwdWarps][2][kScanChunk] + [2][kScanChunk] of the
+  // per-position factors (D * gy, softplus').
+  const float *tile_B, *tile_C;
+  stage_bwd_tiles<T>(p, tile, smem, tile_B, tile_C);
+  float* acc_smem = smem + (tile_B != nullptr ? 2 * N * kScanChunk : 0);
   const bool acc_in_smem = N <= kSmemAccMaxDstate;
-  float* acc_smem = smem + kBwdWarps * 2 * kScanChunk;  // [2][N][kScanChunk] when acc_in_smem
-  const float* tile_B = nullptr;
-  const float* tile_C = nullptr;
-  if (N <= kBwdTileMaxDstate) {  // [2][N][kScanChunk] after the accumulators
-    float* staged = acc_smem + (acc_in_smem ? 2 * N * kScanChunk : 0);
-    load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, chunk_start, staged);
-    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, chunk_start, staged + N * kScanChunk);
-    tile_B = staged;
-    tile_C = staged + N * kScanChunk;
-  }
+  float* exchange = acc_smem + (acc_in_smem ? 2 * N * kScanChunk : 0);
+  constexpr int kExchange = (kBwdWarps + 1) * 2 * kScanChunk;
   const int64_t L = p.seqlen;
-  const int64_t partial_row = ((static_cast<int64_t>(tile.block) * (p.cu_seqlens ? 1 : p.num_seqs) + tile.span.batch) *
-                                   p.groups + tile.group) * N * L + tile.span.start + chunk_start;
+  const int batch_rows = p.cu_seqlens != nullptr ? 1 : p.num_seqs;
+  const int64_t partial_row = ((static_cast<int64_t>(tile.block) * batch_rows + tile.span.batch) * p.groups +
+                               tile.group) * N * L + tile.span.start + chunk_start;
   if (acc_in_smem) {
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) acc_smem[i] = 0.f;
   }
   __syncthreads();
 
-  const int iterations = (tile.d_end - tile.d_begin + kBwdWarps - 1) / kBwdWarps;
-  for (int it = 0; it < iterations; ++it) {
-    const int d = tile.d_begin + it * kBwdWarps + warp;
-    const bool active = d < tile.d_end;  // uniform within the warp
+  for (int d = tile.d_begin; d < tile.d_end; ++d) {
+    float* buffer = exchange + ((d - tile.d_begin) & 1) * kExchange;
     const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
     ChunkInputs in;
     float softplus_grad[K], gy[K], du[K], ddt[K];
-    float Dd = 0.f, dD = 0.f;
-    if (active) {
-      load_chunk_inputs<T>(p, tile.span, d, pos, in, &softplus_grad);
-      float dout[K], z[K];
-      load_gate_gradient<T>(p, tile.span, d, pos, dout, z);
-      Dd = p.D != nullptr ? p.D[d] : 0.f;
+    load_chunk_inputs<T>(p, tile.span, d, pos, in, &softplus_grad);
+    load_output_gradient<T>(p, tile.span, d, pos, gy);
+#pragma unroll
+    for (int k = 0; k < K; ++k) du[k] = ddt[k] = 0.f;
+
+    for (int n = warp; n < N; n += kBwdWarps) {
+      const float A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
+      const float A2 = A * kLog2e;
+      float Bv[K], Cv[K], a[K], b[K], x_before[K], dB_item[K], dC_item[K];
+      state_items<T>(tile_B, p.B, tile.span, tile.group, n, pos, desc, Bv);
+      state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
+      // Forward state, replayed from the checkpoint.
+      float value = 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        gy[k] = p.z.ptr != nullptr ? dout[k] * silu(z[k]) : dout[k];
-        du[k] = Dd * gy[k];
-        ddt[k] = 0.f;
-        dD = fmaf(gy[k], in.u[k], dD);
+        a[k] = fast_exp2(in.dt[k] * A2);
+        b[k] = in.dt[k] * in.u[k] * Bv[k];
+        value = fmaf(a[k], value, b[k]);
       }
-    } else {
+      const float chunk_decay = fast_exp2(in.dt_sum * A2);
+      float decay = chunk_decay;
+      warp_scan(decay, value, desc);
+      const LaneMaps fm = lane_maps(decay, value, desc);
+      float x = fmaf(fm.before_decay, p.checkpoints[chunk_row + n], fm.before_value);
 #pragma unroll
-      for (int k = 0; k < K; ++k) in.u[k] = in.dt[k] = gy[k] = du[k] = ddt[k] = softplus_grad[k] = 0.f;
-      in.dt_sum = 0.f;
-    }
-
-    for (int n = 0; n < N; ++n) {
-      float dB_item[K], dC_item[K];
-      if (active) {
-        const float A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
-        const float A2 = A * kLog2e;
-        float Bv[K], Cv[K], a[K], b[K], x_before[K];
-        state_items<T>(tile_B, p.B, tile.span, tile.group, n, pos, desc, Bv);
-        state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
-        // Forward state, replayed from the checkpoint.
-        float value = 0.f;
+      for (int k = 0; k < K; ++k) {
+        x_before[k] = x;
+        x = fmaf(a[k], x, b[k]);
+      }
+      // Adjoint, right to left in scan order, entering from the next chunk.
+      value = 0.f;
+#pragma unroll
+      for (int k = K - 1; k >= 0; --k) value = a[k] * fmaf(Cv[k], gy[k], value);
+      decay = chunk_decay;
+      warp_scan(decay, value, !desc);
+      const LaneMaps bm = lane_maps(decay, value, !desc);
+      float v = fmaf(bm.before_decay, p.adjoint_carry[chunk_row + n], bm.before_value);
+      float dA = 0.f;
+#pragma unroll
+      for (int k = K - 1; k >= 0; --k) {
+        const float h = fmaf(Cv[k], gy[k], v);  // dL/dx_k
+        v = a[k] * h;
+        const float decay_term = a[k] * x_before[k];
+        du[k] = fmaf(h * in.dt[k], Bv[k], du[k]);
+        ddt[k] = fmaf(h, fmaf(A, decay_term, Bv[k] * in.u[k]), ddt[k]);
+        dA = fmaf(h * in.dt[k], decay_term, dA);
+        dB_item[k] = h * in.dt[k] * in.u[k];
+        dC_item[k] = gy[k] * fmaf(a[k], x_before[k], b[k]);
+      }
+      dA = warp_sum(dA);
+      if (lane == 0) p.dA_partial[chunk_row + n] = dA;
+      flip_if(desc, dB_item);
+      flip_if(desc, dC_item);
+      // This warp owns rows n of the accumulators: the sum over channels runs in channel order.
+      if (acc_in_smem) {
+        float* rowB = acc_smem + n * kScanChunk + lane * K;
+        float* rowC = acc_smem + (N + n) * kScanChunk + lane * K;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-          a[k] = fast_exp2(in.dt[k] * A2);
-          b[k] = in.dt[k] * in.u[k] * Bv[k];
-          value = fmaf(a[k], value, b[k]);
+          rowB[k] += dB_item[k];
+          rowC[k] += dC_item[k];
         }
-        const float chunk_decay = fast_exp2(in.dt_sum * A2);
-        float decay = chunk_decay;
-        warp_scan(decay, value, desc);
-        const LaneMaps fm = lane_maps(decay, value, desc);
-        float x = fmaf(fm.before_decay, p.checkpoints[chunk_row + n], fm.before_value);
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-          x_before[k] = x;
-          x = fmaf(a[k], x, b[k]);
-        }
-        // Adjoint, right to left in scan order, entering from the next chunk.
-        value = 0.f;
-#pragma unroll
-        for (int k = K - 1; k >= 0; --k) value = a[k] * fmaf(Cv[k], gy[k], value);
-        decay = chunk_decay;
-        warp_scan(decay, value, !desc);
-        const LaneMaps bm = lane_maps(decay, value, !desc);
-        float v = fmaf(bm.before_decay, p.adjoint_carry[chunk_row + n], bm.before_value);
-        float dA = 0.f;
-#pragma unroll
-        for (int k = K - 1; k >= 0; --k) {
-          const float h = fmaf(Cv[k], gy[k], v);  // dL/dx_k
-          v = a[k] * h;
-          const float decay_term = a[k] * x_before[k];
-          du[k] = fmaf(h * in.dt[k], Bv[k], du[k]);
-          ddt[k] = fmaf(h, fmaf(A, decay_term, Bv[k] * in.u[k]), ddt[k]);
-          dA = fmaf(h * in.dt[k], decay_term, dA);
-          dB_item[k] = h * in.dt[k] * in.u[k];
-          dC_item[k] = gy[k] * fmaf(a[k], x_before[k], b[k]);
-        }
-        dA = warp_sum(dA);
-        if (lane == 0) p.dA_partial[chunk_row + n] = dA;
-        flip_if(desc, dB_item);
-        flip_if(desc, dC_item);
       } else {
 #pragma unroll
-        for (int k = 0; k < K; ++k) dB_item[k] = dC_item[k] = 0.f;
-      }
-      // Fixed-order sum over the warps' channels.
-      float* mine = contrib + warp * 2 * kScanChunk + lane * K;
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        mine[k] = dB_item[k];
-        mine[kScanChunk + k] = dC_item[k];
-      }
-      __syncthreads();
-      for (int i = threadIdx.x; i < 2 * kScanChunk; i += blockDim.x) {
-        float sum = 0.f;
-#pragma unroll
-        for (int w = 0; w < kBwdWarps; ++w) sum += contrib[w * 2 * kScanChunk + i];
-        const int which = i / kScanChunk, at = i % kScanChunk;
-        if (acc_in_smem) {
-          acc_smem[(which * N + n) * kScanChunk + at] += sum;
-        } else if (at < chunk_len) {
-          float* dst = (which == 0 ? p.dB_partial : p.dC_partial) + partial_row + n * L + at;
-          *dst += sum;
+        for (int k = 0; k < K; ++k) {
+          if (lane * K + k < chunk_len) {
+            p.dB_partial[partial_row + n * L + lane * K + k] += dB_item[k];
+            p.dC_partial[partial_row + n * L + lane * K + k] += dC_item[k];
+          }
         }
       }
-      __syncthreads();
     }
 
-    if (active) {
-      float dbias = 0.f;
+    // Sum du and ddelta over the warps' states: each thread finishes one chunk position.
+    flip_if(desc, du);
+    flip_if(desc, ddt);
+    float* mine = buffer + warp * 2 * kScanChunk + lane * K;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      mine[k] = du[k];
+      mine[kScanChunk + k] = ddt[k];
+    }
+    if (warp == 0) {
+      const float Dd = p.D != nullptr ? p.D[d] : 0.f;
+      float dD = 0.f, skip[K];
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        ddt[k] = in.valid[k] ? ddt[k] * softplus_grad[k] : 0.f;
-        dbias += ddt[k];
+        skip[k] = Dd * gy[k];
+        dD = fmaf(gy[k], in.u[k], dD);
       }
-      flip_if(desc, du);
-      flip_if(desc, ddt);
-      store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.len, du);
-      store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.len, ddt);
+      flip_if(desc, skip);
+      flip_if(desc, softplus_grad);
+      float* factors = buffer + kBwdWarps * 2 * kScanChunk + lane * K;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        factors[k] = skip[k];
+        factors[kScanChunk + k] = softplus_grad[k];
+      }
       dD = warp_sum(dD);
-      dbias = warp_sum(dbias);
-      if (lane == 0) {
-        p.dD_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dD;
-        p.ddelta_bias_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dbias;
-      }
+      if (lane == 0) p.dD_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dD;
     }
+    __syncthreads();  // the other buffer is free again: every warp finished the previous channel
+    const int at = threadIdx.x;
+    float du_sum = buffer[kBwdWarps * 2 * kScanChunk + at];
+    float ddt_sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kBwdWarps; ++w) {
+      du_sum += buffer[w * 2 * kScanChunk + at];
+      ddt_sum += buffer[w * 2 * kScanChunk + kScanChunk + at];
+    }
+    const bool valid = at < chunk_len;
+    ddt_sum = valid ? ddt_sum * buffer[kBwdWarps * 2 * kScanChunk + kScanChunk + at] : 0.f;
+    if (valid) {
+      row_ptr_mut<T>(p.du, tile.span, d)[(chunk_start + at) * p.du.len_stride] = from_float<T>(du_sum);
+      row_ptr_mut<T>(p.ddelta, tile.span, d)[(chunk_start + at) * p.ddelta.len_stride] = from_float<T>(ddt_sum);
+    }
+    const float dbias = warp_sum(ddt_sum);
+    if (lane == 0) p.ddelta_bias_partial[(static_cast<int64_t>(tile.global_chunk) * p.dim + d) * kBwdWarps + warp] = dbias;
   }
 
   if (acc_in_smem) {
+    __syncthreads();
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) {
       const int at = i % kScanChunk;
       if (at >= chunk_len) continue;
@@ -714,9 +706,9 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
   const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
   const size_t tiles = params.dstate <= kBwdTileMaxDstate ? sizeof(float) * 2 * params.dstate * kScanChunk : 0;
   cudaError_t err = cudaFuncSetAttribute(selective_scan_bwd_summary_kernel<input_t>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tiles));
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tiles / 2));
   if (err != cudaSuccess) return err;
-  selective_scan_bwd_summary_kernel<input_t><<<grid, kBwdWarps * 32, tiles, stream>>>(params);
+  selective_scan_bwd_summary_kernel<input_t><<<grid, kBwdWarps * 32, tiles / 2, stream>>>(params);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
@@ -727,7 +719,7 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  size_t smem = sizeof(float) * kBwdWarps * 2 * kScanChunk + tiles;
+  size_t smem = tiles + sizeof(float) * 2 * (kBwdWarps + 1) * 2 * kScanChunk;
   if (params.dstate <= kSmemAccMaxDstate) smem += sizeof(float) * 2 * params.dstate * kScanChunk;
   err = cudaFuncSetAttribute(selective_scan_bwd_main_kernel<input_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem));

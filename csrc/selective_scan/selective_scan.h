@@ -14,6 +14,8 @@ namespace m4v {
 constexpr int kScanItems = 8;
 constexpr int kScanChunk = 32 * kScanItems;
 constexpr int kScanMaxDstate = 256;
+// Warps per backward CTA; also the last dimension of ddelta_bias_partial.
+constexpr int kScanBwdWarps = 8;
 
 enum class ScanDtype { kFloat32, kFloat16, kBFloat16 };
 
@@ -48,8 +50,8 @@ struct ScanParams {
   const float* delta_bias = nullptr;  // (dim,) or null
   const float* initial_state = nullptr;  // contiguous (num_seqs, dim, dstate) or null
 
-  // Forward outputs.
-  RowTensor out;           // contiguous
+  // Forward outputs. out_pre (y before the z gate) is written only when set: the backward's dz.
+  RowTensor out, out_pre;
   float* last_state = nullptr;   // contiguous (num_seqs, dim, dstate)
   float* checkpoints = nullptr;  // (total_chunks, dim, dstate), or null when no backward follows
 };
@@ -68,7 +70,7 @@ struct ScanBwdParams : ScanParams {
   // Per-chunk partial sums, reduced over chunks by the launcher in a fixed order.
   float* dA_partial = nullptr;          // (total_chunks, dim, dstate)
   float* dD_partial = nullptr;          // (total_chunks, dim)
-  float* ddelta_bias_partial = nullptr; // (total_chunks, dim)
+  float* ddelta_bias_partial = nullptr; // (total_chunks, dim, kScanBwdWarps)
   // dB and dC summed over the channels of one channel block:
   // (blocks_per_group, batch, groups, dstate, seqlen), reduced over blocks by the launcher.
   float* dB_partial = nullptr;

@@ -313,11 +313,12 @@ def _cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, de
 def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                        z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
                        cu_seqlens: Optional[Tensor], delta_softplus: bool, reverse: bool, backend: str,
-                       save_checkpoints: bool) -> tuple[Tensor, Tensor, Tensor]:
+                       save_checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward op. B and C are (batch, groups, dstate, seqlen) in u's dtype.
 
-    Returns (out (batch, dim, seqlen), last_state (num_seqs, dim, dstate) fp32, checkpoints), where
-    checkpoints holds the states the backend's backward needs (empty for the reference).
+    Returns (out (batch, dim, seqlen), last_state (num_seqs, dim, dstate) fp32, checkpoints,
+    out_pre). checkpoints holds the states the backend's backward needs (empty for the reference);
+    out_pre is y before the z gate, which the CUDA backward uses for dz (otherwise empty).
     """
     if backend == "cuda":
         return _cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse,
@@ -325,11 +326,12 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     if backend == "triton":
         from m4v.kernels.triton.selective_scan import selective_scan_fwd_triton
 
-        return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
-                                         delta_softplus, reverse, save_checkpoints)
+        out, last, checkpoints = selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                                           cu_seqlens, delta_softplus, reverse, save_checkpoints)
+        return out, last, checkpoints, u.new_empty((0,))
     out, last = _reference_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
                                reverse)
-    return out, last, u.new_empty((0, u.shape[1], A.shape[1]), dtype=torch.float32)
+    return out, last, u.new_empty((0, u.shape[1], A.shape[1]), dtype=torch.float32), u.new_empty((0,))
 
 
 @selective_scan_fwd.register_fake
@@ -339,14 +341,16 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
     state_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     last = u.new_empty((_num_seqs(batch, cu_seqlens), dim, A.shape[1]), dtype=state_dtype)
     rows = checkpoint_rows(backend, batch, seqlen, cu_seqlens) if save_checkpoints else 0
-    return torch.empty_like(u), last, u.new_empty((rows, dim, A.shape[1]), dtype=torch.float32)
+    keeps_pre_gate = backend == "cuda" and save_checkpoints and z is not None
+    out_pre = torch.empty_like(u) if keeps_pre_gate else u.new_empty((0,))
+    return torch.empty_like(u), last, u.new_empty((rows, dim, A.shape[1]), dtype=torch.float32), out_pre
 
 
 @torch.library.custom_op("m4v::selective_scan_bwd", mutates_args=())
 def selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
                        C: Tensor, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                        initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], checkpoints: Tensor,
-                       delta_softplus: bool, reverse: bool, backend: str) -> list[Tensor]:
+                       out_pre: Tensor, delta_softplus: bool, reverse: bool, backend: str) -> list[Tensor]:
     """Backward op: [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state].
 
     dB and dC are float32 (float64 for float64 input) in the (batch, groups, dstate, seqlen) form; dD, dz and ddelta_bias are
@@ -354,7 +358,8 @@ def selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, d
     """
     if backend == "cuda":
         return torch.ops.m4v.selective_scan_bwd_cuda(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias,
-                                                     initial_state, cu_seqlens, checkpoints, delta_softplus, reverse)
+                                                     initial_state, cu_seqlens, checkpoints, out_pre, delta_softplus,
+                                                     reverse)
     if backend == "triton":
         from m4v.kernels.triton.selective_scan import selective_scan_bwd_triton
 
@@ -365,7 +370,7 @@ def selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, d
 
 
 @selective_scan_bwd.register_fake
-def _(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, checkpoints,
+def _(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, checkpoints, out_pre,
       delta_softplus, reverse, backend):
     batch, dim, _ = u.shape
     state_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -380,17 +385,17 @@ def _(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_
 def _setup_context(ctx, inputs, output):
     (u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse, backend,
      _save) = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2])
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2], output[3])
     ctx.delta_softplus, ctx.reverse, ctx.backend = delta_softplus, reverse, backend
-    ctx.mark_non_differentiable(output[2])
+    ctx.mark_non_differentiable(output[2], output[3])
 
 
-def _backward(ctx, dout, dlast_state, _dcheckpoints):
-    u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, checkpoints = ctx.saved_tensors
+def _backward(ctx, dout, dlast_state, _dcheckpoints, _dout_pre):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, checkpoints, out_pre = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(u)
     grads = selective_scan_bwd(dout.contiguous(), dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state,
-                               cu_seqlens, checkpoints, ctx.delta_softplus, ctx.reverse, ctx.backend)
+                               cu_seqlens, checkpoints, out_pre, ctx.delta_softplus, ctx.reverse, ctx.backend)
     du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = grads
     return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
             dD if D is not None else None, dz if z is not None else None,
@@ -466,8 +471,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     B4, C4 = B4.to(u.dtype), C4.to(u.dtype)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B4, C4, D, z, delta_bias, initial_state))
-    out, last_state, _ = selective_scan_fwd(u, delta, A, B4, C4, D, z, delta_bias, initial_state, cu_seqlens,
-                                            delta_softplus, reverse, backend, needs_grad)
+    out, last_state, _, _ = selective_scan_fwd(u, delta, A, B4, C4, D, z, delta_bias, initial_state, cu_seqlens,
+                                               delta_softplus, reverse, backend, needs_grad)
     return (out, last_state) if return_last_state else out
 
 

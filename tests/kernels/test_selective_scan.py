@@ -322,10 +322,10 @@ def test_opcheck(backend):
         if t is not None:
             t.requires_grad_(True)
     torch.library.opcheck(torch.ops.m4v.selective_scan_fwd.default, args)
-    out, last, checkpoints = torch.ops.m4v.selective_scan_fwd(*args)
+    out, last, checkpoints, out_pre = torch.ops.m4v.selective_scan_fwd(*args)
     detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in args]
-    bwd_args = (torch.randn_like(out), torch.randn_like(last), *detached[:10], checkpoints.detach(), True, False,
-                backend)
+    bwd_args = (torch.randn_like(out), torch.randn_like(last), *detached[:10], checkpoints.detach(), out_pre.detach(),
+                True, False, backend)
     torch.library.opcheck(torch.ops.m4v.selective_scan_bwd.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -438,6 +438,9 @@ def test_cuda_op_rejects_bad_input_directly():
     with pytest.raises(RuntimeError, match="delta"):
         torch.ops.m4v.selective_scan_fwd_cuda(u, u[..., :4], A, B, B, None, None, None, None, None, False, False,
                                               False)
+    with pytest.raises(RuntimeError, match="dstate"):
+        torch.ops.m4v.selective_scan_fwd_cuda(u, u, -torch.rand(4, 300, device="cuda"), B, B, None, None, None, None,
+                                              None, False, False, False)
     with pytest.raises(RuntimeError, match="A must be float32"):
         torch.ops.m4v.selective_scan_fwd_cuda(u, u, A.double(), B, B, None, None, None, None, None, False, False,
                                               False)
