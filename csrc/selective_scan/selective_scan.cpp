@@ -260,9 +260,10 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   TORCH_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, u.get_device()) == cudaSuccess,
               "selective_scan: cannot read the multiprocessor count");
   const int64_t wanted = ceil_div(4 * num_sms, std::max<int64_t>(1, rows * p.groups));
-  int64_t blocks = std::clamp<int64_t>(wanted, 1, std::min<int64_t>(p.channels_per_group, 16));
+  const int64_t max_blocks = ceil_div(p.channels_per_group, kScanBwdWarps);  // each block >= one channel per warp
+  int64_t blocks = std::clamp<int64_t>(wanted, 1, std::min<int64_t>(max_blocks, 16));
   blocks = std::min<int64_t>(blocks, std::max<int64_t>(1, 65535 / p.groups));
-  const int64_t channels_per_block = ceil_div(p.channels_per_group, blocks);
+  const int64_t channels_per_block = ceil_div(ceil_div(p.channels_per_group, blocks), kScanBwdWarps) * kScanBwdWarps;
   p.blocks_per_group = static_cast<int>(ceil_div(p.channels_per_group, channels_per_block));
   p.channels_per_block = static_cast<int>(channels_per_block);
   p.total_chunks = static_cast<int>(rows);
@@ -277,7 +278,7 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   // Chunk slots past the last real chunk (varlen upper bound) stay zero and drop out of the sums.
   Tensor dA_partial = at::zeros({rows, p.dim, p.dstate}, f32);
   Tensor dD_partial = at::zeros({rows, p.dim}, f32);
-  Tensor ddelta_bias_partial = at::zeros({rows, p.dim, kScanBwdWarps}, f32);
+  Tensor ddelta_bias_partial = at::zeros({rows, p.dim}, f32);
   const int64_t batch_rows = u.size(0);
   Tensor dB_partial = at::zeros({p.blocks_per_group, batch_rows, p.groups, p.dstate, p.seqlen}, f32);
   Tensor dC_partial = at::zeros_like(dB_partial);
@@ -306,7 +307,7 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   // Fixed-order reductions over chunks and channel blocks (no atomics: bitwise reproducible).
   Tensor dA = dA_partial.sum(0);
   Tensor dD = D.has_value() ? dD_partial.sum(0) : at::empty({0}, f32);
-  Tensor ddelta_bias = delta_bias.has_value() ? ddelta_bias_partial.sum(at::IntArrayRef{0, 2}) : at::empty({0}, f32);
+  Tensor ddelta_bias = delta_bias.has_value() ? ddelta_bias_partial.sum(0) : at::empty({0}, f32);
   Tensor dB = p.blocks_per_group == 1 ? dB_partial.select(0, 0) : dB_partial.sum(0);
   Tensor dC = p.blocks_per_group == 1 ? dC_partial.select(0, 0) : dC_partial.sum(0);
   return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state};

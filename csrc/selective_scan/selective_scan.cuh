@@ -360,7 +360,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(S
           x = fmaf(a[k], x, b[k]);
           y[k] = fmaf(Cv[k], x, y[k]);
         }
-        // Every lane read carry[n] before the shuffles above, which all lanes must reach.
+        __syncwarp();  // every lane has read carry[n]
         if (lane == 0) carry[n] = fmaf(m.total_decay, entry, m.total_value);
       }
       __syncwarp();
@@ -384,10 +384,8 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(S
 }
 
 // ------------------------------------------------------------------------------------------------
-// Backward passes 1 and 3 give each warp of a CTA different states of the same channel: then every
-// warp owns its states' dB/dC rows outright, and only the per-position sums over states (du,
-// ddelta) cross warps, once per channel.
-static_assert(kBwdWarps * 32 == kScanChunk, "pass 3 reduces one chunk position per thread");
+// Backward. A CTA owns one chunk and a block of channels of one group; its warps take the channels
+// in turn (each warp a channel at a time, so eight channels' loads are in flight per CTA).
 
 // The gradient reaching y (before the gate), in scan order.
 template <typename T>
@@ -452,6 +450,8 @@ __device__ __forceinline__ void stage_bwd_tiles(const ScanBwdParams& p, const Bw
   tile_C = smem + N * kScanChunk;
 }
 
+// Pass 1: per (chunk, channel, state) the product of the chunk's decays and the adjoint the chunk
+// produces on its own; also dz, from the pre-gate output the forward kept.
 template <typename T>
 __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
@@ -468,15 +468,15 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_ker
   }
   __syncthreads();
   const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
-  for (int d = tile.d_begin; d < tile.d_end; ++d) {
-    if (p.z.ptr != nullptr && warp == kBwdWarps - 1) write_gate_gradient<T>(p, tile.span, d, pos);
-    if (warp >= N) continue;
+  for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
+    if (p.z.ptr != nullptr) write_gate_gradient<T>(p, tile.span, d, pos);
     ChunkInputs in;
     load_chunk_inputs<T>(p, tile.span, d, pos, in);
     float gy[K];
     load_output_gradient<T>(p, tile.span, d, pos, gy);
     const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
-    for (int n = warp; n < N; n += kBwdWarps) {
+#pragma unroll 2
+    for (int n = 0; n < N; ++n) {
       const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
       float Cv[K];
       state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
@@ -514,7 +514,68 @@ static __global__ void selective_scan_bwd_carry_kernel(ScanBwdParams p) {
   p.dinitial_state[idx] = v;
 }
 
-// Backward pass 3: all gradients of one chunk for a block of channels, one channel at a time.
+// Backward pass 3: all gradients of one chunk for a block of channels.
+//
+// One state of one channel, for one lane's items (scan order): accumulates du and ddelta and
+// returns this lane's dB/dC items (memory order) and dA.
+template <typename T>
+__device__ __forceinline__ float state_gradients(const ScanBwdParams& p, const BwdTile& tile, int d, int n, int pos,
+                                                 int64_t chunk_row, const ChunkInputs& in, const float (&gy)[K],
+                                                 const float* tile_B, const float* tile_C, float (&du)[K],
+                                                 float (&ddt)[K], float (&dB_item)[K], float (&dC_item)[K]) {
+  const bool desc = p.reverse;
+  const float A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
+  const float A2 = A * kLog2e;
+  float Bv[K], Cv[K], a[K], b[K], x_before[K];
+  state_items<T>(tile_B, p.B, tile.span, tile.group, n, pos, desc, Bv);
+  state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
+  // Forward state, replayed from the checkpoint.
+  float value = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    a[k] = fast_exp2(in.dt[k] * A2);
+    b[k] = in.dt[k] * in.u[k] * Bv[k];
+    value = fmaf(a[k], value, b[k]);
+  }
+  const float chunk_decay = fast_exp2(in.dt_sum * A2);
+  float decay = chunk_decay;
+  warp_scan(decay, value, desc);
+  const LaneMaps fm = lane_maps(decay, value, desc);
+  float x = fmaf(fm.before_decay, p.checkpoints[chunk_row + n], fm.before_value);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    x_before[k] = x;
+    x = fmaf(a[k], x, b[k]);
+  }
+  // Adjoint, right to left in scan order, entering from the next chunk.
+  value = 0.f;
+#pragma unroll
+  for (int k = K - 1; k >= 0; --k) value = a[k] * fmaf(Cv[k], gy[k], value);
+  decay = chunk_decay;
+  warp_scan(decay, value, !desc);
+  const LaneMaps bm = lane_maps(decay, value, !desc);
+  float v = fmaf(bm.before_decay, p.adjoint_carry[chunk_row + n], bm.before_value);
+  float dA = 0.f;
+#pragma unroll
+  for (int k = K - 1; k >= 0; --k) {
+    const float h = fmaf(Cv[k], gy[k], v);  // dL/dx_k
+    v = a[k] * h;
+    const float decay_term = a[k] * x_before[k];
+    du[k] = fmaf(h * in.dt[k], Bv[k], du[k]);
+    ddt[k] = fmaf(h, fmaf(A, decay_term, Bv[k] * in.u[k]), ddt[k]);
+    dA = fmaf(h * in.dt[k], decay_term, dA);
+    dB_item[k] = h * in.dt[k] * in.u[k];
+    dC_item[k] = gy[k] * fmaf(a[k], x_before[k], b[k]);
+  }
+  flip_if(desc, dB_item);
+  flip_if(desc, dC_item);
+  return warp_sum(dA);
+}
+
+// Two states per barrier: the warp works on two independent scans at once, and the CTA meets half
+// as often to sum dB/dC over its channels.
+constexpr int kStatesPerRound = 2;
+
 template <typename T>
 __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
@@ -527,16 +588,22 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   const int chunk_start = tile.chunk * kScanChunk;
   const int chunk_len = min(kScanChunk, tile.span.len - chunk_start);
 
-  // Shared memory: [B tile][C tile] (dstate <= kBwdTileMaxDstate), then the dB/dC accumulators
-  // [2][N][kScanChunk] (dstate <= kSmemAccMaxDstate; row n belongs to warp n % kBwdWarps), then two
-  // buffers of per-warp du/ddelta partials [kBwdWarps][2][kScanChunk] + [2][kScanChunk] of the
-  // per-position factors (D * gy, softplus').
-  const float *tile_B, *tile_C;
-  stage_bwd_tiles<T>(p, tile, smem, tile_B, tile_C);
-  float* acc_smem = smem + (tile_B != nullptr ? 2 * N * kScanChunk : 0);
+  // Shared memory: per-warp contributions [kBwdWarps][kStatesPerRound][2][kScanChunk], then the
+  // block's sums over channels [2][N][kScanChunk] (dstate <= kSmemAccMaxDstate), then the chunk's
+  // B and C [2][N][kScanChunk] (dstate <= kBwdTileMaxDstate).
+  constexpr int kContrib = kStatesPerRound * 2 * kScanChunk;
+  float* contrib = smem;
   const bool acc_in_smem = N <= kSmemAccMaxDstate;
-  float* exchange = acc_smem + (acc_in_smem ? 2 * N * kScanChunk : 0);
-  constexpr int kExchange = (kBwdWarps + 1) * 2 * kScanChunk;
+  float* acc_smem = smem + kBwdWarps * kContrib;
+  const float* tile_B = nullptr;
+  const float* tile_C = nullptr;
+  if (N <= kBwdTileMaxDstate) {
+    float* staged = acc_smem + (acc_in_smem ? 2 * N * kScanChunk : 0);
+    load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, chunk_start, staged);
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, chunk_start, staged + N * kScanChunk);
+    tile_B = staged;
+    tile_C = staged + N * kScanChunk;
+  }
   const int64_t L = p.seqlen;
   const int batch_rows = p.cu_seqlens != nullptr ? 1 : p.num_seqs;
   const int64_t partial_row = ((static_cast<int64_t>(tile.block) * batch_rows + tile.span.batch) * p.groups +
@@ -546,133 +613,85 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   }
   __syncthreads();
 
-  for (int d = tile.d_begin; d < tile.d_end; ++d) {
-    float* buffer = exchange + ((d - tile.d_begin) & 1) * kExchange;
+  const int iterations = (tile.d_end - tile.d_begin + kBwdWarps - 1) / kBwdWarps;
+  for (int it = 0; it < iterations; ++it) {
+    const int d = tile.d_begin + it * kBwdWarps + warp;
+    const bool active = d < tile.d_end;  // uniform within the warp; idle warps still meet the barriers
     const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
     ChunkInputs in;
     float softplus_grad[K], gy[K], du[K], ddt[K];
-    load_chunk_inputs<T>(p, tile.span, d, pos, in, &softplus_grad);
-    load_output_gradient<T>(p, tile.span, d, pos, gy);
-#pragma unroll
-    for (int k = 0; k < K; ++k) du[k] = ddt[k] = 0.f;
-
-    for (int n = warp; n < N; n += kBwdWarps) {
-      const float A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
-      const float A2 = A * kLog2e;
-      float Bv[K], Cv[K], a[K], b[K], x_before[K], dB_item[K], dC_item[K];
-      state_items<T>(tile_B, p.B, tile.span, tile.group, n, pos, desc, Bv);
-      state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
-      // Forward state, replayed from the checkpoint.
-      float value = 0.f;
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        a[k] = fast_exp2(in.dt[k] * A2);
-        b[k] = in.dt[k] * in.u[k] * Bv[k];
-        value = fmaf(a[k], value, b[k]);
-      }
-      const float chunk_decay = fast_exp2(in.dt_sum * A2);
-      float decay = chunk_decay;
-      warp_scan(decay, value, desc);
-      const LaneMaps fm = lane_maps(decay, value, desc);
-      float x = fmaf(fm.before_decay, p.checkpoints[chunk_row + n], fm.before_value);
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        x_before[k] = x;
-        x = fmaf(a[k], x, b[k]);
-      }
-      // Adjoint, right to left in scan order, entering from the next chunk.
-      value = 0.f;
-#pragma unroll
-      for (int k = K - 1; k >= 0; --k) value = a[k] * fmaf(Cv[k], gy[k], value);
-      decay = chunk_decay;
-      warp_scan(decay, value, !desc);
-      const LaneMaps bm = lane_maps(decay, value, !desc);
-      float v = fmaf(bm.before_decay, p.adjoint_carry[chunk_row + n], bm.before_value);
-      float dA = 0.f;
-#pragma unroll
-      for (int k = K - 1; k >= 0; --k) {
-        const float h = fmaf(Cv[k], gy[k], v);  // dL/dx_k
-        v = a[k] * h;
-        const float decay_term = a[k] * x_before[k];
-        du[k] = fmaf(h * in.dt[k], Bv[k], du[k]);
-        ddt[k] = fmaf(h, fmaf(A, decay_term, Bv[k] * in.u[k]), ddt[k]);
-        dA = fmaf(h * in.dt[k], decay_term, dA);
-        dB_item[k] = h * in.dt[k] * in.u[k];
-        dC_item[k] = gy[k] * fmaf(a[k], x_before[k], b[k]);
-      }
-      dA = warp_sum(dA);
-      if (lane == 0) p.dA_partial[chunk_row + n] = dA;
-      flip_if(desc, dB_item);
-      flip_if(desc, dC_item);
-      // This warp owns rows n of the accumulators: the sum over channels runs in channel order.
-      if (acc_in_smem) {
-        float* rowB = acc_smem + n * kScanChunk + lane * K;
-        float* rowC = acc_smem + (N + n) * kScanChunk + lane * K;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-          rowB[k] += dB_item[k];
-          rowC[k] += dC_item[k];
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-          if (lane * K + k < chunk_len) {
-            p.dB_partial[partial_row + n * L + lane * K + k] += dB_item[k];
-            p.dC_partial[partial_row + n * L + lane * K + k] += dC_item[k];
-          }
-        }
-      }
-    }
-
-    // Sum du and ddelta over the warps' states: each thread finishes one chunk position.
-    flip_if(desc, du);
-    flip_if(desc, ddt);
-    float* mine = buffer + warp * 2 * kScanChunk + lane * K;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      mine[k] = du[k];
-      mine[kScanChunk + k] = ddt[k];
-    }
-    if (warp == 0) {
+    float dD = 0.f;
+    if (active) {
+      load_chunk_inputs<T>(p, tile.span, d, pos, in, &softplus_grad);
+      load_output_gradient<T>(p, tile.span, d, pos, gy);
       const float Dd = p.D != nullptr ? p.D[d] : 0.f;
-      float dD = 0.f, skip[K];
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        skip[k] = Dd * gy[k];
+        du[k] = Dd * gy[k];
+        ddt[k] = 0.f;
         dD = fmaf(gy[k], in.u[k], dD);
       }
-      flip_if(desc, skip);
-      flip_if(desc, softplus_grad);
-      float* factors = buffer + kBwdWarps * 2 * kScanChunk + lane * K;
+    }
+
+    for (int n0 = 0; n0 < N; n0 += kStatesPerRound) {
+      float* mine = contrib + warp * kContrib + lane * K;
+#pragma unroll
+      for (int j = 0; j < kStatesPerRound; ++j) {
+        float dB_item[K], dC_item[K];
+        const int n = n0 + j;
+        if (active && n < N) {
+          const float dA = state_gradients<T>(p, tile, d, n, pos, chunk_row, in, gy, tile_B, tile_C, du, ddt,
+                                              dB_item, dC_item);
+          if (lane == 0) p.dA_partial[chunk_row + n] = dA;
+        } else {
+#pragma unroll
+          for (int k = 0; k < K; ++k) dB_item[k] = dC_item[k] = 0.f;
+        }
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          mine[j * 2 * kScanChunk + k] = dB_item[k];
+          mine[j * 2 * kScanChunk + kScanChunk + k] = dC_item[k];
+        }
+      }
+      __syncthreads();
+      // Fixed-order sum over the warps' channels.
+      for (int i = threadIdx.x; i < kContrib; i += blockDim.x) {
+        const int j = i / (2 * kScanChunk), which = (i / kScanChunk) % 2, at = i % kScanChunk;
+        const int n = n0 + j;
+        if (n >= N) continue;
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < kBwdWarps; ++w) sum += contrib[w * kContrib + i];
+        if (acc_in_smem) {
+          acc_smem[(which * N + n) * kScanChunk + at] += sum;
+        } else if (at < chunk_len) {
+          (which == 0 ? p.dB_partial : p.dC_partial)[partial_row + n * L + at] += sum;
+        }
+      }
+      __syncthreads();
+    }
+
+    if (active) {
+      float dbias = 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        factors[k] = skip[k];
-        factors[kScanChunk + k] = softplus_grad[k];
+        ddt[k] = in.valid[k] ? ddt[k] * softplus_grad[k] : 0.f;
+        dbias += ddt[k];
       }
+      flip_if(desc, du);
+      flip_if(desc, ddt);
+      store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.len, du);
+      store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.len, ddt);
       dD = warp_sum(dD);
-      if (lane == 0) p.dD_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dD;
+      dbias = warp_sum(dbias);
+      if (lane == 0) {
+        p.dD_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dD;
+        p.ddelta_bias_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dbias;
+      }
     }
-    __syncthreads();  // the other buffer is free again: every warp finished the previous channel
-    const int at = threadIdx.x;
-    float du_sum = buffer[kBwdWarps * 2 * kScanChunk + at];
-    float ddt_sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < kBwdWarps; ++w) {
-      du_sum += buffer[w * 2 * kScanChunk + at];
-      ddt_sum += buffer[w * 2 * kScanChunk + kScanChunk + at];
-    }
-    const bool valid = at < chunk_len;
-    ddt_sum = valid ? ddt_sum * buffer[kBwdWarps * 2 * kScanChunk + kScanChunk + at] : 0.f;
-    if (valid) {
-      row_ptr_mut<T>(p.du, tile.span, d)[(chunk_start + at) * p.du.len_stride] = from_float<T>(du_sum);
-      row_ptr_mut<T>(p.ddelta, tile.span, d)[(chunk_start + at) * p.ddelta.len_stride] = from_float<T>(ddt_sum);
-    }
-    const float dbias = warp_sum(ddt_sum);
-    if (lane == 0) p.ddelta_bias_partial[(static_cast<int64_t>(tile.global_chunk) * p.dim + d) * kBwdWarps + warp] = dbias;
   }
 
   if (acc_in_smem) {
-    __syncthreads();
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) {
       const int at = i % kScanChunk;
       if (at >= chunk_len) continue;
@@ -719,7 +738,7 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  size_t smem = tiles + sizeof(float) * 2 * (kBwdWarps + 1) * 2 * kScanChunk;
+  size_t smem = tiles + sizeof(float) * kBwdWarps * kStatesPerRound * 2 * kScanChunk;
   if (params.dstate <= kSmemAccMaxDstate) smem += sizeof(float) * 2 * params.dstate * kScanChunk;
   err = cudaFuncSetAttribute(selective_scan_bwd_main_kernel<input_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem));

@@ -14,7 +14,7 @@ namespace m4v {
 constexpr int kScanItems = 8;
 constexpr int kScanChunk = 32 * kScanItems;
 constexpr int kScanMaxDstate = 256;
-// Warps per backward CTA; also the last dimension of ddelta_bias_partial.
+// Warps per backward CTA (each takes its own channels).
 constexpr int kScanBwdWarps = 8;
 
 enum class ScanDtype { kFloat32, kFloat16, kBFloat16 };
@@ -70,7 +70,7 @@ struct ScanBwdParams : ScanParams {
   // Per-chunk partial sums, reduced over chunks by the launcher in a fixed order.
   float* dA_partial = nullptr;          // (total_chunks, dim, dstate)
   float* dD_partial = nullptr;          // (total_chunks, dim)
-  float* ddelta_bias_partial = nullptr; // (total_chunks, dim, kScanBwdWarps)
+  float* ddelta_bias_partial = nullptr; // (total_chunks, dim)
   // dB and dC summed over the channels of one channel block:
   // (blocks_per_group, batch, groups, dstate, seqlen), reduced over blocks by the launcher.
   float* dB_partial = nullptr;
