@@ -1,7 +1,8 @@
 // Selective scan (Mamba S6) forward and deterministic backward kernels.
 //
 // Layout of the work. One warp owns one channel d of one sequence and walks its time axis in
-// chunks of kScanChunk steps; lane l holds the kScanItems consecutive steps [l*8, l*8+8) of the
+// chunks of kScanChunk steps (the 8 warps of a CTA: 8 channels of one group, sharing B and C chunks
+// staged in shared memory); lane l holds the kScanItems consecutive steps [l*8, l*8+8) of the
 // chunk. For each state n the lane first folds its own items, then a 5-step shuffle scan joins the
 // lanes, then the lane replays its items from the state entering it. The state carried between
 // chunks lives in shared memory (dstate can reach 256, too many for registers).
@@ -12,7 +13,7 @@
 //
 // Backward, in three deterministic passes (no float atomics anywhere):
 //  1. chunk summary: per (chunk, channel, state), the product of the chunk's decays and the
-//     adjoint the chunk produces on its own; also dz, which needs the recomputed pre-gate output.
+//     adjoint the chunk produces on its own; also dz, from the pre-gate output the forward kept.
 //  2. adjoint carry: a short sequential pass over chunks per (sequence, channel, state) that gives
 //     the adjoint entering each chunk from the right, and the initial-state gradient.
 //  3. main: every (chunk, channel block) is now independent. A CTA owns one chunk and a block of
@@ -435,19 +436,6 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
   t.d_begin = group_begin + t.block * p.channels_per_block;
   t.d_end = min(t.d_begin + p.channels_per_block, group_begin + p.channels_per_group);
   return true;
-}
-
-// Stages the chunk's B and C (all states) in shared memory when they fit; returns the tiles or null.
-template <typename T>
-__device__ __forceinline__ void stage_bwd_tiles(const ScanBwdParams& p, const BwdTile& tile, float* smem,
-                                                const float*& tile_B, const float*& tile_C) {
-  tile_B = tile_C = nullptr;
-  if (p.dstate > kBwdTileMaxDstate) return;
-  const int N = p.dstate;
-  load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem);
-  load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem + N * kScanChunk);
-  tile_B = smem;
-  tile_C = smem + N * kScanChunk;
 }
 
 // Pass 1: per (chunk, channel, state) the product of the chunk's decays and the adjoint the chunk
