@@ -234,7 +234,7 @@ def _backend_cases():
     return cases
 
 
-def _check_backend_against_reference(backend, case, dtype, poison_env):
+def _check_backend_against_reference(backend, case, dtype):
     args, kwargs = make_inputs(case, dtype=dtype)
     leaves, kw = _differentiable(args, kwargs)
     out, last = selective_scan(*leaves, return_last_state=True, backend=backend, **kw)
@@ -265,7 +265,7 @@ def poison_outputs(monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", _backend_cases(), ids=repr)
 def test_backend_matches_reference_fp32(backend, case, poison_outputs):
-    _check_backend_against_reference(backend, case, torch.float32, poison_outputs)
+    _check_backend_against_reference(backend, case, torch.float32)
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="bf16/fp16 kernels are checked on the GPU")
@@ -274,7 +274,7 @@ def test_backend_matches_reference_fp32(backend, case, poison_outputs):
 @pytest.mark.parametrize("case", [Case(seqlen=2049), Case(seq_lens=(100, 257, 3), reverse=True, with_init=True),
                                   Case(dim=64, seqlen=4096, dstate=16, groups=1)], ids=repr)
 def test_backend_matches_reference_low_precision(backend, dtype, case, poison_outputs):
-    _check_backend_against_reference(backend, case, dtype, poison_outputs)
+    _check_backend_against_reference(backend, case, dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
