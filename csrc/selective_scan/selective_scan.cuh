@@ -294,6 +294,20 @@ __device__ __forceinline__ void state_items(const float* tile, const StateTensor
   else load_state_items<T>(t, span, g, n, pos, reverse, v);
 }
 
+// A lane's share of one state's forward step maps x -> a_k * x + b_k (scan order): fills a and b,
+// and returns the lane's folded offset (its map's value when entered with x = 0).
+__device__ __forceinline__ float fold_lane_items(const ChunkInputs& in, float A2, const float (&Bv)[K], float (&a)[K],
+                                                 float (&b)[K]) {
+  float value = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    a[k] = fast_exp2(in.dt[k] * A2);
+    b[k] = in.dt[k] * in.u[k] * Bv[k];
+    value = fmaf(a[k], value, b[k]);
+  }
+  return value;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Forward.
 // One CTA: kFwdWarps channels of one group, one sequence. Grid: (sequence, group x channel block).
@@ -344,13 +358,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(S
         float Bv[K], Cv[K], a[K], b[K];
         tile_items(tile_B + r * kScanChunk, desc, Bv);
         tile_items(tile_C + r * kScanChunk, desc, Cv);
-        float value = 0.f;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-          a[k] = fast_exp2(in.dt[k] * A2);
-          b[k] = in.dt[k] * in.u[k] * Bv[k];
-          value = fmaf(a[k], value, b[k]);
-        }
+        float value = fold_lane_items(in, A2, Bv, a, b);
         float decay = fast_exp2(in.dt_sum * A2);
         const float entry = carry[n];
         warp_scan(decay, value, desc);
@@ -518,13 +526,7 @@ __device__ __forceinline__ float state_gradients(const ScanBwdParams& p, const B
   state_items<T>(tile_B, p.B, tile.span, tile.group, n, pos, desc, Bv);
   state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
   // Forward state, replayed from the checkpoint.
-  float value = 0.f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    a[k] = fast_exp2(in.dt[k] * A2);
-    b[k] = in.dt[k] * in.u[k] * Bv[k];
-    value = fmaf(a[k], value, b[k]);
-  }
+  float value = fold_lane_items(in, A2, Bv, a, b);
   const float chunk_decay = fast_exp2(in.dt_sum * A2);
   float decay = chunk_decay;
   warp_scan(decay, value, desc);
