@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -254,16 +255,30 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
     p.dlast_state = keep.back().data_ptr<float>();
   }
 
-  // Enough CTAs to fill the GPU a few times over, while keeping the dB/dC partial buffer (one
-  // copy per channel block) small.
-  int num_sms = 0;
+  // Channel blocks per group: the count whose grid wastes the least of the last wave. A CTA's time
+  // grows with its channel count, so the cost is (waves) x (channels per block); ties go to fewer
+  // blocks, which keeps the dB/dC partial buffer (one copy per block) small.
+  int num_sms = 0, ctas_per_sm = 0;
   TORCH_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, u.get_device()) == cudaSuccess,
               "selective_scan: cannot read the multiprocessor count");
-  const int64_t wanted = ceil_div(4 * num_sms, std::max<int64_t>(1, rows * p.groups));
-  const int64_t max_blocks = ceil_div(p.channels_per_group, kScanBwdWarps);  // each block >= one channel per warp
-  int64_t blocks = std::clamp<int64_t>(wanted, 1, std::min<int64_t>(max_blocks, 16));
-  blocks = std::min<int64_t>(blocks, std::max<int64_t>(1, 65535 / p.groups));
-  const int64_t channels_per_block = ceil_div(ceil_div(p.channels_per_group, blocks), kScanBwdWarps) * kScanBwdWarps;
+  const cudaError_t occupancy_err = dispatch_dtype(u.scalar_type(), [&](auto tag) {
+    return selective_scan_bwd_ctas_per_sm<decltype(tag)>(p.dstate, &ctas_per_sm);
+  });
+  TORCH_CHECK(occupancy_err == cudaSuccess, "selective_scan: backward occupancy query failed: ",
+              cudaGetErrorString(occupancy_err));
+  const int64_t slots = std::max<int64_t>(1, static_cast<int64_t>(num_sms) * ctas_per_sm);
+  const int64_t max_blocks = std::min<int64_t>({ceil_div(p.channels_per_group, kScanBwdWarps), 32,
+                                                std::max<int64_t>(1, 65535 / p.groups)});
+  int64_t channels_per_block = 0, best_cost = 0;
+  for (int64_t blocks = 1; blocks <= max_blocks; ++blocks) {
+    const int64_t per_block = ceil_div(ceil_div(p.channels_per_group, blocks), kScanBwdWarps) * kScanBwdWarps;
+    const int64_t ctas = rows * p.groups * ceil_div(p.channels_per_group, per_block);
+    const int64_t cost = ceil_div(ctas, slots) * per_block;
+    if (channels_per_block == 0 || cost < best_cost) {
+      channels_per_block = per_block;
+      best_cost = cost;
+    }
+  }
   p.blocks_per_group = static_cast<int>(ceil_div(p.channels_per_group, channels_per_block));
   p.channels_per_block = static_cast<int>(channels_per_block);
   p.total_chunks = static_cast<int>(rows);

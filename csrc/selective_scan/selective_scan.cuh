@@ -221,7 +221,7 @@ struct ChunkInputs {
   bool valid[K];
 };
 
-template <typename T>
+template <typename T, bool kReverse>
 __device__ __forceinline__ void load_chunk_inputs(const ScanParams& p, const SeqSpan& span, int d, int pos,
                                                   ChunkInputs& in, float (*softplus_grad)[K] = nullptr) {
   load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, in.u);
@@ -236,10 +236,10 @@ __device__ __forceinline__ void load_chunk_inputs(const ScanParams& p, const Seq
     in.dt[k] = in.valid[k] ? (p.delta_softplus ? softplus(pre) : pre) : 0.f;
     in.dt_sum += in.dt[k];
   }
-  flip_if(p.reverse, in.u);
-  flip_if(p.reverse, in.dt);
-  if (softplus_grad != nullptr) flip_if(p.reverse, *softplus_grad);
-  if (p.reverse) {
+  flip_if(kReverse, in.u);
+  flip_if(kReverse, in.dt);
+  if (softplus_grad != nullptr) flip_if(kReverse, *softplus_grad);
+  if (kReverse) {
 #pragma unroll
     for (int k = 0; k < K / 2; ++k) {
       const bool t = in.valid[k];
@@ -311,14 +311,14 @@ __device__ __forceinline__ float fold_lane_items(const ChunkInputs& in, float A2
 // ------------------------------------------------------------------------------------------------
 // Forward.
 // One CTA: kFwdWarps channels of one group, one sequence. Grid: (sequence, group x channel block).
-template <typename T>
+template <typename T, bool kReverse>
 __global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(ScanParams p) {
   extern __shared__ float smem[];
   float* tile_B = smem;                                // [kFwdStateTile][kScanChunk]
   float* tile_C = tile_B + kFwdStateTile * kScanChunk;  // [kFwdStateTile][kScanChunk]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int N = p.dstate;
-  const bool desc = p.reverse;
+  constexpr bool desc = kReverse;
   const int blocks_per_group = (p.channels_per_group + kFwdWarps - 1) / kFwdWarps;
   const int g = blockIdx.y / blocks_per_group;
   const int channel = (blockIdx.y % blocks_per_group) * kFwdWarps + warp;
@@ -337,7 +337,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(S
     const int chunk_start = c * kScanChunk;
     const int pos = chunk_start + lane * K;
     ChunkInputs in;
-    load_chunk_inputs<T>(p, span, d, pos, in);
+    load_chunk_inputs<T, kReverse>(p, span, d, pos, in);
     if (active && p.checkpoints != nullptr) {
       float* ck = p.checkpoints + (static_cast<int64_t>(span.first_chunk + c) * p.dim + d) * N;
       for (int n = lane; n < N; n += 32) ck[n] = carry[n];
@@ -397,33 +397,44 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(S
 // in turn (each warp a channel at a time, so eight channels' loads are in flight per CTA).
 
 // The gradient reaching y (before the gate), in scan order.
-template <typename T>
+template <typename T, bool kReverse>
 __device__ __forceinline__ void load_output_gradient(const ScanBwdParams& p, const SeqSpan& span, int d, int pos,
                                                      float (&gy)[K]) {
   load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, gy);
-  flip_if(p.reverse, gy);
+  flip_if(kReverse, gy);
   if (p.z.ptr != nullptr) {
     float z[K];
     load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
-    flip_if(p.reverse, z);
+    flip_if(kReverse, z);
 #pragma unroll
     for (int k = 0; k < K; ++k) gy[k] *= silu(z[k]);
   }
 }
 
-// dz = dout * y * silu'(z), from the pre-gate output the forward saved (memory order throughout).
-template <typename T>
-__device__ __forceinline__ void write_gate_gradient(const ScanBwdParams& p, const SeqSpan& span, int d, int pos) {
-  float dout[K], z[K], y[K];
-  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, dout);
+// The gradient reaching y (before the gate) in scan order, and dz = dout * y * silu'(z) written
+// from the pre-gate output the forward saved. All loads are issued together, so a channel costs
+// one memory latency.
+template <typename T, bool kReverse>
+__device__ __forceinline__ void load_gradient_and_write_dz(const ScanBwdParams& p, const SeqSpan& span, int d,
+                                                           int pos, float (&gy)[K]) {
+  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, gy);
+  float z[K], y[K];
   load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
   load_items(row_ptr<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const float sg = sigmoid(z[k]);
-    y[k] = dout[k] * y[k] * sg * (1.f + z[k] * (1.f - sg));
+    y[k] = gy[k] * y[k] * sg * (1.f + z[k] * (1.f - sg));
+    gy[k] *= z[k] * sg;
   }
   store_items(row_ptr_mut<T>(p.dz, span, d), p.dz.len_stride, pos, span.len, y);
+  flip_if(kReverse, gy);
+}
+
+// Per-warp shared rows of per-state values ([rows][N]); written by the warp's lanes, then read by
+// every lane in the state loop, so no global load sits on that loop's path.
+__device__ __forceinline__ void stage_state_row(const float* src, int64_t stride, float scale, int N, float* row) {
+  for (int n = threadIdx.x & 31; n < N; n += 32) row[n] = src[n * stride] * scale;
 }
 
 // The channels [d_begin, d_end) that a backward CTA owns, and its chunk.
@@ -448,32 +459,37 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
 
 // Pass 1: per (chunk, channel, state) the product of the chunk's decays and the adjoint the chunk
 // produces on its own; also dz, from the pre-gate output the forward kept.
-template <typename T>
-__global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
+template <typename T, bool kReverse>
+__global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
   BwdTile tile;
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const bool desc = p.reverse;
+  constexpr bool desc = kReverse;
   const int N = p.dstate;
   const int pos = tile.chunk * kScanChunk + lane * K;
+  // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][N]).
+  float* rows = smem + warp * 3 * N;
   const float* tile_C = nullptr;
   if (N <= kBwdTileMaxDstate) {  // every channel of the CTA reads the same C chunk
-    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, smem);
-    tile_C = smem;
+    float* staged = smem + kBwdWarps * 3 * N;
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, staged);
+    tile_C = staged;
   }
   __syncthreads();
   const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
   for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
-    if (p.z.ptr != nullptr) write_gate_gradient<T>(p, tile.span, d, pos);
-    ChunkInputs in;
-    load_chunk_inputs<T>(p, tile.span, d, pos, in);
+    __syncwarp();  // the previous channel's rows are written out
+    stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, rows);
     float gy[K];
-    load_output_gradient<T>(p, tile.span, d, pos, gy);
-    const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
+    if (p.z.ptr != nullptr) load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
+    else load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
+    ChunkInputs in;
+    load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
+    __syncwarp();
 #pragma unroll 2
     for (int n = 0; n < N; ++n) {
-      const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
+      const float A2 = rows[n];
       float Cv[K];
       state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
       // Adjoint in scan order, right to left: v_k = a_k * (C_k * gy_k + v_{k+1}).
@@ -483,9 +499,15 @@ __global__ void __launch_bounds__(kBwdWarps * 32) selective_scan_bwd_summary_ker
       float decay = fast_exp2(in.dt_sum * A2);
       warp_scan(decay, value, !desc);
       if (lane == first_lane) {
-        p.chunk_decay[chunk_row + n] = decay;
-        p.chunk_adjoint[chunk_row + n] = value;
+        rows[N + n] = decay;
+        rows[2 * N + n] = value;
       }
+    }
+    __syncwarp();
+    const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
+    for (int n = lane; n < N; n += 32) {
+      p.chunk_decay[chunk_row + n] = rows[N + n];
+      p.chunk_adjoint[chunk_row + n] = rows[2 * N + n];
     }
   }
 }
@@ -501,11 +523,13 @@ static __global__ void selective_scan_bwd_carry_kernel(ScanBwdParams p) {
   const int64_t dn = idx % per_seq;
   const SeqSpan span = seq_span(p, s);
   float v = p.dlast_state != nullptr ? p.dlast_state[idx] : 0.f;
+  // __ldg: the summaries are read-only here, so their loads may run ahead of the carry stores.
+#pragma unroll 4
   for (int q = span.num_chunks - 1; q >= 0; --q) {
     const int c = p.reverse ? span.num_chunks - 1 - q : q;
     const int64_t at = static_cast<int64_t>(span.first_chunk + c) * per_seq + dn;
     p.adjoint_carry[at] = v;
-    v = fmaf(p.chunk_decay[at], v, p.chunk_adjoint[at]);
+    v = fmaf(__ldg(p.chunk_decay + at), v, __ldg(p.chunk_adjoint + at));
   }
   p.dinitial_state[idx] = v;
 }
@@ -514,13 +538,14 @@ static __global__ void selective_scan_bwd_carry_kernel(ScanBwdParams p) {
 //
 // One state of one channel, for one lane's items (scan order): accumulates du and ddelta and
 // returns this lane's dB/dC items (memory order) and dA.
-template <typename T>
-__device__ __forceinline__ float state_gradients(const ScanBwdParams& p, const BwdTile& tile, int d, int n, int pos,
-                                                 int64_t chunk_row, const ChunkInputs& in, const float (&gy)[K],
+template <typename T, bool kReverse>
+__device__ __forceinline__ float state_gradients(const ScanBwdParams& p, const BwdTile& tile, int n, int pos,
+                                                 const float* rows, const ChunkInputs& in, const float (&gy)[K],
                                                  const float* tile_B, const float* tile_C, float (&du)[K],
                                                  float (&ddt)[K], float (&dB_item)[K], float (&dC_item)[K]) {
-  const bool desc = p.reverse;
-  const float A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
+  constexpr bool desc = kReverse;
+  const int N = p.dstate;
+  const float A = rows[n];
   const float A2 = A * kLog2e;
   float Bv[K], Cv[K], a[K], b[K], x_before[K];
   state_items<T>(tile_B, p.B, tile.span, tile.group, n, pos, desc, Bv);
@@ -531,7 +556,7 @@ __device__ __forceinline__ float state_gradients(const ScanBwdParams& p, const B
   float decay = chunk_decay;
   warp_scan(decay, value, desc);
   const LaneMaps fm = lane_maps(decay, value, desc);
-  float x = fmaf(fm.before_decay, p.checkpoints[chunk_row + n], fm.before_value);
+  float x = fmaf(fm.before_decay, rows[N + n], fm.before_value);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     x_before[k] = x;
@@ -544,7 +569,7 @@ __device__ __forceinline__ float state_gradients(const ScanBwdParams& p, const B
   decay = chunk_decay;
   warp_scan(decay, value, !desc);
   const LaneMaps bm = lane_maps(decay, value, !desc);
-  float v = fmaf(bm.before_decay, p.adjoint_carry[chunk_row + n], bm.before_value);
+  float v = fmaf(bm.before_decay, rows[2 * N + n], bm.before_value);
   float dA = 0.f;
 #pragma unroll
   for (int k = K - 1; k >= 0; --k) {
@@ -565,26 +590,30 @@ __device__ __forceinline__ float state_gradients(const ScanBwdParams& p, const B
 // Two states per barrier: the warp works on two independent scans at once, and the CTA meets half
 // as often to sum dB/dC over its channels.
 constexpr int kStatesPerRound = 2;
+// Per-warp rows of per-state values in the main pass: A, checkpoint, adjoint carry, dA.
+constexpr int kBwdStateRows = 4;
 
-template <typename T>
+template <typename T, bool kReverse>
 __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
   BwdTile tile;
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const bool desc = p.reverse;
+  constexpr bool desc = kReverse;
   const int N = p.dstate;
   const int pos = tile.chunk * kScanChunk + lane * K;
   const int chunk_start = tile.chunk * kScanChunk;
   const int chunk_len = min(kScanChunk, tile.span.len - chunk_start);
 
-  // Shared memory: per-warp contributions [kBwdWarps][kStatesPerRound][2][kScanChunk], then the
-  // block's sums over channels [2][N][kScanChunk] (dstate <= kSmemAccMaxDstate), then the chunk's
-  // B and C [2][N][kScanChunk] (dstate <= kBwdTileMaxDstate).
+  // Shared memory: per-warp contributions [kBwdWarps][kStatesPerRound][2][kScanChunk], per-warp
+  // state rows [kBwdWarps][4][N] (A, checkpoint, adjoint carry, dA), then the block's sums over
+  // channels [2][N][kScanChunk] (dstate <= kSmemAccMaxDstate), then the chunk's B and C
+  // [2][N][kScanChunk] (dstate <= kBwdTileMaxDstate).
   constexpr int kContrib = kStatesPerRound * 2 * kScanChunk;
   float* contrib = smem;
+  float* rows = smem + kBwdWarps * kContrib + warp * kBwdStateRows * N;
   const bool acc_in_smem = N <= kSmemAccMaxDstate;
-  float* acc_smem = smem + kBwdWarps * kContrib;
+  float* acc_smem = smem + kBwdWarps * (kContrib + kBwdStateRows * N);
   const float* tile_B = nullptr;
   const float* tile_C = nullptr;
   if (N <= kBwdTileMaxDstate) {
@@ -612,8 +641,12 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     float softplus_grad[K], gy[K], du[K], ddt[K];
     float dD = 0.f;
     if (active) {
-      load_chunk_inputs<T>(p, tile.span, d, pos, in, &softplus_grad);
-      load_output_gradient<T>(p, tile.span, d, pos, gy);
+      __syncwarp();  // the previous channel's dA row is written out
+      stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, 1.f, N, rows);
+      stage_state_row(p.checkpoints + chunk_row, 1, 1.f, N, rows + N);
+      stage_state_row(p.adjoint_carry + chunk_row, 1, 1.f, N, rows + 2 * N);
+      load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in, &softplus_grad);
+      load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
       const float Dd = p.D != nullptr ? p.D[d] : 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
@@ -621,6 +654,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         ddt[k] = 0.f;
         dD = fmaf(gy[k], in.u[k], dD);
       }
+      __syncwarp();
     }
 
     for (int n0 = 0; n0 < N; n0 += kStatesPerRound) {
@@ -630,9 +664,9 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         float dB_item[K], dC_item[K];
         const int n = n0 + j;
         if (active && n < N) {
-          const float dA = state_gradients<T>(p, tile, d, n, pos, chunk_row, in, gy, tile_B, tile_C, du, ddt,
-                                              dB_item, dC_item);
-          if (lane == 0) p.dA_partial[chunk_row + n] = dA;
+          const float dA = state_gradients<T, kReverse>(p, tile, n, pos, rows, in, gy, tile_B, tile_C, du, ddt, dB_item,
+                                              dC_item);
+          if (lane == 0) rows[3 * N + n] = dA;
         } else {
 #pragma unroll
           for (int k = 0; k < K; ++k) dB_item[k] = dC_item[k] = 0.f;
@@ -644,18 +678,32 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         }
       }
       __syncthreads();
-      // Fixed-order sum over the warps' channels.
-      for (int i = threadIdx.x; i < kContrib; i += blockDim.x) {
+      // Fixed-order sum over the warps' channels, four neighbouring steps per thread.
+      for (int i = 4 * threadIdx.x; i < kContrib; i += 4 * blockDim.x) {
         const int j = i / (2 * kScanChunk), which = (i / kScanChunk) % 2, at = i % kScanChunk;
         const int n = n0 + j;
         if (n >= N) continue;
-        float sum = 0.f;
+        float4 sum = *reinterpret_cast<const float4*>(contrib + i);
 #pragma unroll
-        for (int w = 0; w < kBwdWarps; ++w) sum += contrib[w * kContrib + i];
+        for (int w = 1; w < kBwdWarps; ++w) {
+          const float4 c = *reinterpret_cast<const float4*>(contrib + w * kContrib + i);
+          sum.x += c.x;
+          sum.y += c.y;
+          sum.z += c.z;
+          sum.w += c.w;
+        }
         if (acc_in_smem) {
-          acc_smem[(which * N + n) * kScanChunk + at] += sum;
-        } else if (at < chunk_len) {
-          (which == 0 ? p.dB_partial : p.dC_partial)[partial_row + n * L + at] += sum;
+          float4& acc = *reinterpret_cast<float4*>(acc_smem + (which * N + n) * kScanChunk + at);
+          acc.x += sum.x;
+          acc.y += sum.y;
+          acc.z += sum.z;
+          acc.w += sum.w;
+        } else {
+          float* partial = (which == 0 ? p.dB_partial : p.dC_partial) + partial_row + n * L + at;
+          const float sums[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (at + e < chunk_len) partial[e] += sums[e];
         }
       }
       __syncthreads();
@@ -678,6 +726,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         p.dD_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dD;
         p.ddelta_bias_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dbias;
       }
+      __syncwarp();
+      for (int n = lane; n < N; n += 32) p.dA_partial[chunk_row + n] = rows[3 * N + n];
     }
   }
 
@@ -694,30 +744,49 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
 }  // namespace scan_detail
 
 // ------------------------------------------------------------------------------------------------
-// Launchers, instantiated once per dtype in selective_scan_<dtype>.cu.
+// Launchers, instantiated once per dtype in selective_scan_<dtype>.cu. Each kernel is compiled for
+// both scan directions, so the direction costs no instructions at run time.
 
-template <typename input_t>
-cudaError_t launch_selective_scan_fwd(const ScanParams& params, cudaStream_t stream) {
-  using namespace scan_detail;
+namespace scan_detail {
+
+// Dynamic shared memory of each kernel.
+inline size_t fwd_smem(int dstate) {
+  return sizeof(float) * (size_t{2} * kFwdStateTile * kScanChunk + size_t{1} * kFwdWarps * dstate);
+}
+inline size_t bwd_summary_smem(int dstate) {
+  const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * dstate * kScanChunk : 0;
+  return sizeof(float) * (size_t{3} * kBwdWarps * dstate + tile_C);
+}
+inline size_t bwd_main_smem(int dstate) {
+  size_t floats = size_t{1} * kBwdWarps * (kStatesPerRound * 2 * kScanChunk + kBwdStateRows * dstate);
+  if (dstate <= kSmemAccMaxDstate) floats += size_t{2} * dstate * kScanChunk;
+  if (dstate <= kBwdTileMaxDstate) floats += size_t{2} * dstate * kScanChunk;
+  return sizeof(float) * floats;
+}
+
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
+template <typename input_t, bool kReverse>
+cudaError_t launch_fwd(const ScanParams& params, cudaStream_t stream) {
   const int blocks_per_group = (params.channels_per_group + kFwdWarps - 1) / kFwdWarps;
   const dim3 grid(params.num_seqs, params.groups * blocks_per_group);
-  const size_t smem = sizeof(float) * (2 * kFwdStateTile * kScanChunk + kFwdWarps * params.dstate);
-  cudaError_t err = cudaFuncSetAttribute(selective_scan_fwd_kernel<input_t>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  const size_t smem = fwd_smem(params.dstate);
+  const cudaError_t err = allow_smem(selective_scan_fwd_kernel<input_t, kReverse>, smem);
   if (err != cudaSuccess) return err;
-  selective_scan_fwd_kernel<input_t><<<grid, kFwdWarps * 32, smem, stream>>>(params);
+  selective_scan_fwd_kernel<input_t, kReverse><<<grid, kFwdWarps * 32, smem, stream>>>(params);
   return cudaGetLastError();
 }
 
-template <typename input_t>
-cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t stream) {
-  using namespace scan_detail;
+template <typename input_t, bool kReverse>
+cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
-  const size_t tiles = params.dstate <= kBwdTileMaxDstate ? sizeof(float) * 2 * params.dstate * kScanChunk : 0;
-  cudaError_t err = cudaFuncSetAttribute(selective_scan_bwd_summary_kernel<input_t>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tiles / 2));
+  const size_t summary_smem = bwd_summary_smem(params.dstate), main_smem = bwd_main_smem(params.dstate);
+  cudaError_t err = allow_smem(selective_scan_bwd_summary_kernel<input_t, kReverse>, summary_smem);
   if (err != cudaSuccess) return err;
-  selective_scan_bwd_summary_kernel<input_t><<<grid, kBwdWarps * 32, tiles / 2, stream>>>(params);
+  selective_scan_bwd_summary_kernel<input_t, kReverse><<<grid, kBwdWarps * 32, summary_smem, stream>>>(params);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
@@ -728,13 +797,35 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  size_t smem = tiles + sizeof(float) * kBwdWarps * kStatesPerRound * 2 * kScanChunk;
-  if (params.dstate <= kSmemAccMaxDstate) smem += sizeof(float) * 2 * params.dstate * kScanChunk;
-  err = cudaFuncSetAttribute(selective_scan_bwd_main_kernel<input_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem));
+  err = allow_smem(selective_scan_bwd_main_kernel<input_t, kReverse>, main_smem);
   if (err != cudaSuccess) return err;
-  selective_scan_bwd_main_kernel<input_t><<<grid, kBwdWarps * 32, smem, stream>>>(params);
+  selective_scan_bwd_main_kernel<input_t, kReverse><<<grid, kBwdWarps * 32, main_smem, stream>>>(params);
   return cudaGetLastError();
+}
+
+}  // namespace scan_detail
+
+template <typename input_t>
+cudaError_t launch_selective_scan_fwd(const ScanParams& params, cudaStream_t stream) {
+  return params.reverse ? scan_detail::launch_fwd<input_t, true>(params, stream)
+                        : scan_detail::launch_fwd<input_t, false>(params, stream);
+}
+
+template <typename input_t>
+cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t stream) {
+  return params.reverse ? scan_detail::launch_bwd<input_t, true>(params, stream)
+                        : scan_detail::launch_bwd<input_t, false>(params, stream);
+}
+
+// Both directions share one occupancy (same registers and shared memory up to rounding).
+template <typename input_t>
+cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* ctas) {
+  using namespace scan_detail;
+  const size_t smem = bwd_main_smem(dstate);
+  const cudaError_t err = allow_smem(selective_scan_bwd_main_kernel<input_t, false>, smem);
+  if (err != cudaSuccess) return err;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas, selective_scan_bwd_main_kernel<input_t, false>,
+                                                       kBwdWarps * 32, smem);
 }
 
 }  // namespace m4v

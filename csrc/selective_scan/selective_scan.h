@@ -88,5 +88,8 @@ template <typename input_t>
 cudaError_t launch_selective_scan_fwd(const ScanParams& params, cudaStream_t stream);
 template <typename input_t>
 cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t stream);
+// How many CTAs of the backward's main pass fit on one SM at this dstate (for the grid choice).
+template <typename input_t>
+cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* ctas);
 
 }  // namespace m4v
