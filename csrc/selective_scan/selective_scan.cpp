@@ -2,17 +2,13 @@
 // registrations of m4v::selective_scan_{fwd,bwd}_cuda. The public, backend-selecting ops and their
 // autograd live in m4v/kernels/selective_scan.py.
 #include <ATen/ATen.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <limits>
-#include <string>
 
+#include "launch_utils.h"
 #include "selective_scan.h"
 
 namespace m4v {
@@ -20,17 +16,6 @@ namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
-
-// Messages format numbers with std::to_string rather than std::ostream: on the H100 image an
-// ostream numeric insert compiled from g++ 13 headers crashed inside the libstdc++ that Python had
-// loaded, turning every failed check into a segfault.
-std::string num(int64_t v) { return std::to_string(v); }
-
-std::string shape_str(at::IntArrayRef shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + num(shape[i]);
-  return s + "]";
-}
 
 void check_cuda(const Tensor& t, const char* name, const Tensor& ref) {
   TORCH_CHECK(t.is_cuda(), "selective_scan: ", name, " must be a CUDA tensor, got ", t.device());
@@ -64,18 +49,6 @@ StateTensor state_tensor(const Tensor& t) {
   s.state_stride = t.stride(2);
   s.len_stride = t.stride(3);
   return s;
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// An output buffer. With M4V_POISON_OUTPUTS=1 (tests) it starts as NaN, so any element a kernel
-// fails to write shows up.
-Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  static const bool poison = [] {
-    const char* v = std::getenv("M4V_POISON_OUTPUTS");
-    return v != nullptr && std::string(v) == "1";
-  }();
-  return poison ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options) : at::empty(sizes, options);
 }
 
 // Checks every input and fills the fields shared by the forward and the backward. Returns the
@@ -185,15 +158,6 @@ std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& de
 int64_t checkpoint_rows(const ScanParams& p) {
   return p.cu_seqlens != nullptr ? ceil_div(p.seqlen, kScanChunk) + p.num_seqs
                                  : static_cast<int64_t>(p.num_seqs) * p.chunks_per_seq;
-}
-
-template <typename Fn>
-cudaError_t dispatch_dtype(at::ScalarType dtype, Fn&& fn) {
-  switch (dtype) {
-    case at::kFloat: return fn(float{});
-    case at::kHalf: return fn(__half{});
-    default: return fn(__nv_bfloat16{});
-  }
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,
