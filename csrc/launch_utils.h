@@ -25,12 +25,10 @@ inline std::string shape_str(at::IntArrayRef shape) {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // An output buffer. With M4V_POISON_OUTPUTS=1 (tests) it starts as NaN, so any element a kernel
-// fails to write shows up.
+// fails to write shows up. Read on every call, so a test can switch it on for itself.
 inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  static const bool poison = [] {
-    const char* v = std::getenv("M4V_POISON_OUTPUTS");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  const char* flag = std::getenv("M4V_POISON_OUTPUTS");
+  const bool poison = flag != nullptr && std::string(flag) == "1";
   return poison ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options) : at::empty(sizes, options);
 }
 

@@ -77,6 +77,13 @@ def _usable_for(name: str, device_type: str, dtype: torch.dtype) -> tuple[bool, 
     return True, status.reason
 
 
+def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised output buffer; NaN-filled when M4V_POISON_OUTPUTS=1, so that tests catch any
+    element a kernel fails to write (the CUDA launchers do the same)."""
+    out = like.new_empty(shape, dtype=dtype)
+    return out.fill_(float("nan")) if os.environ.get("M4V_POISON_OUTPUTS") == "1" else out
+
+
 _logged_fallbacks: set[tuple[str, str]] = set()
 
 

@@ -199,7 +199,7 @@ def inverse_recompose_ref(seq: Tensor, scatter_index: Tensor, text_len: int) -> 
     acc = torch.float64 if seq.dtype == torch.float64 else torch.float32
     rows = _gather_rows(seq.to(acc), scatter_index[..., 0]) + _gather_rows(seq.to(acc), scatter_index[..., 1])
     rows = rows.to(seq.dtype)
-    return rows[:, :text_len].contiguous(), rows[:, text_len:].contiguous()
+    return rows[:, :text_len].clone(), rows[:, text_len:].clone()  # outputs must not alias
 
 
 # ------------------------------------------------------------------------------------------------

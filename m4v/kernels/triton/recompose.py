@@ -10,6 +10,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from m4v.kernels._backend import new_output
+
 
 @triton.jit
 def _gather_kernel(text, video, registers, index, seq, text_len, video_len, num_registers, seq_len, channels,
@@ -65,7 +67,7 @@ def _block(channels: int) -> int:
 def recompose_triton(text: Tensor, video: Tensor, registers: Tensor, gather_index: Tensor) -> Tensor:
     batch, video_len, channels = video.shape
     seq_len = gather_index.shape[1]
-    seq = video.new_empty((batch, seq_len, channels))
+    seq = new_output((batch, seq_len, channels), video)
     if seq.numel():
         _gather_kernel[(batch * seq_len,)](text, video, registers, gather_index, seq, text.shape[1], video_len,
                                            registers.shape[0], seq_len, channels, BLOCK_C=_block(channels))
@@ -75,8 +77,8 @@ def recompose_triton(text: Tensor, video: Tensor, registers: Tensor, gather_inde
 def inverse_recompose_triton(seq: Tensor, scatter_index: Tensor, text_len: int) -> tuple[Tensor, Tensor]:
     batch, seq_len, channels = seq.shape
     video_len = scatter_index.shape[1] - text_len
-    text_out = seq.new_empty((batch, text_len, channels))
-    video_out = seq.new_empty((batch, video_len, channels))
+    text_out = new_output((batch, text_len, channels), seq)
+    video_out = new_output((batch, video_len, channels), seq)
     _scatter_kernel[(batch * (text_len + video_len),)](seq, scatter_index, text_out, video_out, text_len, video_len,
                                                         seq_len, channels, BLOCK_C=_block(channels))
     return text_out, video_out

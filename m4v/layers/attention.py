@@ -1,0 +1,93 @@
+"""Joint [text; video] attention with 3D RoPE, and the single-stream attention block (the baseline
+that MM-DiM replaces)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from m4v.layers.context import TokenContext
+from m4v.layers.modulation import Modulation, layer_norm, modulate
+
+# Head-dimension split of 3D RoPE over (t, y, x); sums to the head dim 64 of every preset.
+DEFAULT_ROPE_AXES = (16, 24, 24)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates consecutive channel pairs of x (batch, heads, tokens, head_dim) by the angles
+    (tokens, head_dim // 2)."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    first, second = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([first * cos - second * sin, first * sin + second * cos], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+def rope_video_part(x: Tensor, text_len: int, ctx: TokenContext, axes: tuple[int, int, int]) -> Tensor:
+    """Applies 3D RoPE to the video tokens of x (batch, heads, T + V, head_dim); text is unrotated."""
+    cos, sin = ctx.rope(axes)
+    return torch.cat([x[:, :, :text_len], apply_rope(x[:, :, text_len:], cos, sin)], dim=2)
+
+
+def joint_attention(q: Tensor, k: Tensor, v: Tensor, ctx: TokenContext, rope_axes: tuple[int, int, int]) -> Tensor:
+    """q, k, v: (batch, heads, T + V, head_dim) -> (batch, T + V, heads * head_dim), through SDPA with
+    the context's mask (temporal-causal frames, text padding)."""
+    q = rope_video_part(q, ctx.text_len, ctx, rope_axes)
+    k = rope_video_part(k, ctx.text_len, ctx, rope_axes)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attention_mask)
+    return rearrange(out, "b h n d -> b n (h d)")
+
+
+class QKNorm(nn.Module):
+    """RMSNorm of queries and keys per head (FLUX), which keeps attention logits bounded."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6)
+        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        return self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype)
+
+
+def split_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(batch, tokens, 3 * heads * head_dim) -> three (batch, heads, tokens, head_dim)."""
+    return rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=heads).unbind(0)
+
+
+class SingleStreamAttentionBlock(nn.Module):
+    """FLUX single-stream block: one weight set for [text; video], adaLN-Zero, joint attention and
+    a parallel MLP sharing one input projection and one output projection.
+
+    ``forward(text (batch, T, C), video (batch, V, C), c (batch, C), ctx) -> (text, video)``.
+    """
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, rope_axes=DEFAULT_ROPE_AXES):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden {hidden} must be divisible by heads {heads}")
+        self.hidden, self.heads, self.rope_axes = hidden, heads, tuple(rope_axes)
+        self.head_dim = hidden // heads
+        if sum(self.rope_axes) != self.head_dim:
+            raise ValueError(f"rope_axes {self.rope_axes} must sum to the head dim {self.head_dim}")
+        self.mlp_hidden = int(hidden * mlp_ratio)
+        self.modulation = Modulation(hidden, 3)
+        self.linear1 = nn.Linear(hidden, 3 * hidden + self.mlp_hidden)
+        self.norm = QKNorm(self.head_dim)
+        self.linear2 = nn.Linear(hidden + self.mlp_hidden, hidden)
+
+    def forward(self, text: Tensor, video: Tensor, c: Tensor, ctx: TokenContext) -> tuple[Tensor, Tensor]:
+        shift, scale, gate = self.modulation(c)
+        x = torch.cat([text, video], dim=1)
+        h = modulate(layer_norm(x), shift, scale)
+        qkv, mlp = self.linear1(h).split([3 * self.hidden, self.mlp_hidden], dim=-1)
+        q, k, v = split_heads(qkv, self.heads)
+        q, k = self.norm(q, k)
+        attn = joint_attention(q, k, v, ctx, self.rope_axes)
+        x = x + gate * self.linear2(torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1))
+        return x[:, :ctx.text_len], x[:, ctx.text_len:]
+
+
+__all__ = ["SingleStreamAttentionBlock", "joint_attention", "apply_rope", "QKNorm", "split_heads",
+           "DEFAULT_ROPE_AXES"]

@@ -1,0 +1,100 @@
+"""What every block of one forward pass shares about the packed token sequence."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from m4v.kernels.recompose import FrameSpec, ScanLayout
+
+
+class TokenContext:
+    """The frames, text mask and derived tables (scan layouts, RoPE angles, attention mask) of one
+    packed [text; video] sequence. Built once per forward and handed to every block; tables are
+    made on first use and cached.
+
+    Args:
+        frames: the frames in video-token order (oldest first, the current frame last).
+        text_mask: (batch, T) bool, True at real text tokens.
+        device: where the tables live.
+        temporal_causal: frame i attends to frames <= i (and all text) in the attention blocks.
+    """
+
+    def __init__(self, frames: Sequence, text_mask: Tensor, device: torch.device | str,
+                 temporal_causal: bool = True):
+        self.frames = tuple(f if isinstance(f, FrameSpec) else FrameSpec(*f) for f in frames)
+        if text_mask.dim() != 2 or text_mask.dtype != torch.bool:
+            raise ValueError(f"text_mask must be (batch, T) bool, got {tuple(text_mask.shape)} {text_mask.dtype}")
+        self.text_mask = text_mask
+        self.device = torch.device(device)
+        self.temporal_causal = temporal_causal
+        self.batch, self.text_len = text_mask.shape
+        self.video_len = sum(f.tokens for f in self.frames)
+        self._layouts: dict[int, ScanLayout] = {}
+        self._rope: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def layout(self, path: int) -> ScanLayout:
+        """The re-composition layout for zigzag path ``path``."""
+        if path not in self._layouts:
+            mask = self.text_mask if self.text_mask.device.type != "meta" else torch.ones(
+                self.batch, self.text_len, dtype=torch.bool)
+            self._layouts[path] = ScanLayout(self.frames, path=path, text_len=self.text_len, text_mask=mask)
+        return self._layouts[path]
+
+    @cached_property
+    def frame_of_token(self) -> Tensor:
+        """(V,) int64: each video token's frame index."""
+        return torch.repeat_interleave(torch.arange(len(self.frames)),
+                                       torch.tensor([f.tokens for f in self.frames])).to(self.device)
+
+    @cached_property
+    def video_positions(self) -> Tensor:
+        """(V, 3) float32 (t, y, x) of every video token; lower pyramid stages are stretched onto the
+        largest grid, so one place in the scene keeps one position at every resolution."""
+        top_h = max(f.height for f in self.frames)
+        top_w = max(f.width for f in self.frames)
+        rows = []
+        for index, f in enumerate(self.frames):
+            y = (torch.arange(f.height, dtype=torch.float32) + 0.5) * (top_h / f.height) - 0.5
+            x = (torch.arange(f.width, dtype=torch.float32) + 0.5) * (top_w / f.width) - 0.5
+            grid_y, grid_x = torch.meshgrid(y, x, indexing="ij")
+            t = torch.full_like(grid_y, float(index))
+            rows.append(torch.stack([t, grid_y, grid_x], dim=-1).reshape(-1, 3))
+        return torch.cat(rows).to(self.device)
+
+    def rope(self, axes_dim: tuple[int, int, int], theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+        """(cos, sin), each (V, head_dim // 2), for 3D RoPE over (t, y, x) with ``axes_dim`` dims."""
+        key = tuple(axes_dim)
+        if key not in self._rope:
+            angles = []
+            for axis, dim in enumerate(axes_dim):
+                freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=self.device) / dim)
+                angles.append(self.video_positions[:, axis:axis + 1] * freqs)
+            angle = torch.cat(angles, dim=-1)
+            self._rope[key] = (angle.cos(), angle.sin())
+        return self._rope[key]
+
+    @cached_property
+    def attention_mask(self) -> Optional[Tensor]:
+        """(batch, 1, T + V, T + V) bool, True where a query may attend to a key.
+
+        Text queries see the real text; video queries see the real text and, when temporal-causal,
+        the frames up to their own. Every token sees itself, so no row is empty.
+        """
+        T, V = self.text_len, self.video_len
+        frame = self.frame_of_token
+        mask = torch.zeros(self.batch, T + V, T + V, dtype=torch.bool, device=self.device)
+        real_text = self.text_mask.to(self.device)[:, None, :]
+        mask[:, :, :T] = real_text
+        if self.temporal_causal:
+            mask[:, T:, T:] = frame[None, :, None] >= frame[None, None, :]
+        else:
+            mask[:, T:, T:] = True
+        mask |= torch.eye(T + V, dtype=torch.bool, device=self.device)
+        return mask[:, None]
+
+
+__all__ = ["TokenContext"]

@@ -1,0 +1,118 @@
+"""The Mamba-1 (S6) mixer, token-major throughout."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m4v.kernels.selective_scan import selective_scan
+
+
+def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                          cu_seqlens: Optional[Tensor] = None) -> Tensor:
+    """Causal depthwise conv1d on token-major input.
+
+    Args:
+        x: (batch, seqlen, channels).
+        weight: (channels, width); bias: (channels,) or None.
+        cu_seqlens: int32 (num_seqs + 1,) when x packs sequences (batch 1): taps never reach across a
+            sequence start.
+
+    Returns:
+        (batch, seqlen, channels), contiguous. A sum of ``width`` shifted products, so the result
+        stays token-major and every GEMM around it keeps an aligned leading dimension.
+    """
+    seqlen, width = x.shape[1], weight.shape[1]
+    padded = F.pad(x, (0, 0, width - 1, 0))
+    out = padded[:, width - 1:] * weight[:, width - 1]
+    if cu_seqlens is not None:
+        bounds = cu_seqlens.long()
+        position = torch.arange(seqlen, device=x.device)
+        seq_start = bounds[torch.searchsorted(bounds[1:], position, right=True)]
+    for tap in range(width - 1):
+        shift = width - 1 - tap
+        term = padded[:, tap:tap + seqlen] * weight[:, tap]
+        if cu_seqlens is not None:
+            term = term * (position - shift >= seq_start).to(x.dtype)[None, :, None]
+        out = out + term
+    return out + bias if bias is not None else out
+
+
+class MambaMixer(nn.Module):
+    """in_proj -> causal depthwise conv + SiLU -> x_proj -> dt_proj -> selective scan (D skip, z
+    gate) -> out_proj, with Mamba-1's initialisation of A_log, D and the dt bias.
+
+    Activations stay (batch, tokens, channels); the scan reads (batch, channels, tokens) views of
+    them through strides, so no transpose copy is made and every GEMM output is (tokens, features).
+
+    Args:
+        d_model: hidden size. d_state: N. d_conv: conv width. expand: d_inner = int(expand * d_model).
+        dt_rank: "auto" (ceil(d_model / 16)) or an int. dt_min, dt_max, dt_init_floor: dt bias init.
+        backend: the selective-scan backend ("auto", "cuda", "triton", "reference").
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2.0,
+                 dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False, backend: str = "auto"):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.backend = backend
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.conv_weight = nn.Parameter(torch.empty(self.d_inner, d_conv))
+        self.conv_bias = nn.Parameter(torch.empty(self.d_inner)) if conv_bias else None
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba-1 init: S4D-real A, D = 1, dt log-uniform in [dt_min, dt_max] through softplus."""
+        bound = 1.0 / math.sqrt(self.d_conv)  # nn.Conv1d's default for a depthwise conv
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        if self.conv_bias is not None:
+            nn.init.uniform_(self.conv_bias, -bound, bound)
+        dt_std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+        device = self.A_log.device
+        dt = torch.exp(torch.rand(self.d_inner, device=device) * (math.log(self.dt_max) - math.log(self.dt_min))
+                       + math.log(self.dt_min)).clamp(min=self.dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device))
+                         .repeat(self.d_inner, 1))
+        self.D.fill_(1.0)
+
+    def forward(self, hidden: Tensor, initial_state: Optional[Tensor] = None, cu_seqlens: Optional[Tensor] = None,
+                return_last_state: bool = False):
+        """hidden (batch, seqlen, d_model) -> (batch, seqlen, d_model).
+
+        initial_state (num_seqs, d_inner, d_state) seeds the scan (the conv starts from zeros);
+        cu_seqlens packs sequences (batch 1) for both the conv and the scan. With
+        ``return_last_state`` also returns the scan's final state (num_seqs, d_inner, d_state).
+        """
+        if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
+            raise ValueError(f"MambaMixer: hidden must be (batch, seqlen, {self.d_model}), got {tuple(hidden.shape)}")
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        x = F.silu(causal_depthwise_conv(x, self.conv_weight.to(x.dtype),
+                                         self.conv_bias.to(x.dtype) if self.conv_bias is not None else None,
+                                         cu_seqlens))
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # the bias goes into the scan's softplus
+        y, last_state = selective_scan(x.mT, delta.mT, -torch.exp(self.A_log.float()), B.mT, C.mT, self.D.float(),
+                                       z=z.mT, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                                       return_last_state=True, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                                       backend=self.backend)
+        out = self.out_proj(y.mT)
+        return (out, last_state) if return_last_state else out
+
+
+__all__ = ["MambaMixer", "causal_depthwise_conv"]

@@ -1,0 +1,35 @@
+"""adaLN-Zero modulation shared by every block."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Modulation(nn.Module):
+    """c (batch, hidden) -> `count` (batch, 1, hidden) vectors (shift, scale, gate, ...).
+
+    Zero-initialised (adaLN-Zero): a fresh block is the identity on its residual stream.
+    """
+
+    def __init__(self, hidden: int, count: int):
+        super().__init__()
+        self.count = count
+        self.linear = nn.Linear(hidden, count * hidden)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, c: Tensor) -> tuple[Tensor, ...]:
+        return self.linear(F.silu(c))[:, None, :].chunk(self.count, dim=-1)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+def layer_norm(x: Tensor) -> Tensor:
+    """LayerNorm without affine parameters (the modulation supplies them), in float32."""
+    return F.layer_norm(x.float(), x.shape[-1:], eps=1e-6).to(x.dtype)
+
+
+__all__ = ["Modulation", "modulate", "layer_norm"]

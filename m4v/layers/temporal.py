@@ -1,0 +1,74 @@
+"""The lightweight temporal branch of the MM-DiM block (DESIGN.md section 3, [ours])."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from m4v.kernels.recompose import FrameSpec
+
+
+class TemporalBranch(nn.Module):
+    """Causal attention along time over whole frames, at a cost independent of the frame area.
+
+    1. Every video token is projected C -> c_t (separately for queries, keys and values); each
+       history frame is average-pooled to the lowest-stage grid (h0, w0) and folded into one token
+       of size S = c_t * h0 * w0.
+    2. The current (last) frame is pooled to (K h0, K w0), K = min(K_s, its size over the lowest
+       grid), and split into K^2 tokens of the same size.
+    3. Causal attention along time over [history tokens, current tokens] with ``heads`` heads
+       (current tokens see each other and all history).
+    4. The current tokens are unfolded, projected c_t -> C, upsampled to the current grid and
+       returned through a zero-initialised per-channel gate.
+
+    Projecting before pooling is exact (both are linear) and cheaper. Cost: O(T^2 S) for the
+    attention plus O(V C c_t) for the projections.
+
+    ``forward(video (batch, V, C), frames) -> (batch, current frame tokens, C)``, the update for the
+    current frame's tokens.
+    """
+
+    def __init__(self, hidden: int, channels: int = 16, tokens_per_side: int = 4, heads: int = 2):
+        super().__init__()
+        self.channels, self.tokens_per_side, self.heads = channels, tokens_per_side, heads
+        self.qkv = nn.Linear(hidden, 3 * channels)
+        self.out = nn.Linear(channels, hidden)
+        self.gate = nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, video: Tensor, frames: Sequence[FrameSpec]) -> Tensor:
+        lowest = min(f.stage for f in frames)
+        base = next(f for f in frames if f.stage == lowest)
+        h0, w0 = base.height, base.width
+        if (self.channels * h0 * w0) % self.heads:
+            raise ValueError(f"TemporalBranch: token size {self.channels * h0 * w0} is not divisible by "
+                             f"{self.heads} heads")
+        projected = self.qkv(video)  # (batch, V, 3 c_t)
+        maps, start = [], 0
+        for f in frames:
+            maps.append(rearrange(projected[:, start:start + f.tokens], "b (h w) c -> b c h w", h=f.height))
+            start += f.tokens
+        history = [F.adaptive_avg_pool2d(m.float(), (h0, w0)) for m in maps[:-1]]
+        current = frames[-1]
+        k = max(1, min(self.tokens_per_side, round(current.height / h0), round(current.width / w0)))
+        pooled_current = F.adaptive_avg_pool2d(maps[-1].float(), (k * h0, k * w0))
+        tokens = [rearrange(m, "b c h w -> b 1 (c h w)") for m in history]
+        tokens.append(rearrange(pooled_current, "b c (ky h) (kx w) -> b (ky kx) (c h w)", ky=k, kx=k))
+        seq = torch.cat(tokens, dim=1)  # (batch, history + k^2, 3 * S)
+        q, key, v = rearrange(seq, "b n (three c hw) -> three b n (c hw)", three=3, c=self.channels).unbind(0)
+        q, key, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, key, v))
+        time = torch.cat([torch.arange(len(history), device=video.device),
+                          torch.full((k * k,), len(history), device=video.device)])
+        mask = time[:, None] >= time[None, :]
+        out = F.scaled_dot_product_attention(q, key, v, attn_mask=mask)
+        out = rearrange(out[:, :, len(history):], "b h n d -> b n (h d)")
+        out = rearrange(out, "b (ky kx) (c h w) -> b c (ky h) (kx w)", ky=k, kx=k, c=self.channels, h=h0)
+        out = F.interpolate(out, size=(current.height, current.width), mode="nearest")
+        update = self.out(rearrange(out, "b c h w -> b (h w) c").to(video.dtype))
+        return update * self.gate.to(video.dtype)
+
+
+__all__ = ["TemporalBranch"]
