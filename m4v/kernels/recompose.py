@@ -59,7 +59,7 @@ def zigzag_order(h: int, w: int, path: int) -> Tensor:
     if h < 1 or w < 1:
         _fail(f"a frame grid must be at least 1 x 1, got {h} x {w}")
     column_major, corner = divmod(path, 4)
-    grid = torch.arange(h * w).view(h, w)
+    grid = torch.arange(h * w, device="cpu").view(h, w)
     if corner in (1, 3):  # start on the right
         grid = grid.flip(1)
     if corner in (2, 3):  # start at the bottom
@@ -127,7 +127,8 @@ class ScanLayout:
         self.path = path
         self.text_len = text_len
         self.batch = batch
-        self.text_mask = text_mask if text_mask is not None else torch.ones(batch, text_len, dtype=torch.bool)
+        self.text_mask = text_mask if text_mask is not None else torch.ones(batch, text_len, dtype=torch.bool,
+                                                                            device="cpu")
         self.num_stages = 1 + max(f.stage for f in self.frames)
         self.video_len = sum(f.tokens for f in self.frames)
         self.seq_len = 2 * text_len + len(self.frames) + self.video_len
@@ -137,14 +138,14 @@ class ScanLayout:
     def _build_maps(self) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         T, V, S = self.text_len, self.video_len, self.seq_len
         zero_row = -1
-        gather = torch.full((self.batch, S), zero_row, dtype=torch.int64)
-        scatter = torch.full((self.batch, T + V, 2), zero_row, dtype=torch.int64)
+        gather = torch.full((self.batch, S), zero_row, dtype=torch.int64, device="cpu")
+        scatter = torch.full((self.batch, T + V, 2), zero_row, dtype=torch.int64, device="cpu")
         # Video: identical for every sample.
         slot, video_start, frame_slices = T, 0, []
         for f in self.frames:
             gather[:, slot] = T + V + f.stage
             cells = zigzag_order(f.height, f.width, self.path) + video_start
-            slots = torch.arange(slot + 1, slot + 1 + f.tokens)
+            slots = torch.arange(slot + 1, slot + 1 + f.tokens, device="cpu")
             gather[:, slots] = T + cells
             scatter[:, T + cells, 0] = slots
             frame_slices.append((slot + 1, slot + 1 + f.tokens))
@@ -155,8 +156,8 @@ class ScanLayout:
         for b in range(self.batch):
             real = self.text_mask[b].nonzero().flatten()
             n = real.numel()
-            left_slots = torch.arange(T - n, T)
-            right_slots = torch.arange(right_start, right_start + n)
+            left_slots = torch.arange(T - n, T, device="cpu")
+            right_slots = torch.arange(right_start, right_start + n, device="cpu")
             gather[b, left_slots] = real
             gather[b, right_slots] = real
             scatter[b, real, 0] = left_slots
@@ -164,7 +165,10 @@ class ScanLayout:
         return gather.to(torch.int32), scatter.to(torch.int32), frame_slices
 
     def maps(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
-        """(gather_index (batch, S), scatter_index (batch, T + V, 2)), int32, on ``device``."""
+        """(gather_index (batch, S), scatter_index (batch, T + V, 2)), int32, on ``device``.
+
+        The maps are always built on the CPU (explicit devices), so a layout can be made inside a
+        ``torch.device("meta")`` context for FLOP counting."""
         device = torch.device(device)
         if device not in self._maps:
             self._maps[device] = (self._gather_cpu.to(device), self._scatter_cpu.to(device))

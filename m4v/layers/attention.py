@@ -9,7 +9,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from m4v.layers.context import TokenContext
-from m4v.layers.modulation import Modulation, layer_norm, modulate
+from m4v.layers.modulation import Modulation, compute_dtype, layer_norm, modulate
 
 # Head-dimension split of 3D RoPE over (t, y, x); sums to the head dim 64 of every preset.
 DEFAULT_ROPE_AXES = (16, 24, 24)
@@ -18,7 +18,7 @@ DEFAULT_ROPE_AXES = (16, 24, 24)
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotates consecutive channel pairs of x (batch, heads, tokens, head_dim) by the angles
     (tokens, head_dim // 2)."""
-    pairs = x.float().unflatten(-1, (-1, 2))
+    pairs = x.to(compute_dtype(x)).unflatten(-1, (-1, 2))
     first, second = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack([first * cos - second * sin, first * sin + second * cos], dim=-1)
     return rotated.flatten(-2).to(x.dtype)
@@ -48,7 +48,11 @@ class QKNorm(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        return self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype)
+        dtype = compute_dtype(q)
+        shape = (q.shape[-1],)
+        q_out = F.rms_norm(q.to(dtype), shape, self.q_norm.weight.to(dtype), self.q_norm.eps)
+        k_out = F.rms_norm(k.to(dtype), shape, self.k_norm.weight.to(dtype), self.k_norm.eps)
+        return q_out.to(q.dtype), k_out.to(k.dtype)
 
 
 def split_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:

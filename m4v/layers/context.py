@@ -39,16 +39,17 @@ class TokenContext:
     def layout(self, path: int) -> ScanLayout:
         """The re-composition layout for zigzag path ``path``."""
         if path not in self._layouts:
+            # A meta mask has no values: count every token as real (FLOP counting).
             mask = self.text_mask if self.text_mask.device.type != "meta" else torch.ones(
-                self.batch, self.text_len, dtype=torch.bool)
+                self.batch, self.text_len, dtype=torch.bool, device="cpu")
             self._layouts[path] = ScanLayout(self.frames, path=path, text_len=self.text_len, text_mask=mask)
         return self._layouts[path]
 
     @cached_property
     def frame_of_token(self) -> Tensor:
         """(V,) int64: each video token's frame index."""
-        return torch.repeat_interleave(torch.arange(len(self.frames)),
-                                       torch.tensor([f.tokens for f in self.frames])).to(self.device)
+        counts = torch.tensor([f.tokens for f in self.frames], device="cpu")
+        return torch.repeat_interleave(torch.arange(len(self.frames), device="cpu"), counts).to(self.device)
 
     @cached_property
     def video_positions(self) -> Tensor:
@@ -58,8 +59,8 @@ class TokenContext:
         top_w = max(f.width for f in self.frames)
         rows = []
         for index, f in enumerate(self.frames):
-            y = (torch.arange(f.height, dtype=torch.float32) + 0.5) * (top_h / f.height) - 0.5
-            x = (torch.arange(f.width, dtype=torch.float32) + 0.5) * (top_w / f.width) - 0.5
+            y = (torch.arange(f.height, dtype=torch.float32, device="cpu") + 0.5) * (top_h / f.height) - 0.5
+            x = (torch.arange(f.width, dtype=torch.float32, device="cpu") + 0.5) * (top_w / f.width) - 0.5
             grid_y, grid_x = torch.meshgrid(y, x, indexing="ij")
             t = torch.full_like(grid_y, float(index))
             rows.append(torch.stack([t, grid_y, grid_x], dim=-1).reshape(-1, 3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,9 +28,14 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half-precision inputs, the input's own dtype otherwise (float64 stays exact)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def layer_norm(x: Tensor) -> Tensor:
-    """LayerNorm without affine parameters (the modulation supplies them), in float32."""
-    return F.layer_norm(x.float(), x.shape[-1:], eps=1e-6).to(x.dtype)
+    """LayerNorm without affine parameters (the modulation supplies them), in at least float32."""
+    return F.layer_norm(x.to(compute_dtype(x)), x.shape[-1:], eps=1e-6).to(x.dtype)
 
 
-__all__ = ["Modulation", "modulate", "layer_norm"]
+__all__ = ["Modulation", "modulate", "layer_norm", "compute_dtype"]

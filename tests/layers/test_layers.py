@@ -1,0 +1,189 @@
+"""Model layers: the Mamba mixer against an independent composition, the text sandwich of MM-DiM,
+MM-DiT causality, the temporal branch and the drop-in mixer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m4v.kernels import selective_scan_ref
+from m4v.kernels.recompose import FrameSpec
+from m4v.layers import (MambaMixer, MMDiMBlock, MMDiTBlock, MultiModalMamba, SingleStreamAttentionBlock,
+                        TemporalBranch, TokenContext, causal_depthwise_conv)
+
+HIDDEN, HEADS, ROPE = 32, 2, (4, 6, 6)
+FRAMES = [FrameSpec(2, 2, 0), FrameSpec(2, 2, 0), FrameSpec(4, 4, 1), FrameSpec(4, 4, 1)]
+
+
+def randomize(module: torch.nn.Module, std: float = 0.1) -> torch.nn.Module:
+    """Replace the zero inits (adaLN-Zero, gates) so that every path carries signal."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if not name.endswith("A_log") and not name.endswith(".D"):
+                p.copy_(torch.randn_like(p) * std)
+    return module
+
+
+def context(batch=2, text_len=5):
+    mask = torch.ones(batch, text_len, dtype=torch.bool)
+    mask[1, 3:] = False
+    return TokenContext(FRAMES, mask, "cpu")
+
+
+def tokens(ctx, batch=2, requires_grad=False):
+    g = torch.Generator().manual_seed(1)
+    text = torch.randn(batch, ctx.text_len, HIDDEN, generator=g, dtype=torch.float64)
+    video = torch.randn(batch, ctx.video_len, HIDDEN, generator=g, dtype=torch.float64)
+    c = torch.randn(batch, HIDDEN, generator=g, dtype=torch.float64)
+    return text.requires_grad_(requires_grad), video.requires_grad_(requires_grad), c
+
+
+# ------------------------------------------------------------------------------------------------
+# Mamba mixer.
+
+
+def test_causal_conv_matches_conv1d_and_respects_packed_sequences():
+    x = torch.randn(1, 19, 6, dtype=torch.float64)
+    weight, bias = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    expected = F.conv1d(x.mT, weight[:, None], bias, padding=3, groups=6)[..., :19].mT
+    torch.testing.assert_close(causal_depthwise_conv(x, weight, bias), expected)
+    cu = torch.tensor([0, 7, 8, 19], dtype=torch.int32)
+    packed = causal_depthwise_conv(x, weight, bias, cu)
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        torch.testing.assert_close(packed[:, start:end], causal_depthwise_conv(x[:, start:end], weight, bias))
+
+
+def test_mixer_matches_independent_composition():
+    torch.manual_seed(0)
+    mixer = MambaMixer(HIDDEN, d_state=4, expand=1.5, backend="reference").double()
+    x = torch.randn(2, 11, HIDDEN, dtype=torch.float64)
+    xz = x @ mixer.in_proj.weight.T
+    xs, z = xz[..., :mixer.d_inner], xz[..., mixer.d_inner:]
+    xs = F.silu(F.conv1d(xs.mT, mixer.conv_weight[:, None], mixer.conv_bias, padding=3,
+                         groups=mixer.d_inner)[..., :11])  # (batch, d_inner, seqlen)
+    proj = xs.mT @ mixer.x_proj.weight.T
+    dt, B, C = proj.split([mixer.dt_rank, 4, 4], dim=-1)
+    delta = (dt @ mixer.dt_proj.weight.T).mT
+    y = selective_scan_ref(xs, delta, -torch.exp(mixer.A_log), B.mT, C.mT, mixer.D, z.mT, mixer.dt_proj.bias,
+                           delta_softplus=True)
+    expected = y.mT @ mixer.out_proj.weight.T
+    torch.testing.assert_close(mixer(x), expected)
+
+
+def test_mixer_mamba1_init():
+    mixer = MambaMixer(64, d_state=16, expand=1.5)
+    assert mixer.d_inner == 96 and mixer.dt_rank == 4
+    torch.testing.assert_close(mixer.A_log[7], torch.log(torch.arange(1, 17, dtype=torch.float32)))
+    assert bool((mixer.D == 1).all())
+    dt = F.softplus(mixer.dt_proj.bias)
+    assert bool((dt >= 1e-3 * 0.999).all()) and bool((dt <= 0.1 * 1.001).all())
+
+
+def test_mixer_passes_initial_state_and_packed_sequences():
+    torch.manual_seed(0)
+    mixer = MambaMixer(HIDDEN, d_state=4, backend="reference").double()
+    x = torch.randn(1, 12, HIDDEN, dtype=torch.float64)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    packed, last = mixer(x, cu_seqlens=cu, return_last_state=True)
+    assert last.shape == (2, mixer.d_inner, 4)
+    for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        alone, alone_last = mixer(x[:, start:end], return_last_state=True)
+        torch.testing.assert_close(packed[:, start:end], alone)
+        torch.testing.assert_close(last[i], alone_last[0])
+    init = torch.randn(1, mixer.d_inner, 4, dtype=torch.float64, requires_grad=True)
+    seeded = mixer(x, initial_state=init)
+    assert not torch.allclose(seeded, mixer(x))
+    (grad,) = torch.autograd.grad(seeded.sum(), init)
+    assert grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# MM-DiM.
+
+
+def _jacobian_norm(out: torch.Tensor, wrt: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    """|d out[:, rows].sum() / d wrt| per token of wrt: (batch, tokens)."""
+    (grad,) = torch.autograd.grad(out[:, rows].sum(), wrt, retain_graph=True)
+    return grad.abs().sum(-1)
+
+
+def test_mmdim_text_sandwich_mixes_both_ways():
+    block = randomize(MMDiMBlock(HIDDEN, layer_index=3, d_state=4, temporal=False, backend="reference")).double()
+    ctx = context()
+    text, video, c = tokens(ctx, requires_grad=True)
+    text_out, video_out = block(text, video, c, ctx)
+    # Video reads the text through the left copy (the first video tokens depend on the text) ...
+    video_on_text = _jacobian_norm(video_out, text, slice(0, FRAMES[0].tokens))
+    assert bool((video_on_text[0] > 0).all())
+    assert bool((video_on_text[1, :3] > 0).all()) and bool((video_on_text[1, 3:] == 0).all())  # padding
+    # ... and the text reads the video through the right copy, up to the last tokens of the current frame.
+    text_on_video = _jacobian_norm(text_out, video, slice(0, ctx.text_len))
+    assert bool((text_on_video[:, -FRAMES[-1].tokens:] > 0).all())
+
+
+def test_mmdim_layout_follows_layer_index():
+    assert MMDiMBlock(HIDDEN, layer_index=11, temporal=False).path == 3
+    mixer = MultiModalMamba(HIDDEN, layer_index=2)
+    with pytest.raises(ValueError, match="layout path"):
+        mixer(torch.randn(1, 4, HIDDEN), layout=MultiModalMamba(HIDDEN, layer_index=1).layout([(2, 2, 0)]))
+
+
+def test_multimodal_mamba_drop_in_on_plain_video_tokens():
+    mixer = MultiModalMamba(HIDDEN, layer_index=5, num_stages=1, d_state=4, backend="reference")
+    x = torch.randn(2, 3 * 12, HIDDEN, requires_grad=True)
+    out = mixer(x, frames=[(3, 4, 0)] * 3)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0 and mixer.registers.grad.abs().sum() > 0
+
+
+def test_temporal_branch_updates_the_current_frame_from_history():
+    branch = TemporalBranch(HIDDEN, channels=4, tokens_per_side=2, heads=2).double()
+    video = torch.randn(2, sum(f.tokens for f in FRAMES), HIDDEN, dtype=torch.float64, requires_grad=True)
+    assert bool((branch(video, FRAMES) == 0).all())  # zero-initialised gate
+    randomize(branch).double()
+    update = branch(video, FRAMES)
+    assert update.shape == (2, FRAMES[-1].tokens, HIDDEN)
+    dependence = _jacobian_norm(update, video, slice(None))
+    assert bool((dependence[:, :FRAMES[0].tokens] > 0).all())  # the oldest frame reaches the current one
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention blocks.
+
+
+@pytest.mark.parametrize("make_block", [
+    lambda: MMDiTBlock(HIDDEN, HEADS, rope_axes=ROPE),
+    lambda: SingleStreamAttentionBlock(HIDDEN, HEADS, rope_axes=ROPE),
+], ids=["mmdit", "single_stream"])
+def test_attention_blocks_are_temporally_causal(make_block):
+    block = randomize(make_block()).double()
+    ctx = context()
+    text, video, c = tokens(ctx)
+    text_out, video_out = block(text, video, c, ctx)
+    changed = video.clone()
+    changed[:, -FRAMES[-1].tokens:] += 1.0  # a later frame
+    text_changed, video_changed = block(text, changed, c, ctx)
+    earlier = sum(f.tokens for f in FRAMES[:-1])
+    torch.testing.assert_close(video_changed[:, :earlier], video_out[:, :earlier], rtol=0, atol=0)
+    torch.testing.assert_close(text_changed, text_out, rtol=0, atol=0)
+    assert not torch.allclose(video_changed[:, earlier:], video_out[:, earlier:])
+    # Earlier frames still read the text.
+    text_g = text.clone().requires_grad_()
+    _, video_out = block(text_g, video, c, ctx)
+    assert _jacobian_norm(video_out, text_g, slice(0, FRAMES[0].tokens)).sum() > 0
+
+
+def test_rope_positions_align_pyramid_stages():
+    ctx = TokenContext([FrameSpec(2, 2, 0), FrameSpec(4, 4, 1)], torch.ones(1, 0, dtype=torch.bool), "cpu")
+    pos = ctx.video_positions
+    assert pos.shape == (20, 3)
+    # The centre of a coarse cell is the centre of the 2x2 fine cells it covers.
+    torch.testing.assert_close(pos[0, 1:], pos[4:, 1:].view(4, 4, 2)[:2, :2].reshape(-1, 2).mean(0))
+    cos, sin = ctx.rope(ROPE)
+    assert cos.shape == (20, sum(ROPE) // 2)
+    assert math.isclose(float(cos[0, 0]), 1.0)  # frame 0: no rotation along time
