@@ -2,12 +2,19 @@
 # Builds, checks and times on the GPU machine in one call; logs go to $OUT.
 #   bash scripts/device_check.sh peer-build   # start mamba_ssm's build (from .peer/) in the background
 #   bash scripts/device_check.sh check        # build m4v, GPU tests, compute-sanitizer
-#   bash scripts/device_check.sh bench        # wait for the peer build, then benchmarks
+#   bash scripts/device_check.sh bench        # wait for the peer build, then the scan benchmark
+#   bash scripts/device_check.sh recompose    # the re-composition benchmark
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 PEER_DIR=/tmp/peer
+
+# The device image has no package registry: install carried wheels (.wheels/) that are missing.
+install_wheels() {
+  python3 -c "import safetensors, einops" 2>/dev/null && return 0
+  python3 -m pip install -q --no-index --find-links .wheels safetensors einops
+}
 
 build_m4v() {
   local start=$SECONDS
@@ -29,12 +36,14 @@ case "${1:-check}" in
   check)
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-    build_m4v || exit 1
-    python3 -m pytest tests -q -x --durations=10 2>&1 | tee "$OUT/tests.log" | tail -25
-    compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_selective_scan.py \
-      >"$OUT/memcheck.log" 2>&1; echo "memcheck rc=$?"; tail -3 "$OUT/memcheck.log"
-    compute-sanitizer --tool racecheck --error-exitcode 9 python3 scripts/sanitize_selective_scan.py \
-      >"$OUT/racecheck.log" 2>&1; echo "racecheck rc=$?"; tail -3 "$OUT/racecheck.log"
+    install_wheels; build_m4v || exit 1
+    python3 -m pytest tests -q --durations=5 2>&1 | tee "$OUT/tests.log" | tail -25
+    for script in sanitize_selective_scan sanitize_recompose; do
+      for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 9 python3 scripts/$script.py >"$OUT/$script-$tool.log" 2>&1
+        echo "$script $tool rc=$?"; tail -2 "$OUT/$script-$tool.log"
+      done
+    done
     ;;
   bench)
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
@@ -42,5 +51,9 @@ case "${1:-check}" in
     echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
     tail -3 "$PEER_DIR/build.log" 2>/dev/null
     python3 benchmarks/bench_selective_scan.py --json "$OUT/h100-selective-scan.json" 2>&1 | tee "$OUT/bench.log"
+    ;;
+  recompose)
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    python3 benchmarks/bench_recompose.py --json "$OUT/h100-recompose.json" 2>&1 | tee "$OUT/bench-recompose.log"
     ;;
 esac
