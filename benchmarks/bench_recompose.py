@@ -15,10 +15,10 @@ count every row read once and written once; bandwidth is reported against 3.0 TB
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
+from _report import emit_records
 
 COPY_BYTES_PER_S = 3.0e12
 FRAMES = [(12, 20, 0)] * 28 + [(24, 40, 1), (48, 80, 2), (48, 80, 2)]
@@ -79,10 +79,7 @@ def main(argv=None):
         records.append({"backend": name, "video_tokens": layout.video_len, "text_tokens": TEXT_LEN,
                         "hidden": HIDDEN, "dtype": "bfloat16", "fwd_ms": round(fwd, 5), "inv_ms": round(inv, 5),
                         "total_ms": round(total, 5), "gbps": round(gbps, 1)})
-    print(json.dumps(records))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+    emit_records(records, args.json)
     return 0
 
 

@@ -16,10 +16,10 @@ per element.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
+from _report import emit_records
 
 COPY_BYTES_PER_S = 3.0e12
 EXPS_PER_S = 3.94e12
@@ -117,10 +117,7 @@ def main(argv=None):
     print(f"{'shape (b, d, L, N)':24} {'pass':8} {'backend':10} {'ms':>8} {'GB/s':>7} {'/floor':>7} {'speedup vs mamba_ssm':>21}")
     for shape, pass_name, name, ms, gbps, vs_floor, vs_peer in rows:
         print(f"{shape:24} {pass_name:8} {name:10} {ms:8.3f} {gbps:7.0f} {vs_floor:7.2f} {vs_peer:>21}")
-    print(json.dumps(records))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+    emit_records(records, args.json)
     return 0
 
 

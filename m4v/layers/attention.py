@@ -15,6 +15,15 @@ from m4v.layers.modulation import Modulation, compute_dtype, layer_norm, modulat
 DEFAULT_ROPE_AXES = (16, 24, 24)
 
 
+def check_heads(hidden: int, heads: int, rope_axes: tuple[int, int, int]) -> int:
+    """Returns the head dim, after checking that heads divide hidden and RoPE axes fill a head."""
+    if hidden % heads:
+        raise ValueError(f"hidden {hidden} must be divisible by heads {heads}")
+    if sum(rope_axes) != hidden // heads:
+        raise ValueError(f"rope_axes {tuple(rope_axes)} must sum to the head dim {hidden // heads}")
+    return hidden // heads
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotates consecutive channel pairs of x (batch, heads, tokens, head_dim) by the angles
     (tokens, head_dim // 2)."""
@@ -69,12 +78,8 @@ class SingleStreamAttentionBlock(nn.Module):
 
     def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, rope_axes=DEFAULT_ROPE_AXES):
         super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden {hidden} must be divisible by heads {heads}")
+        self.head_dim = check_heads(hidden, heads, rope_axes)
         self.hidden, self.heads, self.rope_axes = hidden, heads, tuple(rope_axes)
-        self.head_dim = hidden // heads
-        if sum(self.rope_axes) != self.head_dim:
-            raise ValueError(f"rope_axes {self.rope_axes} must sum to the head dim {self.head_dim}")
         self.mlp_hidden = int(hidden * mlp_ratio)
         self.modulation = Modulation(hidden, 3)
         self.linear1 = nn.Linear(hidden, 3 * hidden + self.mlp_hidden)
@@ -93,5 +98,5 @@ class SingleStreamAttentionBlock(nn.Module):
         return x[:, :ctx.text_len], x[:, ctx.text_len:]
 
 
-__all__ = ["SingleStreamAttentionBlock", "joint_attention", "apply_rope", "QKNorm", "split_heads",
+__all__ = ["SingleStreamAttentionBlock", "joint_attention", "apply_rope", "check_heads", "QKNorm", "split_heads",
            "DEFAULT_ROPE_AXES"]

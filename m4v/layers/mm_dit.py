@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m4v.layers.attention import DEFAULT_ROPE_AXES, QKNorm, joint_attention, split_heads
+from m4v.layers.attention import DEFAULT_ROPE_AXES, QKNorm, check_heads, joint_attention, split_heads
 from m4v.layers.context import TokenContext
 from m4v.layers.modulation import Modulation, layer_norm, modulate
 
@@ -45,11 +45,8 @@ class MMDiTBlock(nn.Module):
 
     def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, rope_axes=DEFAULT_ROPE_AXES):
         super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden {hidden} must be divisible by heads {heads}")
+        check_heads(hidden, heads, rope_axes)
         self.hidden, self.heads, self.rope_axes = hidden, heads, tuple(rope_axes)
-        if sum(self.rope_axes) != hidden // heads:
-            raise ValueError(f"rope_axes {self.rope_axes} must sum to the head dim {hidden // heads}")
         self.text_stream = _Stream(hidden, heads, mlp_ratio)
         self.video_stream = _Stream(hidden, heads, mlp_ratio)
 
