@@ -9,37 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from m4v.kernels.conv1d import causal_conv1d
 from m4v.kernels.selective_scan import selective_scan
-
-
-def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                          cu_seqlens: Optional[Tensor] = None) -> Tensor:
-    """Causal depthwise conv1d on token-major input.
-
-    Args:
-        x: (batch, seqlen, channels).
-        weight: (channels, width); bias: (channels,) or None.
-        cu_seqlens: int32 (num_seqs + 1,) when x packs sequences (batch 1): taps never reach across a
-            sequence start.
-
-    Returns:
-        (batch, seqlen, channels), contiguous. A sum of ``width`` shifted products, so the result
-        stays token-major and every GEMM around it keeps an aligned leading dimension.
-    """
-    seqlen, width = x.shape[1], weight.shape[1]
-    padded = F.pad(x, (0, 0, width - 1, 0))
-    out = padded[:, width - 1:] * weight[:, width - 1]
-    if cu_seqlens is not None:
-        bounds = cu_seqlens.long()
-        position = torch.arange(seqlen, device=x.device)
-        seq_start = bounds[torch.searchsorted(bounds[1:], position, right=True)]
-    for tap in range(width - 1):
-        shift = width - 1 - tap
-        term = padded[:, tap:tap + seqlen] * weight[:, tap]
-        if cu_seqlens is not None:
-            term = term * (position - shift >= seq_start).to(x.dtype)[None, :, None]
-        out = out + term
-    return out + bias if bias is not None else out
 
 
 class MambaMixer(nn.Module):
@@ -102,9 +73,7 @@ class MambaMixer(nn.Module):
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: hidden must be (batch, seqlen, {self.d_model}), got {tuple(hidden.shape)}")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        x = F.silu(causal_depthwise_conv(x, self.conv_weight.to(x.dtype),
-                                         self.conv_bias.to(x.dtype) if self.conv_bias is not None else None,
-                                         cu_seqlens))
+        x = F.silu(causal_conv1d(x, self.conv_weight, self.conv_bias, cu_seqlens))
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # the bias goes into the scan's softplus
         y, last_state = selective_scan(x.mT, delta.mT, -torch.exp(self.A_log.float()), B.mT, C.mT, self.D.float(),
@@ -115,4 +84,4 @@ class MambaMixer(nn.Module):
         return (out, last_state) if return_last_state else out
 
 
-__all__ = ["MambaMixer", "causal_depthwise_conv"]
+__all__ = ["MambaMixer"]

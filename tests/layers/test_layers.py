@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from m4v.kernels import selective_scan_ref
 from m4v.kernels.recompose import FrameSpec
 from m4v.layers import (MambaMixer, MMDiMBlock, MMDiTBlock, MultiModalMamba, SingleStreamAttentionBlock,
-                        TemporalBranch, TokenContext, causal_depthwise_conv)
+                        TemporalBranch, TokenContext)
 
 HIDDEN, HEADS, ROPE = 32, 2, (4, 6, 6)
 FRAMES = [FrameSpec(2, 2, 0), FrameSpec(2, 2, 0), FrameSpec(4, 4, 1), FrameSpec(4, 4, 1)]
@@ -44,17 +44,6 @@ def tokens(ctx, batch=2, requires_grad=False):
 
 # ------------------------------------------------------------------------------------------------
 # Mamba mixer.
-
-
-def test_causal_conv_matches_conv1d_and_respects_packed_sequences():
-    x = torch.randn(1, 19, 6, dtype=torch.float64)
-    weight, bias = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
-    expected = F.conv1d(x.mT, weight[:, None], bias, padding=3, groups=6)[..., :19].mT
-    torch.testing.assert_close(causal_depthwise_conv(x, weight, bias), expected)
-    cu = torch.tensor([0, 7, 8, 19], dtype=torch.int32)
-    packed = causal_depthwise_conv(x, weight, bias, cu)
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        torch.testing.assert_close(packed[:, start:end], causal_depthwise_conv(x[:, start:end], weight, bias))
 
 
 def test_mixer_matches_independent_composition():
