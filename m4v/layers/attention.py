@@ -39,13 +39,23 @@ def rope_video_part(x: Tensor, text_len: int, ctx: TokenContext, axes: tuple[int
     return torch.cat([x[:, :, :text_len], apply_rope(x[:, :, text_len:], cos, sin)], dim=2)
 
 
-def joint_attention(q: Tensor, k: Tensor, v: Tensor, ctx: TokenContext, rope_axes: tuple[int, int, int]) -> Tensor:
-    """q, k, v: (batch, heads, T + V, head_dim) -> (batch, T + V, heads * head_dim), through SDPA with
-    the context's mask (temporal-causal frames, text padding)."""
-    q = rope_video_part(q, ctx.text_len, ctx, rope_axes)
-    k = rope_video_part(k, ctx.text_len, ctx, rope_axes)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attention_mask)
-    return rearrange(out, "b h n d -> b n (h d)")
+class JointAttention(nn.Module):
+    """The attention core over [text; video]: 3D RoPE on the video tokens, then SDPA with the
+    context's mask (temporal-causal frames, text padding). No parameters; a module of its own so
+    FLOP counters can attribute it to the mixer.
+
+    ``forward(q, k, v (batch, heads, T + V, head_dim), ctx) -> (batch, T + V, heads * head_dim)``.
+    """
+
+    def __init__(self, rope_axes: tuple[int, int, int] = DEFAULT_ROPE_AXES):
+        super().__init__()
+        self.rope_axes = tuple(rope_axes)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: TokenContext) -> Tensor:
+        q = rope_video_part(q, ctx.text_len, ctx, self.rope_axes)
+        k = rope_video_part(k, ctx.text_len, ctx, self.rope_axes)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attention_mask)
+        return rearrange(out, "b h n d -> b n (h d)")
 
 
 class QKNorm(nn.Module):
@@ -70,8 +80,10 @@ def split_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class SingleStreamAttentionBlock(nn.Module):
-    """FLUX single-stream block: one weight set for [text; video], adaLN-Zero, joint attention and
-    a parallel MLP sharing one input projection and one output projection.
+    """FLUX single-stream block: one weight set for [text; video], adaLN-Zero, and joint attention
+    in parallel with an MLP on the same modulated input. FLUX fuses the input projections (and the
+    output ones) into one GEMM each; they are kept apart here, which is the same function, so that
+    the attention (the mixer MM-DiM replaces) and the MLP can be counted separately.
 
     ``forward(text (batch, T, C), video (batch, V, C), c (batch, C), ctx) -> (text, video)``.
     """
@@ -79,24 +91,26 @@ class SingleStreamAttentionBlock(nn.Module):
     def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, rope_axes=DEFAULT_ROPE_AXES):
         super().__init__()
         self.head_dim = check_heads(hidden, heads, rope_axes)
-        self.hidden, self.heads, self.rope_axes = hidden, heads, tuple(rope_axes)
-        self.mlp_hidden = int(hidden * mlp_ratio)
+        self.hidden, self.heads = hidden, heads
+        mlp_hidden = int(hidden * mlp_ratio)
         self.modulation = Modulation(hidden, 3)
-        self.linear1 = nn.Linear(hidden, 3 * hidden + self.mlp_hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
         self.norm = QKNorm(self.head_dim)
-        self.linear2 = nn.Linear(hidden + self.mlp_hidden, hidden)
+        self.attention = JointAttention(rope_axes)
+        self.proj = nn.Linear(hidden, hidden)
+        self.mlp_in = nn.Linear(hidden, mlp_hidden)
+        self.mlp_out = nn.Linear(mlp_hidden, hidden, bias=False)  # one bias for the fused output
 
     def forward(self, text: Tensor, video: Tensor, c: Tensor, ctx: TokenContext) -> tuple[Tensor, Tensor]:
         shift, scale, gate = self.modulation(c)
         x = torch.cat([text, video], dim=1)
         h = modulate(layer_norm(x), shift, scale)
-        qkv, mlp = self.linear1(h).split([3 * self.hidden, self.mlp_hidden], dim=-1)
-        q, k, v = split_heads(qkv, self.heads)
+        q, k, v = split_heads(self.qkv(h), self.heads)
         q, k = self.norm(q, k)
-        attn = joint_attention(q, k, v, ctx, self.rope_axes)
-        x = x + gate * self.linear2(torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1))
+        attn = self.attention(q, k, v, ctx)
+        x = x + gate * (self.proj(attn) + self.mlp_out(F.gelu(self.mlp_in(h), approximate="tanh")))
         return x[:, :ctx.text_len], x[:, ctx.text_len:]
 
 
-__all__ = ["SingleStreamAttentionBlock", "joint_attention", "apply_rope", "check_heads", "QKNorm", "split_heads",
+__all__ = ["SingleStreamAttentionBlock", "JointAttention", "apply_rope", "check_heads", "QKNorm", "split_heads",
            "DEFAULT_ROPE_AXES"]

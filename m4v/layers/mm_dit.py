@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m4v.layers.attention import DEFAULT_ROPE_AXES, QKNorm, check_heads, joint_attention, split_heads
+from m4v.layers.attention import DEFAULT_ROPE_AXES, JointAttention, QKNorm, check_heads, split_heads
 from m4v.layers.context import TokenContext
 from m4v.layers.modulation import Modulation, layer_norm, modulate
 
@@ -49,6 +49,7 @@ class MMDiTBlock(nn.Module):
         self.hidden, self.heads, self.rope_axes = hidden, heads, tuple(rope_axes)
         self.text_stream = _Stream(hidden, heads, mlp_ratio)
         self.video_stream = _Stream(hidden, heads, mlp_ratio)
+        self.attention = JointAttention(rope_axes)
 
     def forward(self, text: Tensor, video: Tensor, c: Tensor, ctx: TokenContext) -> tuple[Tensor, Tensor]:
         streams = (self.text_stream, self.video_stream)
@@ -60,7 +61,7 @@ class MMDiTBlock(nn.Module):
         q = torch.cat([normed[0][0], normed[1][0]], dim=2)
         k = torch.cat([normed[0][1], normed[1][1]], dim=2)
         v = torch.cat([qkvs[0][2], qkvs[1][2]], dim=2)
-        attn = joint_attention(q, k, v, ctx, self.rope_axes)
+        attn = self.attention(q, k, v, ctx)
         attn_parts = (attn[:, :ctx.text_len], attn[:, ctx.text_len:])
         outputs = []
         for s, x, m, a in zip(streams, inputs, mods, attn_parts):

@@ -29,7 +29,7 @@ def expected_parameters(c: M4VConfig) -> int:
              + d_inner * c.d_state + d_inner + linear(d_inner, C, bias=False))
     temporal = linear(C, 3 * c.temporal_channels) + linear(c.temporal_channels, C) + C if c.temporal else 0
     mmdim = modulation(3) + c.num_stages * C + mamba + feed_forward + temporal
-    single_stream = modulation(3) + linear(C, 3 * C + mlp) + qk_norm + linear(C + mlp, C)
+    single_stream = modulation(3) + linear(C, 3 * C + mlp) + qk_norm + linear(C + mlp, C)  # FLUX, unfused
     mixer_block = mmdim if c.mixer == "mmdim" else single_stream
     embeddings = (linear(c.latent_channels * c.patch_size ** 2, C) + linear(c.text_dim, C)
                   + linear(256, C) + linear(C, C) + linear(c.pooled_dim, C) + linear(C, C))

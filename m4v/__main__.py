@@ -1,0 +1,5 @@
+import sys
+
+from m4v.cli import main
+
+sys.exit(main())
