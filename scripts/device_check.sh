@@ -4,6 +4,7 @@
 #   bash scripts/device_check.sh check        # build m4v, GPU tests, compute-sanitizer
 #   bash scripts/device_check.sh bench        # wait for the peer build, then the scan benchmark
 #   bash scripts/device_check.sh recompose    # the re-composition benchmark
+#   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
 mkdir -p "$OUT"
@@ -51,6 +52,15 @@ case "${1:-check}" in
     echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
     tail -3 "$PEER_DIR/build.log" 2>/dev/null
     python3 benchmarks/bench_selective_scan.py --json "$OUT/h100-selective-scan.json" 2>&1 | tee "$OUT/bench.log"
+    ;;
+  efficiency)
+    # Issue-4 benchmarks; the peer build (started first) supplies the mamba_ssm lines.
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    (cd benchmarks && python3 bench_model.py --no-compile --json "$OUT/bench-model-eager.json") 2>&1 | grep -v '^\[{'
+    for _ in $(seq 120); do [ -f "$PEER_DIR/build.rc" ] && break; sleep 5; done
+    echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
+    (cd benchmarks && python3 bench_mixer_vs_attention.py --json "$OUT/h100-mixer-vs-attention.json") 2>&1 \
+      | grep -v '^\[{'
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

@@ -80,20 +80,25 @@ class TokenContext:
 
     @cached_property
     def attention_mask(self) -> Optional[Tensor]:
-        """(batch, 1, T + V, T + V) bool, True where a query may attend to a key.
+        """(batch, 1, T + V, T + V) bool, True where a query may attend to a key, or None for full
+        attention (so SDPA may pick its flash or cuDNN kernels).
 
-        Text queries see the real text; video queries see the real text and, when temporal-causal,
-        the frames up to their own. Every token sees itself, so no row is empty.
+        Temporal-causal: text queries see the real text; video queries see the real text and the
+        frames up to their own. Otherwise every query sees every real token. Every token sees
+        itself, so no row is empty.
         """
         T, V = self.text_len, self.video_len
-        frame = self.frame_of_token
-        mask = torch.zeros(self.batch, T + V, T + V, dtype=torch.bool, device=self.device)
-        real_text = self.text_mask.to(self.device)[:, None, :]
-        mask[:, :, :T] = real_text
-        if self.temporal_causal:
-            mask[:, T:, T:] = frame[None, :, None] >= frame[None, None, :]
+        real_text = self.text_mask.to(self.device)
+        if not self.temporal_causal:
+            if self.text_mask.device.type == "meta" or bool(real_text.all()):
+                return None
+            keys = torch.cat([real_text, real_text.new_ones(self.batch, V)], dim=1)
+            mask = keys[:, None, :].expand(self.batch, T + V, T + V).clone()
         else:
-            mask[:, T:, T:] = True
+            frame = self.frame_of_token
+            mask = torch.zeros(self.batch, T + V, T + V, dtype=torch.bool, device=self.device)
+            mask[:, :, :T] = real_text[:, None, :]
+            mask[:, T:, T:] = frame[None, :, None] >= frame[None, None, :]
         mask |= torch.eye(T + V, dtype=torch.bool, device=self.device)
         return mask[:, None]
 

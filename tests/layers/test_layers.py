@@ -176,3 +176,14 @@ def test_rope_positions_align_pyramid_stages():
     cos, sin = ctx.rope(ROPE)
     assert cos.shape == (20, sum(ROPE) // 2)
     assert math.isclose(float(cos[0, 0]), 1.0)  # frame 0: no rotation along time
+
+
+def test_full_attention_context_needs_no_mask_unless_text_is_padded():
+    frames = [FrameSpec(2, 2, 0), FrameSpec(2, 2, 0)]
+    assert TokenContext(frames, torch.ones(2, 3, dtype=torch.bool), "cpu", temporal_causal=False).attention_mask is None
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[1, 2] = False
+    full = TokenContext(frames, mask, "cpu", temporal_causal=False).attention_mask
+    assert full.shape == (2, 1, 11, 11)
+    assert bool(full[0].all()) and not bool(full[1, 0, 0, 2]) and bool(full[1, 0, 2, 2])  # itself only
+    assert bool(full[1, 0, :, 3:].all())  # text sees video too
