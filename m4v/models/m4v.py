@@ -3,14 +3,13 @@ pyramid autoregressive unit."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from m4v._weights import load_module, save_module
 from m4v.kernels.recompose import FrameSpec
 from m4v.layers.attention import SingleStreamAttentionBlock
 from m4v.layers.context import TokenContext
@@ -19,10 +18,6 @@ from m4v.layers.mm_dim import MMDiMBlock
 from m4v.layers.mm_dit import MMDiTBlock
 from m4v.layers.modulation import Modulation, layer_norm, modulate
 from m4v.models.configs import M4VConfig, get_config
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
 
 def history_stages(num_history: int, stage: int) -> list[int]:
     """Stages of the history frames (oldest first) for a unit at ``stage`` (DESIGN.md section 1):
@@ -127,22 +122,12 @@ class M4VTransformer(nn.Module):
     # Weights on disk: config.json + model.safetensors (never pickle).
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            json.dump(self.config.to_dict(), f, indent=2)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        save_module(self, self.config.to_dict(), directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str = "cpu",
                         dtype: Optional[torch.dtype] = None) -> "M4VTransformer":
-        with open(os.path.join(directory, CONFIG_NAME)) as f:
-            config = M4VConfig.from_dict(json.load(f))
-        with torch.device("meta"):
-            model = cls(config)
-        state = load_file(os.path.join(directory, WEIGHTS_NAME), device=str(device))
-        model.load_state_dict(state, strict=True, assign=True)
-        return model.to(dtype) if dtype is not None else model
+        return load_module(directory, lambda config: cls(M4VConfig.from_dict(config)), device, dtype)
 
 
 __all__ = ["M4VTransformer", "history_stages"]

@@ -1,0 +1,140 @@
+"""Pyramidal flow matching (PyramidFlow-style): Euler steps over three resolution stages.
+
+Conventions (the one place they are written down; training and the reward one-step estimate use
+the same ones):
+
+- Generation time ``tau`` runs from 0 (pure noise, lowest resolution) to 1 (clean data, full
+  resolution). Stage ``s`` owns the window ``[stage_range[s], stage_range[s+1]]``; the model is
+  given ``tau`` as its timestep.
+- Inside stage s the latent moves on a straight line from its start point ``x_start`` (noise for
+  stage 0; the re-noised, upsampled end of the previous stage otherwise) to the clean latent
+  ``x_end`` at that resolution: ``x(u) = (1 - u) x_start + u x_end`` with local time
+  ``u = (tau - a_s) / (b_s - a_s)``.
+- The model predicts the **velocity** ``v = dx/du = x_end - x_start``: it points from noise
+  towards data. An Euler step is ``x <- x + (u_next - u) v``, and the one-step clean estimate from
+  any point is ``x_end_hat = x + (1 - u) v``.
+- At a stage jump the end latent is upsampled 2x (nearest) and re-noised::
+
+      x_start = (1 - sigma) * up(x_end) + sigma * n,    n = sqrt(rho) up(n_low) + sqrt(1 - rho) n_high
+
+  where ``n_low`` is noise at the coarse resolution (so each 2x2 block shares that part) and
+  ``n_high`` is independent at the fine resolution: ``n`` has unit variance and correlation
+  ``rho`` inside a block, which keeps the re-noised field from looking blocky.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class PyramidFlowSchedulerConfig:
+    stage_range: tuple[float, ...] = (0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0)
+    renoise_sigma: float = 1.0 / 3.0       # noise level at which stages 1, 2 start
+    block_correlation: float = 0.5         # rho: correlation of the re-noise inside a 2x2 block
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["stage_range"] = list(self.stage_range)
+        return out
+
+
+class PyramidFlowScheduler:
+    """Euler sampler over the pyramid stages (see the module docstring for the conventions).
+
+    Typical loop for one latent frame::
+
+        x = scheduler.initial_noise(shape_at_stage0, generator)
+        for stage in range(scheduler.num_stages):
+            if stage:
+                x = scheduler.jump(x, generator)
+            for tau, u, u_next in scheduler.steps(stage, num_steps[stage]):
+                x = scheduler.step(x, model_velocity(x, tau), u, u_next)
+    """
+
+    def __init__(self, config: Optional[PyramidFlowSchedulerConfig] = None):
+        self.config = config or PyramidFlowSchedulerConfig()
+        bounds = self.config.stage_range
+        if len(bounds) < 2 or any(b <= a for a, b in zip(bounds, bounds[1:])) or bounds[0] != 0 or bounds[-1] != 1:
+            raise ValueError(f"stage_range must rise strictly from 0 to 1, got {bounds}")
+        if not 0 <= self.config.block_correlation <= 1:
+            raise ValueError(f"block_correlation must be in [0, 1], got {self.config.block_correlation}")
+        if not 0 < self.config.renoise_sigma <= 1:
+            raise ValueError(f"renoise_sigma must be in (0, 1], got {self.config.renoise_sigma}")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.config.stage_range) - 1
+
+    def window(self, stage: int) -> tuple[float, float]:
+        return self.config.stage_range[stage], self.config.stage_range[stage + 1]
+
+    def steps(self, stage: int, num_steps: int) -> list[tuple[float, float, float]]:
+        """(tau, u, u_next) of each Euler step of ``stage``: uniform in local time."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        a, b = self.window(stage)
+        return [(a + (b - a) * k / num_steps, k / num_steps, (k + 1) / num_steps) for k in range(num_steps)]
+
+    @staticmethod
+    def step(x: Tensor, velocity: Tensor, u: float, u_next: float) -> Tensor:
+        return x + (u_next - u) * velocity.to(x.dtype)
+
+    @staticmethod
+    def clean_estimate(x: Tensor, velocity: Tensor, u: float) -> Tensor:
+        """The one-step estimate of the stage's clean latent from x at local time u."""
+        return x + (1 - u) * velocity.to(x.dtype)
+
+    @staticmethod
+    def initial_noise(shape: Sequence[int], generator: Optional[torch.Generator] = None,
+                      device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+    def block_noise(self, shape: Sequence[int], generator: Optional[torch.Generator] = None,
+                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+        """Unit-variance noise of ``shape`` (..., H, W) with correlation rho inside each 2x2 block."""
+        *lead, height, width = shape
+        rho = self.config.block_correlation
+        coarse = torch.randn((*lead, height // 2, width // 2), generator=generator, device=device, dtype=dtype)
+        fine = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return rho ** 0.5 * upsample(coarse) + (1 - rho) ** 0.5 * fine
+
+    def jump(self, x_end: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The start point of the next stage from the end of this one (2x nearest + re-noise)."""
+        up = upsample(x_end)
+        sigma = self.config.renoise_sigma
+        return (1 - sigma) * up + sigma * self.block_noise(up.shape, generator, up.device, up.dtype)
+
+    def training_sample(self, x_end: Tensor, stage: int, u: Tensor, generator: Optional[torch.Generator] = None
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+        """(x_u, tau, target velocity) for flow-matching training at ``stage`` and local times u
+        (batch,): the start point is noise for stage 0 and a re-noised coarser copy otherwise."""
+        if stage == 0:
+            x_start = torch.randn(x_end.shape, generator=generator, device=x_end.device, dtype=x_end.dtype)
+        else:
+            x_start = self.jump(downsample(x_end), generator)
+        u_ = u.view(-1, *([1] * (x_end.dim() - 1))).to(x_end.dtype)
+        a, b = self.window(stage)
+        return (1 - u_) * x_start + u_ * x_end, a + (b - a) * u, x_end - x_start
+
+
+def upsample(x: Tensor) -> Tensor:
+    """2x nearest upsampling of the last two dims."""
+    return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+
+
+def downsample(x: Tensor, factor: int = 2) -> Tensor:
+    """Average pooling of the last two dims (the pyramid's coarser copies)."""
+    if factor == 1:
+        return x
+    lead = x.shape[:-2]
+    pooled = F.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), factor)
+    return pooled.reshape(*lead, *pooled.shape[-2:])
+
+
+__all__ = ["PyramidFlowScheduler", "PyramidFlowSchedulerConfig", "upsample", "downsample"]
