@@ -15,9 +15,90 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"steps must be comma-separated integers, got {text!r}") from None
+    if any(s < 1 for s in steps):
+        raise argparse.ArgumentTypeError(f"steps must be positive, got {text!r}")
+    return steps
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from m4v.io import export_to_video
+    from m4v.pipelines import M4VPipeline
+
+    if args.model is None:
+        raise ValueError("--model DIR is required (no trained model ships yet; `m4v create-tiny DIR` makes a "
+                         "random tiny one)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA device is visible")
+    pipe = M4VPipeline.from_pretrained(args.model, device=args.device)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    start = time.perf_counter()
+    frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
+                  width=args.width, num_inference_steps=args.steps, video_num_inference_steps=args.video_steps,
+                  guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, generator=generator,
+                  progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    export_to_video(frames[0], args.out, fps=args.fps)
+    print(f"wrote {args.out}: {args.frames} frames {args.height}x{args.width} in {seconds:.2f} s")
+    return 0
+
+
+def _create_tiny(args: argparse.Namespace) -> int:
+    from m4v.pipelines import M4VPipeline
+
+    M4VPipeline.tiny(seed=args.seed).save_pretrained(args.directory)
+    print(f"wrote a random m4v-tiny pipeline to {args.directory}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    import m4v
+    from m4v.kernels import available_backends
+
+    print(f"m4v {m4v.__version__}, torch {torch.__version__}")
+    for name, status in available_backends().items():
+        print(f"  backend {name:9} {'usable' if status.usable else 'unusable'}: {status.reason}")
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(f"  devices: cpu{''.join(f', cuda:{i} {n}' for i, n in enumerate(devices))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="m4v", description="M4V: fast multi-modal Mamba for text-to-video")
     commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="text to video")
+    gen.add_argument("prompt")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--frames", type=int, default=33)
+    gen.add_argument("--height", type=int, default=64)
+    gen.add_argument("--width", type=int, default=64)
+    gen.add_argument("--steps", type=_steps, default=(4, 4, 4), help="first frame, per stage: 4,4,4")
+    gen.add_argument("--video-steps", type=_steps, default=(2, 2, 2), help="later frames, per stage: 2,2,2")
+    gen.add_argument("--guidance", type=float, default=7.0)
+    gen.add_argument("--video-guidance", type=float, default=5.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--out", default="m4v.mp4", help=".mp4 or .gif")
+    gen.add_argument("--model", default=None, help="a pipeline directory (save_pretrained layout)")
+    gen.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(run=_generate)
+    tiny = commands.add_parser("create-tiny", help="write a random m4v-tiny pipeline directory (for trying things)")
+    tiny.add_argument("directory")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_create_tiny)
+    info = commands.add_parser("info", help="version, kernel backends and devices")
+    info.set_defaults(run=_info)
     flops = commands.add_parser("flops", help="mixer FLOPs of M4V vs attention (the paper's Table 4), on CPU")
     flops.add_argument("--frames", type=int, default=241)
     flops.add_argument("--height", type=int, default=768)
@@ -25,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     flops.add_argument("--json", action="store_true", help="machine-readable output")
     flops.set_defaults(run=_flops)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad arguments: one line, no traceback
+        print(f"m4v {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

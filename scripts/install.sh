@@ -3,7 +3,7 @@
 # is present (a failed compile is then an error). Prints the extension's build time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q "torch==2.14.1" einops numpy safetensors pytest pytest-benchmark
+python3 -m pip install -q "torch==2.14.1" einops numpy safetensors tqdm imageio imageio-ffmpeg pillow pytest pytest-benchmark
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 if [ -x "$CUDA_HOME/bin/nvcc" ] && [ "${M4V_SKIP_CUDA_BUILD:-0}" != "1" ]; then
   export M4V_FORCE_CUDA_BUILD=1

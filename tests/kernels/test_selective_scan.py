@@ -354,6 +354,9 @@ def test_auto_backend_on_cpu_is_reference_and_backends_explain_themselves():
     status = available_backends()
     assert set(status) == {"cuda", "triton", "reference"}
     assert all(s.reason for s in status.values())
+    from m4v.kernels._backend import resolve_backend
+
+    assert resolve_backend("selective_scan", "auto", torch.zeros(1)) == "reference"  # even with the interpreter
     if not HAS_GPU:
         assert not status["cuda"].usable
         args, kwargs = make_inputs(Case(), device="cpu")

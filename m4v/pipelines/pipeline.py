@@ -1,0 +1,227 @@
+"""Text-to-video generation with M4V: autoregressive over latent frames, pyramidal within each.
+
+Multi-GPU: every model evaluation goes through ``M4VPipeline._velocity``, which runs the
+conditional and unconditional (CFG) branches as one batch. That is the single place to split them
+over two devices (each holds a replica and gets half the batch), and the place where
+sequence-parallel scanning slots in later: the MM-DiM scan of one long sequence can be cut into
+contiguous pieces over ranks that pass the (d_inner x d_state) scan state forward
+(``selective_scan(..., initial_state=..., return_last_state=True)`` already exposes it), instead
+of exchanging keys and values as ring attention does. Neither is switched on here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from m4v.autoencoders import PixelPatchAutoencoder, VideoAutoencoder, load_autoencoder
+from m4v.models import M4VTransformer, get_config, history_stages
+from m4v.pipelines.scheduler import PyramidFlowScheduler, PyramidFlowSchedulerConfig, downsample
+from m4v.text import HashingTextEncoder, TextEmbeddings, TextEncoder, load_text_encoder
+
+OUTPUT_TYPES = ("np", "pil", "latent")
+
+
+class M4VPipeline:
+    """prompt -> text encoder -> (per latent frame: pyramid stages x Euler steps of the transformer
+    with classifier-free guidance) -> autoencoder decode -> frames.
+
+    Args:
+        transformer: the ``M4VTransformer``.
+        text_encoder: a ``TextEncoder`` whose state and pooled sizes match the transformer's.
+        autoencoder: a ``VideoAutoencoder`` with the transformer's latent channels.
+        scheduler: the ``PyramidFlowScheduler`` (default config if None).
+    """
+
+    def __init__(self, transformer: M4VTransformer, text_encoder: TextEncoder, autoencoder: VideoAutoencoder,
+                 scheduler: Optional[PyramidFlowScheduler] = None):
+        config = transformer.config
+        if text_encoder.state_dim != config.text_dim or text_encoder.pooled_dim != config.pooled_dim:
+            raise ValueError(f"text encoder gives ({text_encoder.state_dim}, {text_encoder.pooled_dim}) but the "
+                             f"transformer expects ({config.text_dim}, {config.pooled_dim})")
+        if text_encoder.max_length > config.max_text_len:
+            raise ValueError(f"text encoder max_length {text_encoder.max_length} exceeds the transformer's "
+                             f"{config.max_text_len}")
+        if autoencoder.latent_channels != config.latent_channels:
+            raise ValueError(f"autoencoder has {autoencoder.latent_channels} latent channels, the transformer "
+                             f"{config.latent_channels}")
+        self.transformer, self.text_encoder, self.autoencoder = transformer, text_encoder, autoencoder
+        self.scheduler = scheduler or PyramidFlowScheduler()
+        if self.scheduler.num_stages != config.num_stages:
+            raise ValueError(f"scheduler has {self.scheduler.num_stages} stages, the transformer {config.num_stages}")
+
+    # --------------------------------------------------------------------------------------------
+    # Construction and files.
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "M4VPipeline":
+        """m4v-tiny + pixel patch autoencoder + hashing text encoder, with random weights (CPU tests)."""
+        torch.manual_seed(seed)
+        config = get_config("m4v-tiny")
+        transformer = M4VTransformer(config)
+        with torch.no_grad():  # break adaLN-Zero so that an untrained model still draws something
+            for name, p in transformer.named_parameters():
+                if p.dim() >= 2 or name.endswith("gate"):
+                    p.normal_(0, 0.02)
+        text = HashingTextEncoder(config.text_dim, config.pooled_dim, config.max_text_len)
+        autoencoder = PixelPatchAutoencoder(config.latent_channels)
+        return cls(transformer, text, autoencoder)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """transformer/, text_encoder/, autoencoder/ (config.json + model.safetensors each) and
+        scheduler.json."""
+        self.transformer.save_pretrained(os.path.join(directory, "transformer"))
+        self.text_encoder.save_pretrained(os.path.join(directory, "text_encoder"))
+        self.autoencoder.save_pretrained(os.path.join(directory, "autoencoder"))
+        with open(os.path.join(directory, "scheduler.json"), "w") as f:
+            json.dump(self.scheduler.config.to_dict(), f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str = "cpu",
+                        dtype: Optional[torch.dtype] = None) -> "M4VPipeline":
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"model directory {directory} does not exist")
+        transformer = M4VTransformer.from_pretrained(os.path.join(directory, "transformer"), device, dtype)
+        text = load_text_encoder(os.path.join(directory, "text_encoder"), device)
+        autoencoder = load_autoencoder(os.path.join(directory, "autoencoder"), device)
+        scheduler_path = os.path.join(directory, "scheduler.json")
+        scheduler = None
+        if os.path.isfile(scheduler_path):
+            with open(scheduler_path) as f:
+                values = json.load(f)
+            values["stage_range"] = tuple(values["stage_range"])
+            scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(**values))
+        return cls(transformer, text, autoencoder, scheduler)
+
+    def to(self, device: torch.device | str) -> "M4VPipeline":
+        for module in (self.transformer, self.text_encoder, self.autoencoder):
+            module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    # --------------------------------------------------------------------------------------------
+    # Generation.
+
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this: autoencoder x patch x the pyramid's 2^(S-1)."""
+        config = self.transformer.config
+        return self.autoencoder.spatial_factor * config.patch_size * 2 ** (config.num_stages - 1)
+
+    def _check_steps(self, name: str, steps) -> tuple[int, ...]:
+        stages = self.scheduler.num_stages
+        if isinstance(steps, int):
+            steps = (steps,) * stages
+        steps = tuple(steps)
+        if len(steps) != stages or any(not isinstance(s, int) or s < 1 for s in steps):
+            raise ValueError(f"{name} must be {stages} positive ints (one per stage), got {steps}")
+        return steps
+
+    def _velocity(self, x: Tensor, tau: float, text: TextEmbeddings, history: list[Tensor], stage: int,
+                  guidance: float) -> Tensor:
+        """One batched transformer call for both CFG branches (see the module docstring)."""
+        guided = guidance != 1.0
+        batch = x.shape[0]
+        inputs = torch.cat([x, x]) if guided else x
+        hist = [torch.cat([h, h]) if guided else h for h in history]
+        timestep = torch.full((inputs.shape[0],), tau, device=x.device)
+        states, mask, pooled = (text.states, text.mask, text.pooled) if guided else (
+            text.states[:batch], text.mask[:batch], text.pooled[:batch])
+        velocity = self.transformer(inputs.to(self.dtype), timestep, states.to(self.dtype), mask,
+                                    pooled.to(self.dtype), history=[h.to(self.dtype) for h in hist],
+                                    stage=stage).float()
+        if not guided:
+            return velocity
+        cond, uncond = velocity.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | Sequence[str], negative_prompt: Optional[str | Sequence[str]] = None,
+                 num_frames: int = 33, height: int = 64, width: int = 64,
+                 num_inference_steps: int | Sequence[int] = (4, 4, 4),
+                 video_num_inference_steps: int | Sequence[int] = (2, 2, 2), guidance_scale: float = 7.0,
+                 video_guidance_scale: float = 5.0, generator: Optional[torch.Generator] = None,
+                 output_type: str = "np", callback: Optional[Callable[[dict], None]] = None,
+                 progress: bool = True):
+        """Generates videos.
+
+        Args:
+            prompt: one prompt or a list (the batch). negative_prompt: the unconditional text of CFG
+                ("" by default), one or one per prompt.
+            num_frames: 1 + temporal_factor * k (e.g. 1 + 8 k). height, width: multiples of
+                ``size_multiple()``.
+            num_inference_steps: Euler steps per pyramid stage for the first frame;
+                video_num_inference_steps: the same for every later frame.
+            guidance_scale, video_guidance_scale: CFG scales for the first / later frames (1 = off).
+            generator: a torch.Generator for reproducible noise (on the pipeline's device).
+            output_type: "np" -> (batch, frames, H, W, 3) float32 in [0, 1]; "pil" -> per prompt a
+                list of PIL images; "latent" -> (batch, C, latent frames, H/s, W/s).
+            callback: called after every step with {"frame", "stage", "step", "tau", "latent"}.
+            progress: show a tqdm bar over all steps.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError("prompt must be a non-empty string or a list of non-empty strings")
+        negatives = [""] * len(prompts) if negative_prompt is None else (
+            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt))
+        if len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        latent_frames = self.autoencoder.latent_frames(num_frames)  # checks the frame rule
+        multiple = self.size_multiple()
+        if height < multiple or width < multiple or height % multiple or width % multiple:
+            raise ValueError(f"height and width must be positive multiples of {multiple}, got {height} x {width}")
+        first_steps = self._check_steps("num_inference_steps", num_inference_steps)
+        later_steps = self._check_steps("video_num_inference_steps", video_num_inference_steps)
+
+        device, stages = self.device, self.scheduler.num_stages
+        text = self.text_encoder.encode(prompts + negatives, device)
+        batch, channels = len(prompts), self.autoencoder.latent_channels
+        top = (height // self.autoencoder.spatial_factor, width // self.autoencoder.spatial_factor)
+        history: list[Tensor] = []
+        total = sum(first_steps) + (latent_frames - 1) * sum(later_steps)
+        bar = tqdm(total=total, desc="m4v", unit="step", disable=not progress)
+        for frame in range(latent_frames):
+            steps = first_steps if frame == 0 else later_steps
+            guidance = guidance_scale if frame == 0 else video_guidance_scale
+            scale = 2 ** (stages - 1)
+            x = self.scheduler.initial_noise((batch, channels, top[0] // scale, top[1] // scale), generator, device)
+            for stage in range(stages):
+                if stage:
+                    x = self.scheduler.jump(x, generator)
+                levels = history_stages(len(history), stage)
+                pyramid = [downsample(h, 2 ** (stages - 1 - level)) for h, level in zip(history, levels)]
+                for step, (tau, u, u_next) in enumerate(self.scheduler.steps(stage, steps[stage])):
+                    velocity = self._velocity(x, tau, text, pyramid, stage, guidance)
+                    x = self.scheduler.step(x, velocity, u, u_next)
+                    bar.update(1)
+                    if callback is not None:
+                        callback({"frame": frame, "stage": stage, "step": step, "tau": tau, "latent": x})
+            history.append(x)
+        bar.close()
+        latents = torch.stack(history, dim=2)
+        if output_type == "latent":
+            return latents
+        video = self.autoencoder.decode(latents.to(next(self.autoencoder.parameters()).dtype))
+        frames = ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu().numpy()
+        if output_type == "np":
+            return frames.astype(np.float32)
+        from PIL import Image
+
+        return [[Image.fromarray((f * 255 + 0.5).astype(np.uint8)) for f in sample] for sample in frames]
+
+
+__all__ = ["M4VPipeline"]

@@ -1,0 +1,105 @@
+"""Text encoders behind one interface.
+
+``encode(prompts) -> TextEmbeddings(states (batch, T, state_dim), mask (batch, T) bool,
+pooled (batch, pooled_dim))``. The M4V presets expect T5-XXL-sized states (4096) and a CLIP-sized
+pooled vector (768); the tiny preset uses the dependency-free ``HashingTextEncoder``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from m4v._weights import load_module, save_module
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass
+class TextEmbeddings:
+    states: Tensor  # (batch, T, state_dim)
+    mask: Tensor    # (batch, T) bool
+    pooled: Tensor  # (batch, pooled_dim)
+
+    def repeat(self, times: int) -> "TextEmbeddings":
+        return TextEmbeddings(self.states.repeat(times, 1, 1), self.mask.repeat(times, 1),
+                              self.pooled.repeat(times, 1))
+
+
+class TextEncoder(nn.Module):
+    kind = ""
+    state_dim: int
+    pooled_dim: int
+    max_length: int
+
+    def encode(self, prompts: Sequence[str], device: torch.device | str = "cpu") -> TextEmbeddings:
+        raise NotImplementedError
+
+    def config_dict(self) -> dict:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        save_module(self, {"kind": self.kind, **self.config_dict()}, directory)
+
+
+class HashingTextEncoder(TextEncoder):
+    """Dependency-free: words are hashed (stable BLAKE2) into a learned embedding table, plus a
+    learned position table; the pooled vector is a projection of the masked mean. For tests and
+    the tiny model; it learns only what training teaches it.
+    """
+
+    kind = "hashing"
+
+    def __init__(self, state_dim: int = 32, pooled_dim: int = 16, max_length: int = 16, vocab_size: int = 4096):
+        super().__init__()
+        self.state_dim, self.pooled_dim, self.max_length, self.vocab_size = state_dim, pooled_dim, max_length, vocab_size
+        self.tokens = nn.Embedding(vocab_size, state_dim)
+        self.positions = nn.Embedding(max_length, state_dim)
+        self.pool = nn.Linear(state_dim, pooled_dim)
+        nn.init.normal_(self.tokens.weight, std=1.0)
+        nn.init.normal_(self.positions.weight, std=0.1)
+
+    def config_dict(self) -> dict:
+        return {"state_dim": self.state_dim, "pooled_dim": self.pooled_dim, "max_length": self.max_length,
+                "vocab_size": self.vocab_size}
+
+    def token_ids(self, prompt: str) -> list[int]:
+        words = _WORD.findall(prompt.lower())[:self.max_length]
+        return [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=4).digest(), "little") % self.vocab_size
+                for w in words]
+
+    def encode(self, prompts: Sequence[str], device: torch.device | str = "cpu") -> TextEmbeddings:
+        ids = torch.zeros(len(prompts), self.max_length, dtype=torch.long)
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            tokens = self.token_ids(prompt)
+            ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, :len(tokens)] = True
+        ids, mask = ids.to(device), mask.to(device)
+        states = (self.tokens(ids) + self.positions.weight[None]) * mask[..., None]
+        count = mask.sum(1, keepdim=True).clamp(min=1)
+        pooled = self.pool(states.sum(1) / count)
+        return TextEmbeddings(states, mask, pooled)
+
+
+def load_text_encoder(directory: str | os.PathLike, device: torch.device | str = "cpu",
+                      dtype: Optional[torch.dtype] = None) -> TextEncoder:
+    kinds = {HashingTextEncoder.kind: HashingTextEncoder}
+
+    def build(config: dict) -> TextEncoder:
+        config = dict(config)
+        kind = config.pop("kind", None)
+        if kind not in kinds:
+            raise ValueError(f"unknown text encoder kind {kind!r} in {directory}; known: {sorted(kinds)}")
+        return kinds[kind](**config)
+
+    return load_module(directory, build, device, dtype)
+
+
+__all__ = ["TextEncoder", "TextEmbeddings", "HashingTextEncoder", "load_text_encoder"]

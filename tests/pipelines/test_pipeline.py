@@ -1,0 +1,100 @@
+"""The text-to-video pipeline end to end on CPU: m4v-tiny + pixel autoencoder + hashing text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from m4v.pipelines import M4VPipeline
+
+KWARGS = dict(num_frames=17, height=64, width=64, num_inference_steps=(2, 1, 1), video_num_inference_steps=(1, 1, 1),
+              progress=False)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return M4VPipeline.tiny(seed=0)
+
+
+def test_output_shapes_and_types(pipe):
+    frames = pipe("a red circle moving right", generator=torch.Generator().manual_seed(0), **KWARGS)
+    assert frames.shape == (1, 17, 64, 64, 3) and frames.dtype.name == "float32"
+    assert frames.min() >= 0 and frames.max() <= 1
+    latents = pipe(["a", "b"], output_type="latent", **KWARGS)
+    assert latents.shape == (2, 4, 3, 8, 8)
+    images = pipe("a", output_type="pil", **KWARGS)
+    assert len(images) == 1 and len(images[0]) == 17 and images[0][0].size == (64, 64)
+
+
+def test_a_seed_gives_the_same_video(pipe):
+    a = pipe("waves", generator=torch.Generator().manual_seed(3), **KWARGS)
+    b = pipe("waves", generator=torch.Generator().manual_seed(3), **KWARGS)
+    c = pipe("waves", generator=torch.Generator().manual_seed(4), **KWARGS)
+    assert (a == b).all() and not (a == c).all()
+
+
+def test_prompt_changes_the_video(pipe):
+    a = pipe("a red circle", generator=torch.Generator().manual_seed(3), **KWARGS)
+    b = pipe("a blue square", generator=torch.Generator().manual_seed(3), **KWARGS)
+    assert not (a == b).all()
+
+
+def test_cfg_is_one_batched_call_per_step(pipe, monkeypatch):
+    calls = []
+    forward = pipe.transformer.forward
+
+    def counting(latent, timestep, text, text_mask, pooled, **kwargs):
+        calls.append((latent.shape[0], len(kwargs["history"]), kwargs["stage"]))
+        return forward(latent, timestep, text, text_mask, pooled, **kwargs)
+
+    monkeypatch.setattr(pipe.transformer, "forward", counting)
+    pipe(["one", "two"], guidance_scale=5.0, video_guidance_scale=3.0, output_type="latent", **KWARGS)
+    # 3 latent frames: (2 + 1 + 1) steps for the first, (1 + 1 + 1) for each later one.
+    assert len(calls) == 4 + 3 + 3
+    assert all(batch == 4 for batch, _, _ in calls)           # cond + uncond of both prompts at once
+    assert [h for _, h, _ in calls] == [0] * 4 + [1] * 3 + [2] * 3  # the history grows frame by frame
+    calls.clear()
+    pipe("one", guidance_scale=1.0, video_guidance_scale=1.0, output_type="latent", **KWARGS)
+    assert all(batch == 1 for batch, _, _ in calls)           # no CFG: no unconditional branch
+
+
+def test_callback_and_progress(pipe):
+    seen = []
+    pipe("x", callback=seen.append, output_type="latent", **KWARGS)
+    assert [(e["frame"], e["stage"]) for e in seen][:4] == [(0, 0), (0, 0), (0, 1), (0, 2)]
+    assert seen[-1]["latent"].shape == (1, 4, 8, 8)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt=""), "prompt must be"),
+    (dict(prompt=["ok", "  "]), "prompt must be"),
+    (dict(num_frames=16), "num_frames must be 1 \\+ 8 k"),
+    (dict(height=48), "multiples of 64"),
+    (dict(width=0), "multiples of 64"),
+    (dict(num_inference_steps=(1, 0, 1)), "num_inference_steps must be 3 positive ints"),
+    (dict(video_num_inference_steps=(1, 1)), "video_num_inference_steps must be 3 positive ints"),
+    (dict(output_type="gif"), "output_type"),
+    (dict(negative_prompt=["a", "b"]), "negative_prompt has 2 entries"),
+])
+def test_argument_errors(pipe, kwargs, message):
+    args = dict(KWARGS, prompt="a prompt")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        pipe(**args)
+
+
+def test_save_and_load(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    loaded = M4VPipeline.from_pretrained(tmp_path)
+    a = pipe("same", generator=torch.Generator().manual_seed(0), output_type="latent", **KWARGS)
+    b = loaded("same", generator=torch.Generator().manual_seed(0), output_type="latent", **KWARGS)
+    assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError):
+        M4VPipeline.from_pretrained(tmp_path / "missing")
+
+
+def test_mismatched_parts_are_refused(pipe):
+    from m4v.autoencoders import PixelPatchAutoencoder
+
+    with pytest.raises(ValueError, match="latent channels"):
+        M4VPipeline(pipe.transformer, pipe.text_encoder, PixelPatchAutoencoder(latent_channels=16))

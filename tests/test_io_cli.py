@@ -1,0 +1,65 @@
+"""Video export and the command line."""
+
+from __future__ import annotations
+
+import os
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from m4v.cli import main as cli_main
+from m4v.io import export_to_video
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_export_round_trip(tmp_path, suffix):
+    frames = np.random.default_rng(0).random((9, 32, 48, 3)).astype(np.float32)
+    path = export_to_video(frames, tmp_path / f"clip{suffix}", fps=8)
+    read = [f for f in imageio.get_reader(path)]
+    assert len(read) == 9 and read[0].shape[:2] == (32, 48)
+    assert os.listdir(tmp_path) == [f"clip{suffix}"]  # no temporary file left behind
+
+
+def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
+    import imageio.v2
+
+    def broken_writer(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(imageio.v2, "get_writer", broken_writer)
+    with pytest.raises(OSError, match="disk full"):
+        export_to_video(np.zeros((3, 8, 8, 3), np.uint8), tmp_path / "clip.mp4")
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_errors(tmp_path):
+    with pytest.raises(ValueError, match=".mp4 or .gif"):
+        export_to_video(np.zeros((3, 8, 8, 3), np.uint8), tmp_path / "clip.avi")
+    with pytest.raises(ValueError, match="frames must be"):
+        export_to_video(np.zeros((3, 8, 8)), tmp_path / "clip.mp4")
+
+
+def test_cli_generates_a_playable_mp4(tmp_path, capsys):
+    model = tmp_path / "tiny"
+    assert cli_main(["create-tiny", str(model)]) == 0
+    out = tmp_path / "x.mp4"
+    assert cli_main(["generate", "a red circle moving right", "--model", str(model), "--out", str(out),
+                     "--frames", "17", "--steps", "1,1,1", "--video-steps", "1,1,1", "--quiet"]) == 0
+    assert len([f for f in imageio.get_reader(out)]) == 17
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "x"], "--model DIR is required"),
+    (["generate", "x", "--model", "/nonexistent"], "does not exist"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_info(capsys):
+    assert cli_main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "backend reference" in out and "devices: cpu" in out
