@@ -8,6 +8,7 @@ pooled vector (768); the tiny preset uses the dependency-free ``HashingTextEncod
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -88,8 +89,67 @@ class HashingTextEncoder(TextEncoder):
         return TextEmbeddings(states, mask, pooled)
 
 
+class HFTextEncoder(TextEncoder):
+    """Any Hugging Face encoder (T5, CLIP text, BERT-style) from a local directory, never the hub.
+
+    States are the last hidden states (for encoder-decoder models such as T5, the encoder's);
+    the pooled vector is the model's pooler output when it has one and ``pooled="pooler"``, else
+    the masked mean of the states. Needs ``transformers`` (not a dependency of m4v).
+
+    Args:
+        path: a directory holding the model and its tokenizer (``save_pretrained`` layout).
+        max_length: tokens per prompt (padded and truncated to it).
+        pooled: "mean" or "pooler".
+    """
+
+    kind = "huggingface"
+
+    def __init__(self, path: str | os.PathLike, max_length: int = 128, pooled: str = "mean"):
+        super().__init__()
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as exc:
+            raise ImportError("HFTextEncoder needs the transformers package") from exc
+        if pooled not in ("mean", "pooler"):
+            raise ValueError(f"pooled must be 'mean' or 'pooler', got {pooled!r}")
+        self.path, self.max_length, self.pooled = os.fspath(path), max_length, pooled
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        if getattr(model.config, "is_encoder_decoder", False):
+            model = model.get_encoder()
+        self.model = model.eval()
+        config = model.config
+        self.state_dim = getattr(config, "hidden_size", None) or getattr(config, "d_model")
+        self.pooled_dim = self.state_dim
+
+    def config_dict(self) -> dict:
+        return {"path": self.path, "max_length": self.max_length, "pooled": self.pooled}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes a Hugging Face directory (model + tokenizer) that ``load_text_encoder`` reads back."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def encode(self, prompts: Sequence[str], device: torch.device | str = "cpu") -> TextEmbeddings:
+        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(device)
+        out = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        mask = tokens["attention_mask"].bool()
+        states = out.last_hidden_state * mask[..., None]
+        if self.pooled == "pooler" and getattr(out, "pooler_output", None) is not None:
+            pooled = out.pooler_output
+        else:
+            pooled = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return TextEmbeddings(states, mask, pooled)
+
+
 def load_text_encoder(directory: str | os.PathLike, device: torch.device | str = "cpu",
                       dtype: Optional[torch.dtype] = None) -> TextEncoder:
+    """Loads an m4v text encoder directory, or wraps a Hugging Face model directory."""
+    with open(os.path.join(directory, "config.json")) as f:
+        if "kind" not in json.load(f):  # a Hugging Face directory
+            encoder = HFTextEncoder(directory).to(device)
+            return encoder.to(dtype) if dtype is not None else encoder
     kinds = {HashingTextEncoder.kind: HashingTextEncoder}
 
     def build(config: dict) -> TextEncoder:
@@ -102,4 +162,4 @@ def load_text_encoder(directory: str | os.PathLike, device: torch.device | str =
     return load_module(directory, build, device, dtype)
 
 
-__all__ = ["TextEncoder", "TextEmbeddings", "HashingTextEncoder", "load_text_encoder"]
+__all__ = ["TextEncoder", "TextEmbeddings", "HashingTextEncoder", "HFTextEncoder", "load_text_encoder"]
