@@ -1,0 +1,106 @@
+"""Moving coloured shapes with captions ("a red circle moving left"), deterministic by seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (1.0, 0.15, 0.15), "green": (0.15, 0.85, 0.2), "blue": (0.2, 0.35, 1.0),
+           "yellow": (1.0, 0.9, 0.1), "white": (1.0, 1.0, 1.0)}
+DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+BACKGROUND = (0.08, 0.08, 0.1)
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    shape: str
+    colour: str
+    direction: str
+    start: tuple[float, float]  # centre (row, col) as a fraction of the frame at the first frame
+    size: float                 # radius as a fraction of the shorter side
+
+    def phrase(self) -> str:
+        return f"a {self.colour} {self.shape} moving {self.direction}"
+
+
+@dataclass(frozen=True)
+class ShapeScene:
+    objects: tuple[ShapeObject, ...]
+
+    @property
+    def caption(self) -> str:
+        return " and ".join(o.phrase() for o in self.objects)
+
+
+def _mask(shape: str, rows: Tensor, cols: Tensor, centre: tuple[float, float], radius: float) -> Tensor:
+    dy, dx = rows - centre[0], cols - centre[1]
+    if shape == "circle":
+        return dy.square() + dx.square() <= radius ** 2
+    if shape == "square":
+        return (dy.abs() <= radius * 0.85) & (dx.abs() <= radius * 0.85)
+    # An upward triangle: below the apex, above the base, inside the two slanted sides.
+    return (dy >= -radius) & (dy <= radius) & (dx.abs() <= (dy + radius) * 0.58)
+
+
+class ShapesVideoDataset(Dataset):
+    """Item i is a video (3, frames, height, width) in [-1, 1] and its caption, the same for the
+    same (seed, i) on every machine.
+
+    Args:
+        length: number of items. frames, height, width: video size (any).
+        seed: the dataset seed. two_object_fraction: share of scenes with two objects.
+        speed: travel per frame as a fraction of the frame size.
+    """
+
+    def __init__(self, length: int = 1000, frames: int = 17, height: int = 64, width: int = 64, seed: int = 0,
+                 two_object_fraction: float = 0.25, speed: float = 0.03):
+        if min(length, frames, height, width) < 1:
+            raise ValueError(f"length, frames, height and width must be positive, got "
+                             f"{(length, frames, height, width)}")
+        self.length, self.frames, self.height, self.width = length, frames, height, width
+        self.seed, self.two_object_fraction, self.speed = seed, two_object_fraction, speed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def scene(self, index: int) -> ShapeScene:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} items")
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        pick = lambda options: options[int(torch.randint(len(options), (1,), generator=gen))]  # noqa: E731
+        count = 2 if float(torch.rand((), generator=gen)) < self.two_object_fraction else 1
+        objects = []
+        for _ in range(count):
+            direction = pick(tuple(DIRECTIONS))
+            travel = self.speed * (self.frames - 1)
+            dy, dx = DIRECTIONS[direction]
+            # Start so that the whole path stays inside the frame.
+            low = [0.2 + max(0.0, -d * travel) for d in (dy, dx)]
+            high = [0.8 - max(0.0, d * travel) for d in (dy, dx)]
+            start = tuple(float(lo + (hi - lo) * torch.rand((), generator=gen)) if hi > lo else 0.5
+                          for lo, hi in zip(low, high))
+            objects.append(ShapeObject(pick(SHAPES), pick(tuple(COLOURS)), direction, start,
+                                       0.08 + 0.06 * float(torch.rand((), generator=gen))))
+        return ShapeScene(tuple(objects))
+
+    def render(self, scene: ShapeScene) -> Tensor:
+        rows = torch.linspace(0, 1, self.height)[:, None].expand(self.height, self.width)
+        cols = torch.linspace(0, 1, self.width)[None, :].expand(self.height, self.width)
+        rows, cols = rows * self.height / min(self.height, self.width), cols * self.width / min(self.height, self.width)
+        video = torch.tensor(BACKGROUND).view(3, 1, 1, 1).repeat(1, self.frames, self.height, self.width)
+        for t in range(self.frames):
+            for obj in scene.objects:
+                dy, dx = DIRECTIONS[obj.direction]
+                centre = ((obj.start[0] + dy * self.speed * t) * self.height / min(self.height, self.width),
+                          (obj.start[1] + dx * self.speed * t) * self.width / min(self.height, self.width))
+                mask = _mask(obj.shape, rows, cols, centre, obj.size)
+                video[:, t][:, mask] = torch.tensor(COLOURS[obj.colour])[:, None]
+        return video * 2 - 1
+
+    def __getitem__(self, index: int) -> tuple[Tensor, str]:
+        scene = self.scene(index)
+        return self.render(scene), scene.caption

@@ -1,0 +1,54 @@
+"""The procedural shapes dataset: deterministic, and captions that match the pixels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from m4v.data import COLOURS, DIRECTIONS, ShapesVideoDataset
+
+
+def test_deterministic_by_seed():
+    a, b = ShapesVideoDataset(10, seed=3), ShapesVideoDataset(10, seed=3)
+    for i in range(10):
+        va, ca = a[i]
+        vb, cb = b[i]
+        assert ca == cb and torch.equal(va, vb)
+    assert ShapesVideoDataset(10, seed=4)[0][1] != a[0][1] or not torch.equal(ShapesVideoDataset(10, seed=4)[0][0],
+                                                                               a[0][0])
+
+
+@pytest.mark.parametrize("frames, height, width", [(1, 16, 16), (17, 64, 64), (9, 48, 80)])
+def test_any_size(frames, height, width):
+    video, caption = ShapesVideoDataset(3, frames, height, width)[1]
+    assert video.shape == (3, frames, height, width) and video.min() >= -1 and video.max() <= 1
+    assert caption.startswith("a ")
+
+
+def test_captions_match_colour_and_motion():
+    data = ShapesVideoDataset(40, frames=9, height=64, width=64, seed=1, two_object_fraction=0.0)
+    for i in range(40):
+        video, caption = data[i]
+        obj = data.scene(i).objects[0]
+        assert caption == f"a {obj.colour} {obj.shape} moving {obj.direction}"
+        colour = torch.tensor(COLOURS[obj.colour]) * 2 - 1
+        hits = (video - colour.view(3, 1, 1, 1)).abs().amax(0) < 1e-6  # (frames, H, W) pixels of the shape
+        assert bool(hits[0].any()) and bool(hits[-1].any())
+        rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        centre = lambda m: torch.stack([rows[m].mean(), cols[m].mean()])  # noqa: E731
+        moved = centre(hits[-1]) - centre(hits[0])
+        dy, dx = DIRECTIONS[obj.direction]
+        assert moved[0] * dy + moved[1] * dx > 5  # travelled along the caption's direction
+        assert abs(moved[0] * dx - moved[1] * dy) < 2  # and not sideways
+
+
+def test_two_object_captions():
+    data = ShapesVideoDataset(30, seed=2, two_object_fraction=1.0)
+    assert all(" and a " in data[i][1] for i in range(5))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="positive"):
+        ShapesVideoDataset(0)
+    with pytest.raises(IndexError):
+        ShapesVideoDataset(2).scene(2)
