@@ -37,4 +37,19 @@ def load_module(directory: str | os.PathLike, build: Callable[[dict], nn.Module]
     return module.to(dtype) if dtype is not None else module
 
 
-__all__ = ["save_module", "load_module", "CONFIG_NAME", "WEIGHTS_NAME"]
+def load_by_kind(directory: str | os.PathLike, kinds: dict[str, Callable[..., nn.Module]], what: str,
+                 device: torch.device | str = "cpu", dtype: Optional[torch.dtype] = None) -> Any:
+    """``load_module`` for a family of classes: the config's "kind" picks the class, the rest of
+    the config are its constructor arguments."""
+
+    def build(config: dict) -> nn.Module:
+        config = dict(config)
+        kind = config.pop("kind", None)
+        if kind not in kinds:
+            raise ValueError(f"unknown {what} kind {kind!r} in {directory}; known: {sorted(kinds)}")
+        return kinds[kind](**config)
+
+    return load_module(directory, build, device, dtype)
+
+
+__all__ = ["save_module", "load_module", "load_by_kind", "CONFIG_NAME", "WEIGHTS_NAME"]

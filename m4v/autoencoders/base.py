@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from m4v._weights import load_module, save_module
+from m4v._weights import load_by_kind, save_module
 
 
 class VideoAutoencoder(nn.Module):
@@ -65,15 +65,7 @@ def load_autoencoder(directory: str | os.PathLike, device: torch.device | str = 
     from m4v.autoencoders.pixel import PixelPatchAutoencoder
 
     kinds = {cls.kind: cls for cls in (PixelPatchAutoencoder, CausalVideoVAE)}
-
-    def build(config: dict) -> VideoAutoencoder:
-        config = dict(config)
-        kind = config.pop("kind", None)
-        if kind not in kinds:
-            raise ValueError(f"unknown autoencoder kind {kind!r} in {directory}; known: {sorted(kinds)}")
-        return kinds[kind](**config)
-
-    return load_module(directory, build, device, dtype)
+    return load_by_kind(directory, kinds, "autoencoder", device, dtype)
 
 
 __all__ = ["VideoAutoencoder", "load_autoencoder"]

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from m4v._weights import load_module, save_module
+from m4v._weights import load_by_kind, save_module
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -150,16 +150,7 @@ def load_text_encoder(directory: str | os.PathLike, device: torch.device | str =
         if "kind" not in json.load(f):  # a Hugging Face directory
             encoder = HFTextEncoder(directory).to(device)
             return encoder.to(dtype) if dtype is not None else encoder
-    kinds = {HashingTextEncoder.kind: HashingTextEncoder}
-
-    def build(config: dict) -> TextEncoder:
-        config = dict(config)
-        kind = config.pop("kind", None)
-        if kind not in kinds:
-            raise ValueError(f"unknown text encoder kind {kind!r} in {directory}; known: {sorted(kinds)}")
-        return kinds[kind](**config)
-
-    return load_module(directory, build, device, dtype)
+    return load_by_kind(directory, {HashingTextEncoder.kind: HashingTextEncoder}, "text encoder", device, dtype)
 
 
 __all__ = ["TextEncoder", "TextEmbeddings", "HashingTextEncoder", "HFTextEncoder", "load_text_encoder"]
