@@ -59,6 +59,22 @@ def _create_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from m4v.pipelines import M4VPipeline
+    from m4v.training import TrainConfig, Trainer
+
+    config = TrainConfig.from_json(args.config)
+    pipe = M4VPipeline.from_pretrained(args.model) if args.model else M4VPipeline.tiny(seed=config.seed)
+    trainer = Trainer(pipe, config)
+    if trainer.load_checkpoint():
+        print(f"resuming from step {trainer.step} ({trainer.checkpoint_dir()})")
+    records = trainer.run(progress=not args.quiet)
+    if records:
+        print(f"step {records[-1]['step']}: loss {records[-1]['loss']:.4f}; pipeline in "
+              f"{trainer.checkpoint_dir()}/pipeline")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     import torch
 
@@ -97,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_create_tiny)
+    train = commands.add_parser("train", help="flow-matching training (resumes from out_dir/checkpoint)")
+    train.add_argument("--config", required=True, help="a JSON file of m4v.training.TrainConfig fields")
+    train.add_argument("--model", default=None, help="start from this pipeline directory (default: random tiny)")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(run=_train)
     info = commands.add_parser("info", help="version, kernel backends and devices")
     info.set_defaults(run=_info)
     flops = commands.add_parser("flops", help="mixer FLOPs of M4V vs attention (the paper's Table 4), on CPU")

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from m4v._weights import load_module, save_module
 from m4v.kernels.recompose import FrameSpec
@@ -57,6 +58,7 @@ class M4VTransformer(nn.Module):
             mixer_blocks = (SingleStreamAttentionBlock(c.hidden, c.heads, c.mlp_ratio, c.rope_axes)
                             for _ in range(c.num_mixer_blocks))
         self.mixer_blocks = nn.ModuleList(mixer_blocks)
+        self.gradient_checkpointing = False  # recompute each block in the backward (training memory)
         self.final_modulation = Modulation(c.hidden, 2)
         self.final_proj = nn.Linear(c.hidden, c.patch_size * c.patch_size * c.latent_channels)
         nn.init.zeros_(self.final_proj.weight)
@@ -109,10 +111,11 @@ class M4VTransformer(nn.Module):
         text_tokens = self.text_embed(text.to(self.text_embed.weight.dtype))
         cond = self.time_embed(timestep) + self.pooled_embed(pooled.to(self.pooled_embed.fc1.weight.dtype))
         ctx = TokenContext(frames, text_mask, video.device, temporal_causal=c.temporal_causal)
-        for block in self.dit_blocks:
-            text_tokens, video = block(text_tokens, video, cond, ctx)
-        for block in self.mixer_blocks:
-            text_tokens, video = block(text_tokens, video, cond, ctx)
+        for block in [*self.dit_blocks, *self.mixer_blocks]:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                text_tokens, video = checkpoint(block, text_tokens, video, cond, ctx, use_reentrant=False)
+            else:
+                text_tokens, video = block(text_tokens, video, cond, ctx)
         current = video[:, -frames[-1].tokens:]
         shift, scale = self.final_modulation(cond)
         patches = self.final_proj(modulate(layer_norm(current), shift, scale))

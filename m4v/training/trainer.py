@@ -1,0 +1,209 @@
+"""Flow-matching training of the M4V transformer on one autoregressive unit at a time.
+
+Each step draws videos and captions, encodes them to latents, picks per sample a unit (latent
+frame), a pyramid stage and a local flow time, corrupts the history pyramid with noise of level
+sigma ~ U(0, history_noise_max), and regresses the scheduler's velocity (the convention lives in
+m4v/pipelines/scheduler.py). AdamW, bf16 autocast, an EMA copy, optional gradient checkpointing,
+and atomic checkpoints from which a resumed run continues bit for bit: all randomness comes from
+one generator whose state is saved with the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from m4v.data import ShapesVideoDataset
+from m4v.models import history_stages
+from m4v.pipelines import M4VPipeline, PyramidFlowScheduler
+from m4v.pipelines.scheduler import downsample
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/m4v-tiny"
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    dataset_size: int = 100_000
+    history_noise_max: float = 1.0 / 3.0
+    precision: str = "bf16"            # "bf16" (autocast on CUDA) or "fp32"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def from_json(cls, path: str) -> "TrainConfig":
+        with open(path) as f:
+            values = json.load(f)
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown} in {path}")
+        return cls(**values)
+
+
+class Trainer:
+    """Owns the pipeline's trainable parts (transformer, text encoder), the optimizer, the EMA
+    weights, the data and the one random generator; ``run()`` trains to ``config.steps``."""
+
+    def __init__(self, pipe: M4VPipeline, config: TrainConfig):
+        if config.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be 'bf16' or 'fp32', got {config.precision!r}")
+        self.pipe, self.config = pipe.to(config.device), config
+        self.model = pipe.transformer
+        self.model.gradient_checkpointing = config.gradient_checkpointing
+        self.params = list(self.model.parameters()) + list(pipe.text_encoder.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.ema = [p.detach().clone() for p in self.params]
+        self.data = ShapesVideoDataset(config.dataset_size, config.frames, config.height, config.width, config.seed)
+        self.scheduler = pipe.scheduler
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+
+    # --------------------------------------------------------------------------------------------
+
+    def batch(self) -> tuple[Tensor, list[str]]:
+        index = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
+        items = [self.data[int(i)] for i in index]
+        video = torch.stack([v for v, _ in items]).to(self.config.device)
+        return video, [c for _, c in items]
+
+    def loss(self, video: Tensor, captions: list[str]) -> Tensor:
+        """The flow-matching loss of one batch (one random unit, stage and time per sample)."""
+        with torch.no_grad():
+            latents = self.pipe.autoencoder.encode(video)  # (batch, C, frames, h, w)
+        stages = self.scheduler.num_stages
+        text = self.pipe.text_encoder.encode(captions, video.device)
+        losses = []
+        for b in range(video.shape[0]):  # units differ per sample, so the history length does too
+            unit = int(torch.randint(latents.shape[2], (1,), generator=self.generator))
+            stage = int(torch.randint(stages, (1,), generator=self.generator))
+            u = torch.rand(1, generator=self.generator)
+            current = downsample(latents[b:b + 1, :, unit], 2 ** (stages - 1 - stage))
+            x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(video.device),
+                                                              self._device_generator(video.device))
+            history = []
+            for frame, level in zip(range(unit), history_stages(unit, stage)):
+                clean = downsample(latents[b:b + 1, :, frame], 2 ** (stages - 1 - level))
+                sigma = float(torch.rand((), generator=self.generator)) * self.config.history_noise_max
+                noise = torch.randn(clean.shape, generator=self.generator).to(clean.device)
+                history.append((1 - sigma) * clean + sigma * noise)
+            with torch.autocast(video.device.type, dtype=torch.bfloat16,
+                                enabled=self.config.precision == "bf16" and video.device.type == "cuda"):
+                velocity = self.model(x_u, tau.to(video.device), text.states[b:b + 1], text.mask[b:b + 1],
+                                      text.pooled[b:b + 1], history=history, stage=stage)
+            losses.append(F.mse_loss(velocity.float(), target.float()))
+        return torch.stack(losses).mean()
+
+    def _device_generator(self, device: torch.device) -> Optional[torch.Generator]:
+        # The CPU generator drives every draw; on other devices noise is drawn on the CPU first.
+        return self.generator if device.type == "cpu" else None
+
+    def train_step(self) -> float:
+        video, captions = self.batch()
+        loss = self.loss(video, captions)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        with torch.no_grad():
+            for shadow, p in zip(self.ema, self.params):
+                shadow.lerp_(p.detach(), 1 - self.config.ema_decay)
+        self.step += 1
+        return float(loss.detach())
+
+    def run(self, progress: bool = True) -> list[dict]:
+        os.makedirs(self.config.out_dir, exist_ok=True)
+        log_path = os.path.join(self.config.out_dir, "metrics.jsonl")
+        records = []
+        bar = tqdm(total=self.config.steps, initial=self.step, desc="train", disable=not progress)
+        while self.step < self.config.steps:
+            loss = self.train_step()
+            bar.update(1)
+            if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+                records.append(record)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                self.save_checkpoint()
+        bar.close()
+        return records
+
+    # --------------------------------------------------------------------------------------------
+    # Checkpoints: one directory, replaced atomically.
+
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.config.out_dir, "checkpoint")
+
+    def save_checkpoint(self) -> None:
+        target = self.checkpoint_dir()
+        staging = tempfile.mkdtemp(prefix=".checkpoint-", dir=self.config.out_dir)
+        try:
+            state = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.params)}
+            state.update({f"ema.{i}": p.cpu().contiguous() for i, p in enumerate(self.ema)})
+            optimizer = self.optimizer.state_dict()
+            for index, values in optimizer["state"].items():
+                for name, value in values.items():
+                    state[f"optimizer.{index}.{name}"] = torch.as_tensor(value).cpu().contiguous()
+            state["generator"] = self.generator.get_state()
+            save_file(state, os.path.join(staging, "state.safetensors"))
+            with open(os.path.join(staging, "trainer.json"), "w") as f:
+                json.dump({"step": self.step, "param_groups": optimizer["param_groups"],
+                           "config": dataclasses.asdict(self.config)}, f, indent=1)
+            self.pipe.save_pretrained(os.path.join(staging, "pipeline"))
+            previous = target + ".old"
+            if os.path.exists(target):
+                os.replace(target, previous)
+            os.replace(staging, target)
+            shutil.rmtree(previous, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def load_checkpoint(self) -> bool:
+        """Restores the last checkpoint if there is one; returns whether it did."""
+        target = self.checkpoint_dir()
+        if not os.path.isdir(target) and os.path.isdir(target + ".old"):
+            target += ".old"  # killed between the two renames
+        if not os.path.isdir(target):
+            return False
+        state = load_file(os.path.join(target, "state.safetensors"))
+        with open(os.path.join(target, "trainer.json")) as f:
+            meta = json.load(f)
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                p.copy_(state[f"param.{i}"])
+                self.ema[i].copy_(state[f"ema.{i}"])
+        optimizer_state: dict = {}
+        for key, value in state.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                optimizer_state.setdefault(int(index), {})[name] = value.to(self.params[int(index)].device) \
+                    if name != "step" else value
+        self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
+        self.generator.set_state(state["generator"])
+        self.step = meta["step"]
+        return True
+
+
+__all__ = ["Trainer", "TrainConfig"]
