@@ -16,12 +16,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from m4v.data import ShapesVideoDataset
@@ -60,6 +60,43 @@ class TrainConfig:
         return cls(**values)
 
 
+class FlowMatchingLoss(nn.Module):
+    """The training objective as a module (so DistributedDataParallel can wrap it): the trainable
+    transformer and text encoder, the frozen autoencoder and the scheduler."""
+
+    def __init__(self, pipe: M4VPipeline, history_noise_max: float, bf16: bool):
+        super().__init__()
+        self.transformer, self.text_encoder, self.autoencoder = pipe.transformer, pipe.text_encoder, pipe.autoencoder
+        self.autoencoder.requires_grad_(False)
+        self.scheduler, self.history_noise_max, self.bf16 = pipe.scheduler, history_noise_max, bf16
+
+    def forward(self, video: Tensor, captions: list[str], generator: torch.Generator) -> Tensor:
+        """One random unit, stage and flow time per sample; all draws from ``generator`` (CPU)."""
+        with torch.no_grad():
+            latents = self.autoencoder.encode(video)  # (batch, C, frames, h, w)
+        stages = self.scheduler.num_stages
+        text = self.text_encoder.encode(captions, video.device)
+        losses = []
+        for b in range(video.shape[0]):  # units differ per sample, so the history length does too
+            unit = int(torch.randint(latents.shape[2], (1,), generator=generator))
+            stage = int(torch.randint(stages, (1,), generator=generator))
+            u = torch.rand(1, generator=generator)
+            current = downsample(latents[b:b + 1, :, unit], 2 ** (stages - 1 - stage)).cpu()
+            x_u, tau, target = self.scheduler.training_sample(current, stage, u, generator)
+            history = []
+            for frame, level in zip(range(unit), history_stages(unit, stage)):
+                clean = downsample(latents[b:b + 1, :, frame], 2 ** (stages - 1 - level))
+                sigma = float(torch.rand((), generator=generator)) * self.history_noise_max
+                noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+                history.append((1 - sigma) * clean + sigma * noise)
+            device = video.device
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cuda"):
+                velocity = self.transformer(x_u.to(device), tau.to(device), text.states[b:b + 1], text.mask[b:b + 1],
+                                            text.pooled[b:b + 1], history=history, stage=stage)
+            losses.append(F.mse_loss(velocity.float(), target.to(device).float()))
+        return torch.stack(losses).mean()
+
+
 class Trainer:
     """Owns the pipeline's trainable parts (transformer, text encoder), the optimizer, the EMA
     weights, the data and the one random generator; ``run()`` trains to ``config.steps``."""
@@ -74,8 +111,12 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.ema = [p.detach().clone() for p in self.params]
         self.data = ShapesVideoDataset(config.dataset_size, config.frames, config.height, config.width, config.seed)
-        self.scheduler = pipe.scheduler
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.objective = FlowMatchingLoss(pipe, config.history_noise_max, config.precision == "bf16")
+        # Several processes (torchrun): DDP averages the gradients; each rank draws its own batches.
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.wrapped = (DistributedDataParallel(self.objective, find_unused_parameters=True) if self.world > 1
+                        else self.objective)
+        self.generator = torch.Generator().manual_seed(config.seed * 1009 + self.rank)
         self.step = 0
 
     # --------------------------------------------------------------------------------------------
@@ -87,35 +128,8 @@ class Trainer:
         return video, [c for _, c in items]
 
     def loss(self, video: Tensor, captions: list[str]) -> Tensor:
-        """The flow-matching loss of one batch (one random unit, stage and time per sample)."""
-        with torch.no_grad():
-            latents = self.pipe.autoencoder.encode(video)  # (batch, C, frames, h, w)
-        stages = self.scheduler.num_stages
-        text = self.pipe.text_encoder.encode(captions, video.device)
-        losses = []
-        for b in range(video.shape[0]):  # units differ per sample, so the history length does too
-            unit = int(torch.randint(latents.shape[2], (1,), generator=self.generator))
-            stage = int(torch.randint(stages, (1,), generator=self.generator))
-            u = torch.rand(1, generator=self.generator)
-            current = downsample(latents[b:b + 1, :, unit], 2 ** (stages - 1 - stage))
-            x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(video.device),
-                                                              self._device_generator(video.device))
-            history = []
-            for frame, level in zip(range(unit), history_stages(unit, stage)):
-                clean = downsample(latents[b:b + 1, :, frame], 2 ** (stages - 1 - level))
-                sigma = float(torch.rand((), generator=self.generator)) * self.config.history_noise_max
-                noise = torch.randn(clean.shape, generator=self.generator).to(clean.device)
-                history.append((1 - sigma) * clean + sigma * noise)
-            with torch.autocast(video.device.type, dtype=torch.bfloat16,
-                                enabled=self.config.precision == "bf16" and video.device.type == "cuda"):
-                velocity = self.model(x_u, tau.to(video.device), text.states[b:b + 1], text.mask[b:b + 1],
-                                      text.pooled[b:b + 1], history=history, stage=stage)
-            losses.append(F.mse_loss(velocity.float(), target.float()))
-        return torch.stack(losses).mean()
-
-    def _device_generator(self, device: torch.device) -> Optional[torch.Generator]:
-        # The CPU generator drives every draw; on other devices noise is drawn on the CPU first.
-        return self.generator if device.type == "cpu" else None
+        """The flow-matching loss of one batch (through DDP when several processes train)."""
+        return self.wrapped(video, captions, self.generator)
 
     def train_step(self) -> float:
         video, captions = self.batch()
@@ -138,7 +152,7 @@ class Trainer:
         while self.step < self.config.steps:
             loss = self.train_step()
             bar.update(1)
-            if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+            if self.rank == 0 and (self.step % self.config.log_every == 0 or self.step == self.config.steps):
                 record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
                 records.append(record)
                 with open(log_path, "a") as f:
@@ -156,6 +170,17 @@ class Trainer:
         return os.path.join(self.config.out_dir, "checkpoint")
 
     def save_checkpoint(self) -> None:
+        """Rank 0 writes (with every rank's generator state); the others wait for it."""
+        states = [self.generator.get_state()]
+        if self.world > 1:
+            states = [None] * self.world
+            dist.all_gather_object(states, self.generator.get_state())
+        if self.rank == 0:
+            self._write_checkpoint(states)
+        if self.world > 1:
+            dist.barrier()
+
+    def _write_checkpoint(self, generator_states: list[Tensor]) -> None:
         target = self.checkpoint_dir()
         staging = tempfile.mkdtemp(prefix=".checkpoint-", dir=self.config.out_dir)
         try:
@@ -165,7 +190,7 @@ class Trainer:
             for index, values in optimizer["state"].items():
                 for name, value in values.items():
                     state[f"optimizer.{index}.{name}"] = torch.as_tensor(value).cpu().contiguous()
-            state["generator"] = self.generator.get_state()
+            state.update({f"generator.{rank}": g for rank, g in enumerate(generator_states)})
             save_file(state, os.path.join(staging, "state.safetensors"))
             with open(os.path.join(staging, "trainer.json"), "w") as f:
                 json.dump({"step": self.step, "param_groups": optimizer["param_groups"],
@@ -201,9 +226,9 @@ class Trainer:
                 optimizer_state.setdefault(int(index), {})[name] = value.to(self.params[int(index)].device) \
                     if name != "step" else value
         self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state[f"generator.{self.rank}"])
         self.step = meta["step"]
         return True
 
 
-__all__ = ["Trainer", "TrainConfig"]
+__all__ = ["Trainer", "TrainConfig", "FlowMatchingLoss"]
