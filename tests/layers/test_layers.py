@@ -187,3 +187,12 @@ def test_full_attention_context_needs_no_mask_unless_text_is_padded():
     assert full.shape == (2, 1, 11, 11)
     assert bool(full[0].all()) and not bool(full[1, 0, 0, 2]) and bool(full[1, 0, 2, 2])  # itself only
     assert bool(full[1, 0, :, 3:].all())  # text sees video too
+
+
+def test_mmdim_block_runs_on_plain_video_tokens():
+    """No text at all: a (batch, tokens, dim) video sequence with a frame grid and a conditioning vector."""
+    block = randomize(MMDiMBlock(HIDDEN, layer_index=4, d_state=4, backend="reference"))
+    frames = [FrameSpec(3, 4, 0)] * 3
+    ctx = TokenContext(frames, torch.ones(2, 0, dtype=torch.bool), "cpu")
+    text, video = block(torch.zeros(2, 0, HIDDEN), torch.randn(2, 36, HIDDEN), torch.randn(2, HIDDEN), ctx)
+    assert text.shape == (2, 0, HIDDEN) and video.shape == (2, 36, HIDDEN) and torch.isfinite(video).all()
