@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from functools import cached_property
 from typing import Optional, Sequence
 
@@ -9,6 +10,12 @@ import torch
 from torch import Tensor
 
 from m4v.kernels.recompose import FrameSpec, ScanLayout
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_layout(frames: tuple[FrameSpec, ...], path: int, mask_shape: tuple[int, int], mask_bytes: bytes) -> ScanLayout:
+    mask = torch.tensor(list(mask_bytes), dtype=torch.uint8).to(torch.bool).view(mask_shape)
+    return ScanLayout(frames, path=path, text_len=mask_shape[1], text_mask=mask)
 
 
 class TokenContext:
@@ -37,12 +44,13 @@ class TokenContext:
         self._rope: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def layout(self, path: int) -> ScanLayout:
-        """The re-composition layout for zigzag path ``path``."""
+        """The re-composition layout for zigzag path ``path`` (shared across forward passes with the
+        same frames and text mask, so a sampling loop builds each layout once)."""
         if path not in self._layouts:
             # A meta mask has no values: count every token as real (FLOP counting).
-            mask = self.text_mask if self.text_mask.device.type != "meta" else torch.ones(
+            mask = self.text_mask.cpu() if self.text_mask.device.type != "meta" else torch.ones(
                 self.batch, self.text_len, dtype=torch.bool, device="cpu")
-            self._layouts[path] = ScanLayout(self.frames, path=path, text_len=self.text_len, text_mask=mask)
+            self._layouts[path] = _cached_layout(self.frames, path, tuple(mask.shape), mask.numpy().tobytes())
         return self._layouts[path]
 
     @cached_property
