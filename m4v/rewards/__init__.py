@@ -1,0 +1,8 @@
+"""Per-frame rewards for reward fine-tuning: any callable (frames, prompts) -> (batch, frames) scores.
+
+``frames`` is (batch, frames, 3, H, W) in [0, 1]; higher scores are better.
+"""
+
+from m4v.rewards.builtin import AttributeReward, RealismCritic, train_realism_critic
+
+__all__ = ["AttributeReward", "RealismCritic", "train_realism_critic"]

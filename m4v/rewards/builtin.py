@@ -1,0 +1,63 @@
+"""Built-in offline rewards: text alignment from the attribute classifier, and a realism critic."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m4v.eval.attributes import AttributeClassifier, parse_caption
+
+
+class AttributeReward:
+    """log p(colour) + log p(shape) of the prompt's first object, frame by frame (a single frame
+    carries no motion, so the direction head is left to the video-level metric)."""
+
+    def __init__(self, classifier: AttributeClassifier):
+        self.classifier = classifier.eval().requires_grad_(False)
+
+    def __call__(self, frames: Tensor, prompts: Sequence[str]) -> Tensor:
+        batch, count = frames.shape[:2]
+        video = (frames * 2 - 1).flatten(0, 1)[:, :, None]  # every frame as a 1-frame clip
+        logits = self.classifier(video)
+        score = torch.zeros(batch * count, device=frames.device)
+        for name in ("colour", "shape"):
+            target = torch.tensor([parse_caption(p)[name] for p in prompts], device=frames.device)
+            score = score + logits[name].log_softmax(1).gather(1, target.repeat_interleave(count)[:, None]).squeeze(1)
+        return score.view(batch, count)
+
+
+class RealismCritic(nn.Module):
+    """frames (batch, frames, 3, H, W) in [0, 1] -> (batch, frames) logits of "real"."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 1))
+
+    def forward(self, frames: Tensor, prompts: Sequence[str] | None = None) -> Tensor:
+        batch, count = frames.shape[:2]
+        return self.net(frames.flatten(0, 1) * 2 - 1).view(batch, count)
+
+
+def train_realism_critic(real: Tensor, fake: Tensor, steps: int = 200, lr: float = 1e-3, seed: int = 0) -> RealismCritic:
+    """Trains a critic to tell real frames (n, frames, 3, H, W) from generated ones (same layout)."""
+    torch.manual_seed(seed)
+    critic = RealismCritic()
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=lr)
+    inputs = torch.cat([real, fake])
+    labels = torch.cat([torch.ones(real.shape[:2]), torch.zeros(fake.shape[:2])])
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(critic(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return critic.eval().requires_grad_(False)
+
+
+__all__ = ["AttributeReward", "RealismCritic", "train_realism_critic"]
