@@ -14,7 +14,7 @@ from m4v.kernels.recompose import FrameSpec, ScanLayout
 
 @functools.lru_cache(maxsize=64)
 def _cached_layout(frames: tuple[FrameSpec, ...], path: int, mask_shape: tuple[int, int], mask_bytes: bytes) -> ScanLayout:
-    mask = torch.tensor(list(mask_bytes), dtype=torch.uint8).to(torch.bool).view(mask_shape)
+    mask = torch.tensor(list(mask_bytes), dtype=torch.uint8, device="cpu").to(torch.bool).view(mask_shape)
     return ScanLayout(frames, path=path, text_len=mask_shape[1], text_mask=mask)
 
 
