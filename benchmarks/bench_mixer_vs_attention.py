@@ -149,7 +149,6 @@ def run(tokens_list, device, dtype, scan_backend, passes, json_path):
                 records.append({"mixer": name, "tokens": tokens, "pass": pass_name, "scope": scope,
                                 "ms": round(ms, 4), "peak_mib": round(peak, 1)})
                 module.zero_grad(set_to_none=True)
-            del module
             if json_path:  # keep partial results if a long run is cut short
                 with open(json_path, "w") as f:
                     json.dump(records, f, indent=1)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from m4v.data import ShapesVideoDataset
 from m4v.models import history_stages
-from m4v.pipelines import M4VPipeline, PyramidFlowScheduler
+from m4v.pipelines import M4VPipeline
 from m4v.pipelines.scheduler import downsample
 
 
