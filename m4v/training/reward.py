@@ -58,4 +58,37 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
     return -sum(weight * reward(frames, prompts).mean() for reward, weight in rewards)
 
 
-__all__ = ["one_step_estimate", "reward_loss"]
+class RewardTuner:
+    """Reward fine-tuning steps: ``reward_loss`` of fresh prompts plus ``flow_weight`` times the
+    flow-matching loss of a data batch (the regulariser), through the ``Trainer``'s optimizer, EMA
+    and checkpoints.
+
+    Args:
+        trainer: a ``Trainer`` on the pipeline to tune (its config gives data, sizes and out_dir).
+        rewards: (reward, weight) pairs; each reward maps (frames, prompts) -> (batch, frames).
+        flow_weight: weight of the flow-matching regulariser.
+        steps_per_stage: Euler steps per stage of the sampled estimate.
+    """
+
+    def __init__(self, trainer, rewards: Sequence[tuple[Reward, float]], flow_weight: float = 0.5,
+                 steps_per_stage: Sequence[int] = (2, 2, 2)):
+        self.trainer, self.rewards = trainer, list(rewards)
+        self.flow_weight, self.steps_per_stage = flow_weight, tuple(steps_per_stage)
+
+    def step(self) -> dict:
+        trainer = self.trainer
+        video, captions = trainer.batch()
+        reward = reward_loss(trainer.pipe, captions, self.rewards, trainer.config.height, trainer.config.width,
+                             self.steps_per_stage, trainer.generator)
+        flow = trainer.loss(video, captions)
+        loss = reward + self.flow_weight * flow
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.params, 1.0)
+        trainer.optimizer.step()
+        with torch.no_grad():
+            for shadow, p in zip(trainer.ema, trainer.params):
+                shadow.lerp_(p.detach(), 1 - trainer.config.ema_decay)
+        trainer.step += 1
+        return {"step": trainer.step, "reward": -float(reward.detach()), "flow": float(flow.detach())}
+__all__ = ["one_step_estimate", "reward_loss", "RewardTuner"]

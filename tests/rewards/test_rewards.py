@@ -37,3 +37,18 @@ def test_realism_critic_separates_real_from_noise():
     fake = torch.rand_like(real)
     critic = train_realism_critic(real[:16], fake[:16], steps=60)
     assert critic(real[16:]).mean() > critic(fake[16:]).mean() + 1.0
+
+
+def test_reward_tuner_steps_move_the_weights(tmp_path):
+    from m4v.training import TrainConfig, Trainer
+    from m4v.training.reward import RewardTuner
+
+    trainer = Trainer(M4VPipeline.tiny(seed=0), TrainConfig(out_dir=str(tmp_path), batch_size=1, frames=9,
+                                                            precision="fp32"))
+    critic = RealismCritic().requires_grad_(False)
+    tuner = RewardTuner(trainer, [(critic, 1.0)], flow_weight=0.5, steps_per_stage=(1, 1, 2))
+    before = [p.detach().clone() for p in trainer.params]
+    logs = [tuner.step() for _ in range(2)]
+    assert [log["step"] for log in logs] == [1, 2]
+    assert all(torch.isfinite(torch.tensor([log["reward"], log["flow"]])).all() for log in logs)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params))
