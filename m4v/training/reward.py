@@ -91,4 +91,6 @@ class RewardTuner:
                 shadow.lerp_(p.detach(), 1 - trainer.config.ema_decay)
         trainer.step += 1
         return {"step": trainer.step, "reward": -float(reward.detach()), "flow": float(flow.detach())}
+
+
 __all__ = ["one_step_estimate", "reward_loss", "RewardTuner"]
