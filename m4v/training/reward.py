@@ -81,15 +81,7 @@ class RewardTuner:
         reward = reward_loss(trainer.pipe, captions, self.rewards, trainer.config.height, trainer.config.width,
                              self.steps_per_stage, trainer.generator)
         flow = trainer.loss(video, captions)
-        loss = reward + self.flow_weight * flow
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.params, 1.0)
-        trainer.optimizer.step()
-        with torch.no_grad():
-            for shadow, p in zip(trainer.ema, trainer.params):
-                shadow.lerp_(p.detach(), 1 - trainer.config.ema_decay)
-        trainer.step += 1
+        trainer.optimize(reward + self.flow_weight * flow)
         return {"step": trainer.step, "reward": -float(reward.detach()), "flow": float(flow.detach())}
 
 

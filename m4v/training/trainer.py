@@ -131,9 +131,8 @@ class Trainer:
         """The flow-matching loss of one batch (through DDP when several processes train)."""
         return self.wrapped(video, captions, self.generator)
 
-    def train_step(self) -> float:
-        video, captions = self.batch()
-        loss = self.loss(video, captions)
+    def optimize(self, loss: Tensor) -> None:
+        """One optimizer step on ``loss``: clipped gradients, AdamW, then the EMA update."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -142,6 +141,11 @@ class Trainer:
             for shadow, p in zip(self.ema, self.params):
                 shadow.lerp_(p.detach(), 1 - self.config.ema_decay)
         self.step += 1
+
+    def train_step(self) -> float:
+        video, captions = self.batch()
+        loss = self.loss(video, captions)
+        self.optimize(loss)
         return float(loss.detach())
 
     def run(self, progress: bool = True) -> list[dict]:
