@@ -46,7 +46,7 @@ class MMDiTBlock(nn.Module):
     def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, rope_axes=DEFAULT_ROPE_AXES):
         super().__init__()
         check_heads(hidden, heads, rope_axes)
-        self.hidden, self.heads, self.rope_axes = hidden, heads, tuple(rope_axes)
+        self.hidden, self.heads = hidden, heads
         self.text_stream = _Stream(hidden, heads, mlp_ratio)
         self.video_stream = _Stream(hidden, heads, mlp_ratio)
         self.attention = JointAttention(rope_axes)

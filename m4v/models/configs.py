@@ -8,6 +8,14 @@ from dataclasses import dataclass
 MIXERS = ("mmdim", "attention")
 
 
+def config_from_dict(cls, values: dict, what: str):
+    """A dataclass instance from a dict (e.g. read from JSON), refusing unknown keys by name."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown}")
+    return cls(**values)
+
+
 @dataclass
 class M4VConfig:
     """Everything that shapes an ``M4VTransformer``.
@@ -61,11 +69,7 @@ class M4VConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "M4VConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"M4VConfig: unknown keys {unknown}")
-        return cls(**values)
+        return config_from_dict(cls, values, "M4VConfig")
 
 
 _TINY = dict(hidden=64, heads=4, num_dit_blocks=2, num_mixer_blocks=2, rope_axes=(4, 6, 6), d_state=8,
@@ -88,4 +92,4 @@ def get_config(name: str, **overrides) -> M4VConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
-__all__ = ["M4VConfig", "PRESETS", "get_config", "MIXERS"]
+__all__ = ["M4VConfig", "PRESETS", "get_config", "config_from_dict", "MIXERS"]

@@ -93,15 +93,15 @@ class PyramidFlowScheduler:
     @staticmethod
     def initial_noise(shape: Sequence[int], generator: Optional[torch.Generator] = None,
                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return randn(shape, generator, device, dtype)
 
     def block_noise(self, shape: Sequence[int], generator: Optional[torch.Generator] = None,
                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
         """Unit-variance noise of ``shape`` (..., H, W) with correlation rho inside each 2x2 block."""
         *lead, height, width = shape
         rho = self.config.block_correlation
-        coarse = torch.randn((*lead, height // 2, width // 2), generator=generator, device=device, dtype=dtype)
-        fine = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        coarse = randn((*lead, height // 2, width // 2), generator, device, dtype)
+        fine = randn(shape, generator, device, dtype)
         return rho ** 0.5 * upsample(coarse) + (1 - rho) ** 0.5 * fine
 
     def jump(self, x_end: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -115,12 +115,20 @@ class PyramidFlowScheduler:
         """(x_u, tau, target velocity) for flow-matching training at ``stage`` and local times u
         (batch,): the start point is noise for stage 0 and a re-noised coarser copy otherwise."""
         if stage == 0:
-            x_start = torch.randn(x_end.shape, generator=generator, device=x_end.device, dtype=x_end.dtype)
+            x_start = randn(x_end.shape, generator, x_end.device, x_end.dtype)
         else:
             x_start = self.jump(downsample(x_end), generator)
         u_ = u.view(-1, *([1] * (x_end.dim() - 1))).to(x_end.dtype)
         a, b = self.window(stage)
         return (1 - u_) * x_start + u_ * x_end, a + (b - a) * u, x_end - x_start
+
+
+def randn(shape: Sequence[int], generator: Optional[torch.Generator], device: torch.device | str,
+          dtype: torch.dtype) -> Tensor:
+    """Standard normal noise on ``device``, drawn where the generator lives (a CPU generator can
+    then drive a GPU run, and a seed gives the same noise on every device)."""
+    source = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
 
 
 def upsample(x: Tensor) -> Tensor:
@@ -137,4 +145,4 @@ def downsample(x: Tensor, factor: int = 2) -> Tensor:
     return pooled.reshape(*lead, *pooled.shape[-2:])
 
 
-__all__ = ["PyramidFlowScheduler", "PyramidFlowSchedulerConfig", "upsample", "downsample"]
+__all__ = ["PyramidFlowScheduler", "PyramidFlowSchedulerConfig", "randn", "upsample", "downsample"]

@@ -31,10 +31,10 @@ def one_step_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wi
     shape = (len(prompts), pipe.autoencoder.latent_channels, height // spatial // scale, width // spatial // scale)
     last = int(torch.randint(steps[-1], (1,), generator=generator))
     with torch.no_grad():
-        x = scheduler.initial_noise(shape, generator).to(device)
+        x = scheduler.initial_noise(shape, generator, device)
         for stage in range(stages):
             if stage:
-                x = scheduler.jump(x.cpu(), generator).to(device)
+                x = scheduler.jump(x, generator)
             schedule = scheduler.steps(stage, steps[stage])
             for k, (tau, u, u_next) in enumerate(schedule):
                 if stage == stages - 1 and k == last:

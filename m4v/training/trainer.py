@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from m4v.data import ShapesVideoDataset
 from m4v.models import history_stages
+from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
-from m4v.pipelines.scheduler import downsample
+from m4v.pipelines.scheduler import downsample, randn
 
 
 @dataclass
@@ -53,11 +54,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str) -> "TrainConfig":
         with open(path) as f:
-            values = json.load(f)
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown} in {path}")
-        return cls(**values)
+            return config_from_dict(cls, json.load(f), f"training config {path}")
 
 
 class FlowMatchingLoss(nn.Module):
@@ -81,19 +78,19 @@ class FlowMatchingLoss(nn.Module):
             unit = int(torch.randint(latents.shape[2], (1,), generator=generator))
             stage = int(torch.randint(stages, (1,), generator=generator))
             u = torch.rand(1, generator=generator)
-            current = downsample(latents[b:b + 1, :, unit], 2 ** (stages - 1 - stage)).cpu()
-            x_u, tau, target = self.scheduler.training_sample(current, stage, u, generator)
+            current = downsample(latents[b:b + 1, :, unit], 2 ** (stages - 1 - stage))
+            x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(current.device), generator)
             history = []
             for frame, level in zip(range(unit), history_stages(unit, stage)):
                 clean = downsample(latents[b:b + 1, :, frame], 2 ** (stages - 1 - level))
                 sigma = float(torch.rand((), generator=generator)) * self.history_noise_max
-                noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+                noise = randn(clean.shape, generator, clean.device, clean.dtype)
                 history.append((1 - sigma) * clean + sigma * noise)
             device = video.device
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cuda"):
-                velocity = self.transformer(x_u.to(device), tau.to(device), text.states[b:b + 1], text.mask[b:b + 1],
+                velocity = self.transformer(x_u, tau, text.states[b:b + 1], text.mask[b:b + 1],
                                             text.pooled[b:b + 1], history=history, stage=stage)
-            losses.append(F.mse_loss(velocity.float(), target.to(device).float()))
+            losses.append(F.mse_loss(velocity.float(), target.float()))
         return torch.stack(losses).mean()
 
 
