@@ -2,14 +2,17 @@
 unit of a 241-frame 768p video (15,360 visual + 128 text tokens), random bf16 weights (GPU).
 
 Reports median ms and peak memory, eager and with ``torch.compile``; the ratio is against attn-768p
-measured in the same run. Writes JSON records {"model", "compile", "ms", "peak_mib"}.
+measured in the same run. Writes JSON records {"model", "compile", "ms", "peak_mib"}. ``--profile DIR``
+also writes, per model, the torch.profiler table of one eager forward (the top CUDA kernels and the
+host time), to find where a block's time goes inside the model.
 
-    python benchmarks/bench_model.py [--no-compile] [--json out.json]
+    python benchmarks/bench_model.py [--no-compile] [--json out.json] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -29,10 +32,25 @@ def unit_inputs(config, device, dtype):
                 history=latents[:-1], history_stage=stages)
 
 
+def write_profile(fn, path: str) -> None:
+    """One forward under torch.profiler: kernels sorted by CUDA time, then host ops by CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    with open(path, "w") as f:
+        f.write(events.table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
+        f.write("\n")
+        f.write(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=90))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--profile", default=None, metavar="DIR", help="write one profiled forward per model here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_model: needs a CUDA GPU", file=sys.stderr)
@@ -52,6 +70,10 @@ def main(argv=None):
                 ms = median_ms(lambda: fn(**inputs), budget_s=3.0)
             records.append({"model": preset, "compile": compiled, "ms": round(ms, 3),
                             "peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)})
+            if args.profile and not compiled:
+                os.makedirs(args.profile, exist_ok=True)
+                with torch.no_grad():
+                    write_profile(lambda: fn(**inputs), os.path.join(args.profile, f"profile-{preset}.txt"))
         del model
         torch.cuda.empty_cache()
     print(f"{'model':12} {'compile':8} {'ms':>9} {'vs attn-768p':>13} {'peak MiB':>9}")

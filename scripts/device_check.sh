@@ -5,6 +5,7 @@
 #   bash scripts/device_check.sh bench        # wait for the peer build, then the scan benchmark
 #   bash scripts/device_check.sh recompose    # the re-composition benchmark
 #   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
+#   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
 mkdir -p "$OUT"
@@ -61,6 +62,12 @@ case "${1:-check}" in
     echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
     (cd benchmarks && python3 bench_mixer_vs_attention.py --json "$OUT/h100-mixer-vs-attention.json") 2>&1 \
       | grep -v '^\[{'
+    ;;
+  model)
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    (cd benchmarks && python3 bench_model.py --json "$OUT/bench-model.json" --profile "$OUT") 2>&1 \
+      | grep -v '^\[{' | tail -20
+    (cd benchmarks && python3 bench_pipeline.py --json "$OUT/bench-pipeline.json") 2>&1 | grep -v '^\[{' | tail -20
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

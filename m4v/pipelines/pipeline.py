@@ -148,6 +148,37 @@ class M4VPipeline:
         return uncond + guidance * (cond - uncond)
 
     @torch.no_grad()
+    def sample_unit(self, text: TextEmbeddings, history: list[Tensor], shape: tuple[int, int, int, int],
+                    steps: Sequence[int], guidance: float, generator: Optional[torch.Generator] = None,
+                    on_step: Optional[Callable[[dict], None]] = None) -> Tensor:
+        """One autoregressive unit (latent frame): every pyramid stage's Euler steps, with CFG.
+
+        Args:
+            text: ``text_encoder.encode(prompts + negatives)`` (the negatives are used when guidance != 1).
+            history: the earlier latent frames, each (batch, C, h, w) at full latent size.
+            shape: (batch, C, h, w) of the unit at full latent size.
+            steps: Euler steps per stage. guidance: the CFG scale (1 = off).
+            on_step: called after every step with {"stage", "step", "tau", "latent"}.
+        Returns:
+            (batch, C, h, w) float32.
+        """
+        stages = self.scheduler.num_stages
+        scale = 2 ** (stages - 1)
+        batch, channels, height, width = shape
+        x = self.scheduler.initial_noise((batch, channels, height // scale, width // scale), generator, self.device)
+        for stage in range(stages):
+            if stage:
+                x = self.scheduler.jump(x, generator)
+            levels = history_stages(len(history), stage)
+            pyramid = [downsample(h, 2 ** (stages - 1 - level)) for h, level in zip(history, levels)]
+            for step, (tau, u, u_next) in enumerate(self.scheduler.steps(stage, steps[stage])):
+                velocity = self._velocity(x, tau, text, pyramid, stage, guidance)
+                x = self.scheduler.step(x, velocity, u, u_next)
+                if on_step is not None:
+                    on_step({"stage": stage, "step": step, "tau": tau, "latent": x})
+        return x
+
+    @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], negative_prompt: Optional[str | Sequence[str]] = None,
                  num_frames: int = 33, height: int = 64, width: int = 64,
                  num_inference_steps: int | Sequence[int] = (4, 4, 4),
@@ -187,30 +218,23 @@ class M4VPipeline:
         first_steps = self._check_steps("num_inference_steps", num_inference_steps)
         later_steps = self._check_steps("video_num_inference_steps", video_num_inference_steps)
 
-        device, stages = self.device, self.scheduler.num_stages
-        text = self.text_encoder.encode(prompts + negatives, device)
+        text = self.text_encoder.encode(prompts + negatives, self.device)
         batch, channels = len(prompts), self.autoencoder.latent_channels
         top = (height // self.autoencoder.spatial_factor, width // self.autoencoder.spatial_factor)
         history: list[Tensor] = []
         total = sum(first_steps) + (latent_frames - 1) * sum(later_steps)
         bar = tqdm(total=total, desc="m4v", unit="step", disable=not progress)
         for frame in range(latent_frames):
-            steps = first_steps if frame == 0 else later_steps
-            guidance = guidance_scale if frame == 0 else video_guidance_scale
-            scale = 2 ** (stages - 1)
-            x = self.scheduler.initial_noise((batch, channels, top[0] // scale, top[1] // scale), generator, device)
-            for stage in range(stages):
-                if stage:
-                    x = self.scheduler.jump(x, generator)
-                levels = history_stages(len(history), stage)
-                pyramid = [downsample(h, 2 ** (stages - 1 - level)) for h, level in zip(history, levels)]
-                for step, (tau, u, u_next) in enumerate(self.scheduler.steps(stage, steps[stage])):
-                    velocity = self._velocity(x, tau, text, pyramid, stage, guidance)
-                    x = self.scheduler.step(x, velocity, u, u_next)
-                    bar.update(1)
-                    if callback is not None:
-                        callback({"frame": frame, "stage": stage, "step": step, "tau": tau, "latent": x})
-            history.append(x)
+
+            def on_step(info: dict, frame=frame) -> None:
+                bar.update(1)
+                if callback is not None:
+                    callback({"frame": frame, **info})
+
+            history.append(self.sample_unit(text, history, (batch, channels, *top),
+                                            first_steps if frame == 0 else later_steps,
+                                            guidance_scale if frame == 0 else video_guidance_scale,
+                                            generator, on_step))
         bar.close()
         latents = torch.stack(history, dim=2)
         if output_type == "latent":
