@@ -14,8 +14,8 @@ PEER_DIR=/tmp/peer
 
 # The device image has no package registry: install carried wheels (.wheels/) that are missing.
 install_wheels() {
-  python3 -c "import safetensors, einops" 2>/dev/null && return 0
-  python3 -m pip install -q --no-index --find-links .wheels safetensors einops
+  python3 -c "import safetensors, einops, tqdm" 2>/dev/null && return 0
+  python3 -m pip install -q --no-index --find-links .wheels safetensors einops tqdm
 }
 
 build_m4v() {
