@@ -12,8 +12,10 @@ host time), to find where a block's time goes inside the model.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
+import warnings
 
 import torch
 from _report import emit_records
@@ -32,18 +34,36 @@ def unit_inputs(config, device, dtype):
                 history=latents[:-1], history_stage=stages)
 
 
+def host_syncs(fn) -> collections.Counter:
+    """Where one call of fn makes the host wait for the GPU: torch's sync debug mode warns at every
+    synchronising call; count the warnings by source line."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+                               if "synchroniz" in str(w.message))
+
+
 def write_profile(fn, path: str) -> None:
-    """One forward under torch.profiler: kernels sorted by CUDA time, then host ops by CPU time."""
+    """One forward under torch.profiler: kernels sorted by CUDA time, then host ops by CPU time,
+    then the source lines that synchronise with the GPU."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     events = prof.key_averages()
+    syncs = host_syncs(fn)
     with open(path, "w") as f:
         f.write(events.table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
         f.write("\n")
         f.write(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=90))
+        f.write(f"\nhost syncs per forward: {sum(syncs.values())}\n")
+        f.writelines(f"{count:6d}  {line}\n" for line, count in syncs.most_common())
 
 
 def main(argv=None):

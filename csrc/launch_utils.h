@@ -32,6 +32,17 @@ inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opt
   return poison ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options) : at::empty(sizes, options);
 }
 
+// A (batch, dim, seqlen) output whose rows are padded to a multiple of 16 bytes (a view of the
+// first seqlen columns). Every row then starts 16-byte aligned, so kernels use vector stores and
+// loads on all rows, and the transposed view (batch, seqlen, dim) is a GEMM operand with an aligned
+// leading dimension (an odd seqlen otherwise sends cuBLAS to its slow align-1 kernels).
+// m4v/kernels/_backend.py:new_row_output builds the same layout for the fake kernels.
+inline at::Tensor new_row_output(int64_t batch, int64_t dim, int64_t seqlen, const at::TensorOptions& options) {
+  const int64_t per_16_bytes = 16 / static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+  const int64_t padded = ceil_div(seqlen, per_16_bytes) * per_16_bytes;
+  return new_output({batch, dim, padded}, options).narrow(2, 0, seqlen);
+}
+
 // Calls fn with a value of the CUDA element type of `dtype` (float32, float16 or bfloat16).
 template <typename Fn>
 cudaError_t dispatch_dtype(at::ScalarType dtype, Fn&& fn) {

@@ -169,12 +169,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor&
   const c10::cuda::CUDAGuard guard(u.device());
   ScanParams p;
   auto keep = fill_common(p, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse);
-  Tensor out = new_output(u.sizes(), u.options());
+  Tensor out = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
   Tensor last_state = new_output({p.num_seqs, p.dim, p.dstate}, u.options().dtype(at::kFloat));
   Tensor checkpoints = new_output({save_checkpoints ? checkpoint_rows(p) : 0, p.dim, p.dstate},
                                   u.options().dtype(at::kFloat));
   // With a gate, the backward needs y before it: kept when a backward will follow.
-  Tensor out_pre = save_checkpoints && z.has_value() ? new_output(u.sizes(), u.options()) : at::empty({0}, u.options());
+  Tensor out_pre = save_checkpoints && z.has_value() ? new_row_output(u.size(0), u.size(1), u.size(2), u.options())
+                                                      : at::empty({0}, u.options());
   p.out = row_tensor(out);
   if (out_pre.numel() > 0) p.out_pre = row_tensor(out_pre);
   p.last_state = last_state.data_ptr<float>();
@@ -250,9 +251,9 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   p.dout = row_tensor(dout);
 
   const auto f32 = u.options().dtype(at::kFloat);
-  Tensor du = new_output(u.sizes(), u.options());
-  Tensor ddelta = new_output(u.sizes(), u.options());
-  Tensor dz = z.has_value() ? new_output(u.sizes(), u.options()) : at::empty({0}, u.options());
+  Tensor du = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
+  Tensor ddelta = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
+  Tensor dz = z.has_value() ? new_row_output(u.size(0), u.size(1), u.size(2), u.options()) : at::empty({0}, u.options());
   Tensor dinitial_state = new_output({p.num_seqs, p.dim, p.dstate}, f32);
   // Chunk slots past the last real chunk (varlen upper bound) stay zero and drop out of the sums.
   Tensor dA_partial = at::zeros({rows, p.dim, p.dstate}, f32);

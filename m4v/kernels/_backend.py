@@ -84,6 +84,16 @@ def new_output(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> t
     return out.fill_(float("nan")) if os.environ.get("M4V_POISON_OUTPUTS") == "1" else out
 
 
+def new_row_output(like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised (batch, dim, seqlen) tensor laid out as the CUDA launchers lay out theirs
+    (csrc/launch_utils.h:new_row_output): rows padded to 16 bytes, a view of the first seqlen columns.
+    The fake kernels use it so that compiled graphs expect the strides the kernels return."""
+    batch, dim, seqlen = like.shape
+    per_16_bytes = 16 // like.element_size()
+    padded = -(-seqlen // per_16_bytes) * per_16_bytes
+    return like.new_empty((batch, dim, padded))[..., :seqlen]
+
+
 _logged_fallbacks: set[tuple[str, str]] = set()
 
 

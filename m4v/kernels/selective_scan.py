@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from m4v.kernels._backend import resolve_backend
+from m4v.kernels._backend import new_row_output, resolve_backend
 
 OP = "selective_scan"
 MAX_DSTATE = 256
@@ -270,7 +270,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 def _reference_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse):
     out, last = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True,
                                    initial_state=initial_state, reverse=reverse, cu_seqlens=cu_seqlens)
-    return out, last
+    return out.contiguous(), last  # the fake kernel's layout, whatever the inputs' strides
 
 
 def _reference_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
@@ -297,7 +297,8 @@ def _reference_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initi
 def _bwd_outputs(u, du, ddelta, dA, dB, dC, dD, dz, dbias, dinit):
     """The bwd op's fixed list of 9 tensors; absent gradients are (distinct) empty tensors."""
     absent = lambda t: t if t is not None else u.new_empty((0,))  # noqa: E731
-    return [du, ddelta, dA, dB, dC, absent(dD), absent(dz), absent(dbias), dinit]
+    dz = dz.contiguous() if dz is not None else None
+    return [du.contiguous(), ddelta.contiguous(), dA, dB, dC, absent(dD), absent(dz), absent(dbias), dinit]
 
 
 def _cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse, save):
@@ -334,6 +335,11 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     return out, last, u.new_empty((0, u.shape[1], A.shape[1]), dtype=torch.float32), u.new_empty((0,))
 
 
+def _row_output(u: Tensor, backend: str) -> Tensor:
+    """A fake (batch, dim, seqlen) output with the strides the backend's kernels return."""
+    return new_row_output(u) if backend == "cuda" else u.new_empty(u.shape)
+
+
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse, backend,
       save_checkpoints):
@@ -342,8 +348,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
     last = u.new_empty((_num_seqs(batch, cu_seqlens), dim, A.shape[1]), dtype=state_dtype)
     rows = checkpoint_rows(backend, batch, seqlen, cu_seqlens) if save_checkpoints else 0
     keeps_pre_gate = backend == "cuda" and save_checkpoints and z is not None
-    out_pre = torch.empty_like(u) if keeps_pre_gate else u.new_empty((0,))
-    return torch.empty_like(u), last, u.new_empty((rows, dim, A.shape[1]), dtype=torch.float32), out_pre
+    out_pre = new_row_output(u) if keeps_pre_gate else u.new_empty((0,))
+    return _row_output(u, backend), last, u.new_empty((rows, dim, A.shape[1]), dtype=torch.float32), out_pre
 
 
 @torch.library.custom_op("m4v::selective_scan_bwd", mutates_args=())
@@ -374,10 +380,10 @@ def _(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_
       delta_softplus, reverse, backend):
     batch, dim, _ = u.shape
     state_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    return [torch.empty_like(u), torch.empty_like(u), torch.empty_like(A, dtype=state_dtype),
+    return [_row_output(u, backend), _row_output(u, backend), torch.empty_like(A, dtype=state_dtype),
             B.new_empty(B.shape, dtype=state_dtype), C.new_empty(C.shape, dtype=state_dtype),
             D.new_empty((dim,), dtype=state_dtype) if D is not None else u.new_empty((0,)),
-            torch.empty_like(u) if z is not None else u.new_empty((0,)),
+            _row_output(u, backend) if z is not None else u.new_empty((0,)),
             delta_bias.new_empty((dim,), dtype=state_dtype) if delta_bias is not None else u.new_empty((0,)),
             u.new_empty((_num_seqs(batch, cu_seqlens), dim, A.shape[1]), dtype=state_dtype)]
 

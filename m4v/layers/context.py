@@ -47,11 +47,15 @@ class TokenContext:
         """The re-composition layout for zigzag path ``path`` (shared across forward passes with the
         same frames and text mask, so a sampling loop builds each layout once)."""
         if path not in self._layouts:
-            # A meta mask has no values: count every token as real (FLOP counting).
-            mask = self.text_mask.cpu() if self.text_mask.device.type != "meta" else torch.ones(
-                self.batch, self.text_len, dtype=torch.bool, device="cpu")
-            self._layouts[path] = _cached_layout(self.frames, path, tuple(mask.shape), mask.numpy().tobytes())
+            self._layouts[path] = _cached_layout(self.frames, path, tuple(self.text_mask.shape), self._mask_bytes)
         return self._layouts[path]
+
+    @cached_property
+    def _mask_bytes(self) -> bytes:
+        """The text mask's values, read from the device once per forward pass (one host sync)."""
+        if self.text_mask.device.type == "meta":  # no values: count every token as real (FLOP counting)
+            return bytes([1]) * self.text_mask.numel()
+        return self.text_mask.cpu().numpy().tobytes()
 
     @cached_property
     def frame_of_token(self) -> Tensor:

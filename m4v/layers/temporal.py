@@ -47,24 +47,34 @@ class TemporalBranch(nn.Module):
             raise ValueError(f"TemporalBranch: token size {self.channels * h0 * w0} is not divisible by "
                              f"{self.heads} heads")
         projected = self.qkv(video)  # (batch, V, 3 c_t)
-        maps, start = [], 0
-        for f in frames:
-            maps.append(rearrange(projected[:, start:start + f.tokens], "b (h w) c -> b c h w", h=f.height))
-            start += f.tokens
-        history = [F.adaptive_avg_pool2d(m.float(), (h0, w0)) for m in maps[:-1]]
         current = frames[-1]
+        history_len = len(frames) - 1
+        # History frames come in runs of equal size (all older frames sit at the lowest stage): one
+        # pooling call per run, not per frame, keeps long histories from costing a launch per frame.
+        tokens, start, index = [], 0, 0
+        while index < history_len:
+            f = frames[index]
+            run = 1
+            while index + run < history_len and (frames[index + run].height, frames[index + run].width) == (
+                    f.height, f.width):
+                run += 1
+            maps = rearrange(projected[:, start:start + run * f.tokens].float(), "b (n h w) c -> (b n) c h w",
+                             n=run, h=f.height)
+            pooled = maps if (f.height, f.width) == (h0, w0) else F.adaptive_avg_pool2d(maps, (h0, w0))
+            tokens.append(rearrange(pooled, "(b n) c h w -> b n (c h w)", n=run))
+            start, index = start + run * f.tokens, index + run
         k = max(1, min(self.tokens_per_side, round(current.height / h0), round(current.width / w0)))
-        pooled_current = F.adaptive_avg_pool2d(maps[-1].float(), (k * h0, k * w0))
-        tokens = [rearrange(m, "b c h w -> b 1 (c h w)") for m in history]
+        current_map = rearrange(projected[:, start:].float(), "b (h w) c -> b c h w", h=current.height)
+        pooled_current = F.adaptive_avg_pool2d(current_map, (k * h0, k * w0))
         tokens.append(rearrange(pooled_current, "b c (ky h) (kx w) -> b (ky kx) (c h w)", ky=k, kx=k))
         seq = torch.cat(tokens, dim=1)  # (batch, history + k^2, 3 * S)
         q, key, v = rearrange(seq, "b n (three c hw) -> three b n (c hw)", three=3, c=self.channels).unbind(0)
         q, key, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, key, v))
-        time = torch.cat([torch.arange(len(history), device=video.device),
-                          torch.full((k * k,), len(history), device=video.device)])
+        time = torch.cat([torch.arange(history_len, device=video.device),
+                          torch.full((k * k,), history_len, device=video.device)])
         mask = time[:, None] >= time[None, :]
         out = F.scaled_dot_product_attention(q, key, v, attn_mask=mask)
-        out = rearrange(out[:, :, len(history):], "b h n d -> b n (h d)")
+        out = rearrange(out[:, :, history_len:], "b h n d -> b n (h d)")
         out = rearrange(out, "b (ky kx) (c h w) -> b c (ky h) (kx w)", ky=k, kx=k, c=self.channels, h=h0)
         out = F.interpolate(out, size=(current.height, current.width), mode="nearest")
         update = self.out(rearrange(out, "b c h w -> b (h w) c").to(video.dtype))

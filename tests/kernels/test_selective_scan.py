@@ -308,16 +308,20 @@ def test_backward_is_deterministic(backend):
 # Registration: opcheck, torch.compile, FLOP formula, backend choice.
 
 
-def _op_args(backend, device):
+def _op_args(backend, device, token_major=False):
     args, kwargs = make_inputs(Case(seqlen=9, with_init=True), device=device)
     u, delta, A, B, C, D, z = args
+    if token_major:  # (batch, dim, seqlen) views of (batch, seqlen, dim) storage, as MambaMixer passes them
+        u, delta, z = (t.mT.contiguous().mT for t in (u, delta, z))
     return (u, delta, A, B, C, D, z, kwargs["delta_bias"], kwargs["initial_state"], None, True, False, backend, True)
 
 
+@pytest.mark.parametrize("token_major", [False, True], ids=["contiguous", "token_major"])
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
-def test_opcheck(backend):
+def test_opcheck(backend, token_major):
+    """The fake kernels give the real kernels' output strides (torch.compile asserts them)."""
     device = "cpu" if backend == "reference" else DEVICE
-    args = _op_args(backend, device)
+    args = _op_args(backend, device, token_major)
     for t in args[:9]:
         if t is not None:
             t.requires_grad_(True)

@@ -196,3 +196,21 @@ def test_mmdim_block_runs_on_plain_video_tokens():
     ctx = TokenContext(frames, torch.ones(2, 0, dtype=torch.bool), "cpu")
     text, video = block(torch.zeros(2, 0, HIDDEN), torch.randn(2, 36, HIDDEN), torch.randn(2, HIDDEN), ctx)
     assert text.shape == (2, 0, HIDDEN) and video.shape == (2, 36, HIDDEN) and torch.isfinite(video).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor with the CUDA kernels needs a GPU")
+def test_mixer_compiles_with_inductor_at_odd_length():
+    """Inductor asserts every custom op's output strides against its fake kernel: the token-major
+    views MambaMixer passes and an odd length (padded scan rows) must agree in both."""
+    torch.manual_seed(0)
+    mixer = MambaMixer(64, d_state=8, expand=1.5).cuda().to(torch.bfloat16)
+    hidden = torch.randn(2, 301, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    expected = mixer(hidden)
+    expected.float().square().sum().backward()
+    eager_grad, hidden.grad = hidden.grad, None
+    compiled = torch.compile(mixer, fullgraph=True)
+    out = compiled(hidden)
+    out.float().square().sum().backward()
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(hidden.grad, eager_grad, atol=5e-2, rtol=5e-2)
