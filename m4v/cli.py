@@ -54,7 +54,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _create_tiny(args: argparse.Namespace) -> int:
     from m4v.pipelines import M4VPipeline
 
-    M4VPipeline.tiny(seed=args.seed).save_pretrained(args.directory)
+    M4VPipeline.from_preset(seed=args.seed).save_pretrained(args.directory)
     print(f"wrote a random m4v-tiny pipeline to {args.directory}")
     return 0
 
@@ -64,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
     from m4v.training import TrainConfig, Trainer
 
     config = TrainConfig.from_json(args.config)
-    pipe = M4VPipeline.from_pretrained(args.model) if args.model else M4VPipeline.tiny(seed=config.seed)
+    pipe = M4VPipeline.from_pretrained(args.model) if args.model else M4VPipeline.from_preset(seed=config.seed)
     trainer = Trainer(pipe, config)
     if trainer.load_checkpoint():
         print(f"resuming from step {trainer.step} ({trainer.checkpoint_dir()})")

@@ -30,6 +30,33 @@ class PixelPatchAutoencoder(VideoAutoencoder):
         return {"latent_channels": self.latent_channels, "spatial_factor": self.spatial_factor,
                 "temporal_factor": self.temporal_factor}
 
+    @torch.no_grad()
+    def fit_pca(self, videos: Tensor) -> "PixelPatchAutoencoder":
+        """Sets both maps from the principal components of the patches of ``videos``
+        (batch, 3, 1 + t k, H, W) with k >= 1: the best linear code of this size for that data, in
+        closed form. Latent channels are scaled to unit variance, the scale flow matching expects."""
+        self.check_video(videos)
+        if videos.shape[2] < 1 + self.temporal_factor:
+            raise ValueError(f"fit_pca needs at least {1 + self.temporal_factor} frames, got {videos.shape[2]}")
+        s, t = self.spatial_factor, self.temporal_factor
+        first = rearrange(videos[:, :, :1], "b c f (h p) (w q) -> (b f h w) (c p q)", p=s, q=s)
+        rest = rearrange(videos[:, :, 1:], "b c (f k) (h p) (w q) -> (b f h w) (c k p q)", k=t, p=s, q=s)
+        for patches, encoder, decoder in ((first, self.encode_first, self.decode_first),
+                                          (rest, self.encode_group, self.decode_group)):
+            if patches.shape[0] <= self.latent_channels:
+                raise ValueError(f"fit_pca needs more than {self.latent_channels} patches, got {patches.shape[0]}")
+            data = patches.double()
+            mean = data.mean(0)
+            covariance = (data - mean).T @ (data - mean) / (data.shape[0] - 1)
+            variances, vectors = torch.linalg.eigh(covariance)  # ascending
+            top = vectors[:, -self.latent_channels:].flip(1)
+            std = variances[-self.latent_channels:].flip(0).clamp_min(1e-12).sqrt()
+            encoder.weight.copy_((top / std).T)
+            encoder.bias.copy_(-(top / std).T @ mean)
+            decoder.weight.copy_(top * std)
+            decoder.bias.copy_(mean)
+        return self
+
     def encode(self, video: Tensor) -> Tensor:
         """(batch, 3, F, H, W) -> (batch, latent_channels, 1 + (F - 1) / t, H / s, W / s)."""
         self.check_video(video)

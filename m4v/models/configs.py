@@ -76,12 +76,18 @@ _TINY = dict(hidden=64, heads=4, num_dit_blocks=2, num_mixer_blocks=2, rope_axes
              expand=2.0, temporal_channels=4, temporal_tokens_per_side=2, latent_channels=4, text_dim=32,
              pooled_dim=16, max_text_len=16)
 
+# The shipped text-to-video model of the shapes dataset (64 x 64, a 4x4x4 pixel patch autoencoder).
+_SHAPES = dict(hidden=192, heads=6, num_dit_blocks=2, num_mixer_blocks=6, mlp_ratio=2.0, rope_axes=(8, 12, 12), d_state=16,
+               expand=2.0, temporal_channels=8, temporal_tokens_per_side=2, latent_channels=16, text_dim=64,
+               pooled_dim=64, max_text_len=24)
+
 PRESETS: dict[str, M4VConfig] = {
     "m4v-768p": M4VConfig(),
     "attn-768p": M4VConfig(mixer="attention"),
     "pure-mamba-768p": M4VConfig(temporal=False),
     "m4v-tiny": M4VConfig(**_TINY),
     "attn-tiny": M4VConfig(**_TINY, mixer="attention"),
+    "m4v-shapes": M4VConfig(**_SHAPES),
 }
 
 

@@ -60,17 +60,19 @@ class M4VPipeline:
     # Construction and files.
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "M4VPipeline":
-        """m4v-tiny + pixel patch autoencoder + hashing text encoder, with random weights (CPU tests)."""
+    def from_preset(cls, preset: str = "m4v-tiny", seed: int = 0, spatial_factor: int = 8,
+                    temporal_factor: int = 8) -> "M4VPipeline":
+        """A transformer preset + pixel patch autoencoder + hashing text encoder, with random weights
+        (CPU tests, and the start of training from scratch)."""
         torch.manual_seed(seed)
-        config = get_config("m4v-tiny")
+        config = get_config(preset)
         transformer = M4VTransformer(config)
         with torch.no_grad():  # break adaLN-Zero so that an untrained model still draws something
             for name, p in transformer.named_parameters():
                 if p.dim() >= 2 or name.endswith("gate"):
                     p.normal_(0, 0.02)
         text = HashingTextEncoder(config.text_dim, config.pooled_dim, config.max_text_len)
-        autoencoder = PixelPatchAutoencoder(config.latent_channels)
+        autoencoder = PixelPatchAutoencoder(config.latent_channels, spatial_factor, temporal_factor)
         return cls(transformer, text, autoencoder)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -150,7 +152,7 @@ class M4VPipeline:
     @torch.no_grad()
     def sample_unit(self, text: TextEmbeddings, history: list[Tensor], shape: tuple[int, int, int, int],
                     steps: Sequence[int], guidance: float, generator: Optional[torch.Generator] = None,
-                    on_step: Optional[Callable[[dict], None]] = None) -> Tensor:
+                    on_step: Optional[Callable[[dict], None]] = None, stop_before: Optional[int] = None) -> Tensor:
         """One autoregressive unit (latent frame): every pyramid stage's Euler steps, with CFG.
 
         Args:
@@ -159,6 +161,8 @@ class M4VPipeline:
             shape: (batch, C, h, w) of the unit at full latent size.
             steps: Euler steps per stage. guidance: the CFG scale (1 = off).
             on_step: called after every step with {"stage", "step", "tau", "latent"}.
+            stop_before: return the top stage's latent before its step ``stop_before`` (reward
+                tuning takes that step itself, with gradients).
         Returns:
             (batch, C, h, w) float32.
         """
@@ -172,6 +176,8 @@ class M4VPipeline:
             levels = history_stages(len(history), stage)
             pyramid = [downsample(h, 2 ** (stages - 1 - level)) for h, level in zip(history, levels)]
             for step, (tau, u, u_next) in enumerate(self.scheduler.steps(stage, steps[stage])):
+                if stage == stages - 1 and step == stop_before:
+                    return x
                 velocity = self._velocity(x, tau, text, pyramid, stage, guidance)
                 x = self.scheduler.step(x, velocity, u, u_next)
                 if on_step is not None:

@@ -10,12 +10,16 @@ one generator whose state is saved with the weights.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Callable, Optional
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -29,11 +33,18 @@ from m4v.models import history_stages
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
 from m4v.pipelines.scheduler import downsample, randn
+from m4v.training.lora import has_lora, merged_copy
 
 
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/m4v-tiny"
+    # From scratch (no starting pipeline): this transformer preset, a pixel patch autoencoder with
+    # these factors fitted to the data by PCA, and a hashing text encoder.
+    preset: str = "m4v-tiny"
+    spatial_factor: int = 8
+    temporal_factor: int = 8
+    autoencoder_fit_videos: int = 256
     steps: int = 1000
     batch_size: int = 8
     lr: float = 3e-4
@@ -44,6 +55,7 @@ class TrainConfig:
     width: int = 64
     dataset_size: int = 100_000
     history_noise_max: float = 1.0 / 3.0
+    caption_dropout: float = 0.1       # share of captions replaced by "" (the CFG unconditional branch)
     precision: str = "bf16"            # "bf16" (autocast on CUDA) or "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 200
@@ -57,41 +69,48 @@ class TrainConfig:
             return config_from_dict(cls, json.load(f), f"training config {path}")
 
 
+def initial_pipeline(config: TrainConfig) -> M4VPipeline:
+    """The pipeline a run from scratch starts from (see the TrainConfig fields)."""
+    pipe = M4VPipeline.from_preset(config.preset, config.seed, config.spatial_factor, config.temporal_factor)
+    data = ShapesVideoDataset(config.autoencoder_fit_videos, config.frames, config.height, config.width,
+                              seed=config.seed + 7919)  # not the training items themselves
+    pipe.autoencoder.fit_pca(torch.stack([data[i][0] for i in range(len(data))]))
+    return pipe
+
+
 class FlowMatchingLoss(nn.Module):
     """The training objective as a module (so DistributedDataParallel can wrap it): the trainable
     transformer and text encoder, the frozen autoencoder and the scheduler."""
 
-    def __init__(self, pipe: M4VPipeline, history_noise_max: float, bf16: bool):
+    def __init__(self, pipe: M4VPipeline, history_noise_max: float, bf16: bool, caption_dropout: float = 0.0):
         super().__init__()
         self.transformer, self.text_encoder, self.autoencoder = pipe.transformer, pipe.text_encoder, pipe.autoencoder
         self.autoencoder.requires_grad_(False)
         self.scheduler, self.history_noise_max, self.bf16 = pipe.scheduler, history_noise_max, bf16
+        self.caption_dropout = caption_dropout
 
     def forward(self, video: Tensor, captions: list[str], generator: torch.Generator) -> Tensor:
-        """One random unit, stage and flow time per sample; all draws from ``generator`` (CPU)."""
+        """One random unit and stage per batch (one batched model call), a flow time and a history
+        noise level per sample; all draws from ``generator`` (CPU). Captions are dropped to "" with
+        probability ``caption_dropout``, which teaches the unconditional branch of CFG."""
         with torch.no_grad():
             latents = self.autoencoder.encode(video)  # (batch, C, frames, h, w)
-        stages = self.scheduler.num_stages
-        text = self.text_encoder.encode(captions, video.device)
-        losses = []
-        for b in range(video.shape[0]):  # units differ per sample, so the history length does too
-            unit = int(torch.randint(latents.shape[2], (1,), generator=generator))
-            stage = int(torch.randint(stages, (1,), generator=generator))
-            u = torch.rand(1, generator=generator)
-            current = downsample(latents[b:b + 1, :, unit], 2 ** (stages - 1 - stage))
-            x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(current.device), generator)
-            history = []
-            for frame, level in zip(range(unit), history_stages(unit, stage)):
-                clean = downsample(latents[b:b + 1, :, frame], 2 ** (stages - 1 - level))
-                sigma = float(torch.rand((), generator=generator)) * self.history_noise_max
-                noise = randn(clean.shape, generator, clean.device, clean.dtype)
-                history.append((1 - sigma) * clean + sigma * noise)
-            device = video.device
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cuda"):
-                velocity = self.transformer(x_u, tau, text.states[b:b + 1], text.mask[b:b + 1],
-                                            text.pooled[b:b + 1], history=history, stage=stage)
-            losses.append(F.mse_loss(velocity.float(), target.float()))
-        return torch.stack(losses).mean()
+        batch, stages, device = video.shape[0], self.scheduler.num_stages, video.device
+        keep = torch.rand(batch, generator=generator) >= self.caption_dropout
+        text = self.text_encoder.encode([c if k else "" for c, k in zip(captions, keep.tolist())], device)
+        unit = int(torch.randint(latents.shape[2], (1,), generator=generator))
+        stage = int(torch.randint(stages, (1,), generator=generator))
+        u = torch.rand(batch, generator=generator)
+        current = downsample(latents[:, :, unit], 2 ** (stages - 1 - stage))
+        x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(device), generator)
+        history = []
+        for frame, level in zip(range(unit), history_stages(unit, stage)):
+            clean = downsample(latents[:, :, frame], 2 ** (stages - 1 - level))
+            sigma = (torch.rand(batch, generator=generator) * self.history_noise_max).to(device).view(-1, 1, 1, 1)
+            history.append((1 - sigma) * clean + sigma * randn(clean.shape, generator, device, clean.dtype))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cuda"):
+            velocity = self.transformer(x_u, tau, text.states, text.mask, text.pooled, history=history, stage=stage)
+        return F.mse_loss(velocity.float(), target.float())
 
 
 class Trainer:
@@ -104,11 +123,13 @@ class Trainer:
         self.pipe, self.config = pipe.to(config.device), config
         self.model = pipe.transformer
         self.model.gradient_checkpointing = config.gradient_checkpointing
-        self.params = list(self.model.parameters()) + list(pipe.text_encoder.parameters())
+        # The trainable weights only: with LoRA adapters (m4v.training.lora) the rest is frozen.
+        self.params = [p for p in [*self.model.parameters(), *pipe.text_encoder.parameters()] if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.ema = [p.detach().clone() for p in self.params]
         self.data = ShapesVideoDataset(config.dataset_size, config.frames, config.height, config.width, config.seed)
-        self.objective = FlowMatchingLoss(pipe, config.history_noise_max, config.precision == "bf16")
+        self.objective = FlowMatchingLoss(pipe, config.history_noise_max, config.precision == "bf16",
+                                          config.caption_dropout)
         # Several processes (torchrun): DDP averages the gradients; each rank draws its own batches.
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.wrapped = (DistributedDataParallel(self.objective, find_unused_parameters=True) if self.world > 1
@@ -139,26 +160,53 @@ class Trainer:
                 shadow.lerp_(p.detach(), 1 - self.config.ema_decay)
         self.step += 1
 
-    def train_step(self) -> float:
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The EMA weights in place of the trained ones, for the duration (sampling, export)."""
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in self.params]
+            for p, shadow in zip(self.params, self.ema):
+                p.copy_(shadow)
+        try:
+            yield self.pipe
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(self.params, trained):
+                    p.copy_(saved)
+
+    def export_pipeline(self, directory: str) -> None:
+        """Saves the pipeline users sample from: EMA weights, LoRA adapters merged."""
+        with self.ema_weights():
+            if has_lora(self.model):
+                pipe = copy.copy(self.pipe)
+                pipe.transformer = merged_copy(self.model)
+                pipe.save_pretrained(directory)
+            else:
+                self.pipe.save_pretrained(directory)
+
+    def train_step(self) -> dict:
         video, captions = self.batch()
         loss = self.loss(video, captions)
         self.optimize(loss)
-        return float(loss.detach())
+        return {"loss": float(loss.detach())}
 
-    def run(self, progress: bool = True) -> list[dict]:
+    def run(self, progress: bool = True, step_fn: Optional[Callable[[], dict]] = None) -> list[dict]:
+        """Runs ``step_fn`` (default: a flow-matching step; it returns the step's metrics) until
+        ``config.steps``, logging to out_dir/metrics.jsonl and checkpointing on schedule."""
+        step_fn = step_fn or self.train_step
         os.makedirs(self.config.out_dir, exist_ok=True)
         log_path = os.path.join(self.config.out_dir, "metrics.jsonl")
         records = []
         bar = tqdm(total=self.config.steps, initial=self.step, desc="train", disable=not progress)
         while self.step < self.config.steps:
-            loss = self.train_step()
+            metrics = step_fn()
             bar.update(1)
             if self.rank == 0 and (self.step % self.config.log_every == 0 or self.step == self.config.steps):
-                record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
+                record = {"step": self.step, **metrics, "lr": self.optimizer.param_groups[0]["lr"]}
                 records.append(record)
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if isinstance(v, float)})
             if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                 self.save_checkpoint()
         bar.close()
@@ -196,7 +244,7 @@ class Trainer:
             with open(os.path.join(staging, "trainer.json"), "w") as f:
                 json.dump({"step": self.step, "param_groups": optimizer["param_groups"],
                            "config": dataclasses.asdict(self.config)}, f, indent=1)
-            self.pipe.save_pretrained(os.path.join(staging, "pipeline"))
+            self.export_pipeline(os.path.join(staging, "pipeline"))
             previous = target + ".old"
             if os.path.exists(target):
                 os.replace(target, previous)
@@ -232,4 +280,4 @@ class Trainer:
         return True
 
 
-__all__ = ["Trainer", "TrainConfig", "FlowMatchingLoss"]
+__all__ = ["Trainer", "TrainConfig", "FlowMatchingLoss", "initial_pipeline"]

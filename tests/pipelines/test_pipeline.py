@@ -13,7 +13,7 @@ KWARGS = dict(num_frames=17, height=64, width=64, num_inference_steps=(2, 1, 1),
 
 @pytest.fixture(scope="module")
 def pipe():
-    return M4VPipeline.tiny(seed=0)
+    return M4VPipeline.from_preset(seed=0)
 
 
 def test_output_shapes_and_types(pipe):

@@ -8,11 +8,11 @@ from m4v.data import ShapesVideoDataset
 from m4v.eval import AttributeClassifier
 from m4v.pipelines import M4VPipeline
 from m4v.rewards import AttributeReward, RealismCritic, train_realism_critic
-from m4v.training.reward import one_step_estimate, reward_loss
+from m4v.training.reward import reward_loss, rollout_estimate
 
 
 def test_reward_gradient_reaches_the_transformer():
-    pipe = M4VPipeline.tiny(seed=0)
+    pipe = M4VPipeline.from_preset(seed=0)
     critic = RealismCritic().requires_grad_(False)  # as train_realism_critic returns it
     attributes = AttributeReward(AttributeClassifier())
     loss = reward_loss(pipe, ["a red circle moving left", "a blue square moving up"],
@@ -25,10 +25,28 @@ def test_reward_gradient_reaches_the_transformer():
     assert all(p.grad is None for p in critic.parameters())  # rewards are frozen judges
 
 
-def test_one_step_estimate_shape():
-    pipe = M4VPipeline.tiny(seed=0)
-    frames = one_step_estimate(pipe, ["a red circle moving left"], 64, 64, (1, 1, 2), torch.Generator().manual_seed(1))
-    assert frames.shape == (1, 1, 3, 64, 64) and frames.min() >= 0 and frames.max() <= 1
+def test_rollout_estimate_shapes():
+    pipe = M4VPipeline.from_preset(seed=0)
+    generator = torch.Generator().manual_seed(1)
+    first = rollout_estimate(pipe, ["a red circle moving left"], 64, 64, 0, (1, 1, 2), 1.0, generator)
+    assert first.shape == (1, 1, 3, 64, 64) and first.min() >= 0 and first.max() <= 1
+    third = rollout_estimate(pipe, ["a red circle moving left"], 64, 64, 2, (1, 1, 2), 3.0, generator)
+    assert third.shape == (1, pipe.autoencoder.temporal_factor, 3, 64, 64) and torch.isfinite(third).all()
+
+
+def test_rollout_gradient_comes_from_the_last_step_only():
+    """The rollout before the rewarded step runs without gradients: of all transformer calls for
+    unit 3, exactly one records a graph."""
+    pipe = M4VPipeline.from_preset(seed=0)
+    critic = RealismCritic().requires_grad_(False)
+    grad_modes = []
+    handle = pipe.transformer.register_forward_hook(lambda *args: grad_modes.append(torch.is_grad_enabled()))
+    loss = reward_loss(pipe, ["a red circle moving left"], [(critic, 1.0)], 64, 64, unit=3, steps=(1, 1, 1),
+                       generator=torch.Generator().manual_seed(2))
+    handle.remove()
+    assert grad_modes.count(True) == 1 and len(grad_modes) == 3 * 3 + 3  # 3 units rolled out, unit 3 in full
+    loss.backward()
+    assert pipe.transformer.final_proj.weight.grad.abs().sum() > 0
 
 
 def test_realism_critic_separates_real_from_noise():
@@ -43,12 +61,12 @@ def test_reward_tuner_steps_move_the_weights(tmp_path):
     from m4v.training import TrainConfig, Trainer
     from m4v.training.reward import RewardTuner
 
-    trainer = Trainer(M4VPipeline.tiny(seed=0), TrainConfig(out_dir=str(tmp_path), batch_size=1, frames=9,
+    trainer = Trainer(M4VPipeline.from_preset(seed=0), TrainConfig(out_dir=str(tmp_path), batch_size=1, frames=9,
                                                             precision="fp32"))
     critic = RealismCritic().requires_grad_(False)
-    tuner = RewardTuner(trainer, [(critic, 1.0)], flow_weight=0.5, steps_per_stage=(1, 1, 2))
+    tuner = RewardTuner(trainer, [(critic, 1.0)], flow_weight=0.5, max_unit=1, steps_per_stage=(1, 1, 2))
     before = [p.detach().clone() for p in trainer.params]
     logs = [tuner.step() for _ in range(2)]
-    assert [log["step"] for log in logs] == [1, 2]
+    assert trainer.step == 2 and all(0 <= log["unit"] <= 1 for log in logs)
     assert all(torch.isfinite(torch.tensor([log["reward"], log["flow"]])).all() for log in logs)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params))

@@ -18,7 +18,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         config = TrainConfig(out_dir=out_dir, steps=1, batch_size=1, frames=9, precision="fp32", checkpoint_every=1,
                              log_every=1)
-        trainer = Trainer(M4VPipeline.tiny(seed=0), config)
+        trainer = Trainer(M4VPipeline.from_preset(seed=0), config)
         trainer.run(progress=False)
         save_file({f"{i}": p.detach().contiguous() for i, p in enumerate(trainer.params)},
                   os.path.join(out_dir, f"rank{rank}.safetensors"))
@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_two_process_gloo_step(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
-    initial = [p.detach() for p in M4VPipeline.tiny(seed=0).transformer.parameters()]
+    initial = [p.detach() for p in M4VPipeline.from_preset(seed=0).transformer.parameters()]
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)      # averaged gradients: one model
     assert any(not torch.equal(rank0[str(i)], p) for i, p in enumerate(initial))  # and it moved
     state = load_file(tmp_path / "checkpoint" / "state.safetensors")

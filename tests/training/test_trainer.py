@@ -13,7 +13,7 @@ from m4v.training import TrainConfig, Trainer
 def make_trainer(tmp_path, **overrides):
     config = TrainConfig(out_dir=str(tmp_path), batch_size=2, frames=9, height=64, width=64, lr=1e-3,
                          checkpoint_every=2, log_every=1, precision="fp32", **overrides)
-    return Trainer(M4VPipeline.tiny(seed=0), config)
+    return Trainer(M4VPipeline.from_preset(seed=0), config)
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path):
@@ -57,8 +57,11 @@ def test_checkpoint_holds_a_loadable_pipeline(tmp_path):
     trainer = make_trainer(tmp_path, steps=1)
     trainer.run(progress=False)
     pipe = M4VPipeline.from_pretrained(os.path.join(tmp_path, "checkpoint", "pipeline"))
-    for a, b in zip(pipe.transformer.parameters(), trainer.model.parameters()):
+    saved = list(pipe.transformer.parameters()) + list(pipe.text_encoder.parameters())
+    assert len(saved) == len(trainer.ema)
+    for a, b in zip(saved, trainer.ema):  # the pipeline users sample from holds the EMA weights
         assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(trainer.ema, trainer.params))  # which differ from the raw ones
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):

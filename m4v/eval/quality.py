@@ -1,0 +1,168 @@
+"""Per-frame quality and long-rollout drift of generated shapes videos (issue 6, DESIGN.md section 5).
+
+Three per-frame statistics, each compared with real videos of the dataset:
+- a quality critic's probability that the frame is real. The critic learns real frames against
+  generic degradations of them (blur, colour cast, noise, washed-out contrast), never against any
+  model's samples, so it favours neither a base model nor its reward-tuned version;
+- sharpness, the mean absolute Laplacian of the luma, as a ratio to real frames (drift blurs);
+- the held-out attribute judge's confidence in the caption's colour and shape, frame by frame.
+
+``evaluate`` generates videos ``rollout_factor`` times longer than training and reports each
+statistic per latent unit, and averaged over the units within the training length ("early") and
+beyond it ("late").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from m4v.data import ShapesVideoDataset
+from m4v.eval.attributes import AttributeClassifier, parse_caption, score_attributes, train_attribute_classifier
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def sharpness(frames: Tensor) -> Tensor:
+    """(batch, frames, 3, H, W) in [0, 1] -> (batch, frames) mean |Laplacian| of the luma."""
+    luma = (frames * torch.tensor(_LUMA, device=frames.device).view(1, 1, 3, 1, 1)).sum(2, keepdim=True)
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=frames.device)
+    response = F.conv2d(luma.flatten(0, 1), kernel.view(1, 1, 3, 3))
+    return response.abs().mean((1, 2, 3)).view(frames.shape[:2])
+
+
+def degrade(frames: Tensor, generator: torch.Generator) -> Tensor:
+    """Generic corruptions of real frames (batch, frames, 3, H, W) in [0, 1], one per frame: blur,
+    a colour cast, noise or lost contrast, at a random strength."""
+    flat = frames.flatten(0, 1)
+    n = flat.shape[0]
+    kind = torch.randint(4, (n,), generator=generator)
+    strength = torch.rand(n, generator=generator).view(n, 1, 1, 1) * 0.5 + 0.5
+    blurred = flat
+    for _ in range(3):
+        blurred = F.avg_pool2d(blurred, 3, stride=1, padding=1, count_include_pad=False)
+    cast = (flat + (torch.rand(n, 3, 1, 1, generator=generator) - 0.5) * 0.6).clamp(0, 1)
+    noisy = (flat + torch.randn(flat.shape, generator=generator) * 0.15).clamp(0, 1)
+    washed = flat.mean((1, 2, 3), keepdim=True) + (flat - flat.mean((1, 2, 3), keepdim=True)) * 0.4
+    options = torch.stack([blurred, cast, noisy, washed])  # (4, n, 3, H, W)
+    picked = options[kind, torch.arange(n)]
+    return ((1 - strength) * flat + strength * picked).view(frames.shape)
+
+
+def real_frames(count: int, frames: int, size: int, seed: int) -> tuple[Tensor, list[str]]:
+    """``count`` single-object dataset videos as (count, frames, 3, size, size) in [0, 1]."""
+    data = ShapesVideoDataset(count, frames, size, size, seed=seed, two_object_fraction=0.0)
+    items = [data[i] for i in range(count)]
+    return torch.stack([(v.permute(1, 0, 2, 3) + 1) / 2 for v, _ in items]), [c for _, c in items]
+
+
+def train_quality_critic(real: Tensor, steps: int = 300, seed: int = 0):
+    """The evaluation critic (a ``RealismCritic``): real frames against ``degrade``d copies of them."""
+    from m4v.rewards.builtin import train_realism_critic  # m4v.rewards imports m4v.eval
+
+    generator = torch.Generator().manual_seed(seed)
+    return train_realism_critic(real, degrade(real, generator), steps=steps, seed=seed)
+
+
+@dataclass
+class DriftReport:
+    """Per latent unit (index 0 is the first frame) and averaged early / late."""
+
+    critic: list[float]          # mean P(real) of the quality critic
+    sharpness: list[float]       # ratio to real frames
+    attributes: list[float]      # judge's mean confidence in the caption's colour and shape
+    early: dict[str, float]
+    late: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def frame_attribute_confidence(judge: AttributeClassifier, frames: Tensor, captions: Sequence[str]) -> Tensor:
+    """(batch, frames, 3, H, W) -> (batch, frames): the judge's mean probability of the caption's
+    colour and shape, each frame judged alone."""
+    batch, count = frames.shape[:2]
+    logits = judge((frames * 2 - 1).flatten(0, 1)[:, :, None])
+    targets = [parse_caption(c) for c in captions]
+    total = torch.zeros(batch * count)
+    for name in ("colour", "shape"):
+        target = torch.tensor([t[name] for t in targets]).repeat_interleave(count)
+        total += logits[name].softmax(1).gather(1, target[:, None]).squeeze(1)
+    return (total / 2).view(batch, count)
+
+
+@torch.no_grad()
+def drift_report(videos: Tensor, captions: Sequence[str], critic, judge: AttributeClassifier,
+                 real_sharpness: float, temporal_factor: int, train_units: int) -> DriftReport:
+    """videos (batch, frames, 3, H, W) in [0, 1] at the judges' resolution."""
+    per_frame = {"critic": torch.sigmoid(critic(videos)), "sharpness": sharpness(videos) / real_sharpness,
+                 "attributes": frame_attribute_confidence(judge, videos, captions)}
+    units = 1 + (videos.shape[1] - 1) // temporal_factor
+    bounds = [(0, 1)] + [(1 + (k - 1) * temporal_factor, 1 + k * temporal_factor) for k in range(1, units)]
+    series = {name: [float(values[:, a:b].mean()) for a, b in bounds] for name, values in per_frame.items()}
+    early = {name: sum(v[:train_units]) / len(v[:train_units]) for name, v in series.items()}
+    late = {name: sum(v[train_units:]) / max(1, len(v[train_units:])) for name, v in series.items()}
+    return DriftReport(series["critic"], series["sharpness"], series["attributes"], early, late)
+
+
+@dataclass
+class EvalConfig:
+    train_frames: int = 17       # the training clip length; rollouts run rollout_factor times longer
+    rollout_factor: int = 2
+    size: int = 64
+    judge_size: int = 32         # the judges see frames at this size
+    judge_frames: int = 9        # attribute accuracy on the first judge_frames frames
+    num_videos: int = 48
+    steps: tuple[int, ...] = (4, 4, 4)
+    video_steps: tuple[int, ...] = (2, 2, 2)
+    guidance: float = 7.0
+    video_guidance: float = 5.0
+    seed: int = 1234
+    judge_seed: int = 1          # held out: the reward classifier trains on seed 0
+    judge_steps: int = 300
+    critic_steps: int = 300
+
+
+class Judges:
+    """The held-out attribute judge, the quality critic and the real-data sharpness, built once."""
+
+    def __init__(self, config: EvalConfig):
+        self.config = config
+        self.judge = train_attribute_classifier(config.judge_seed, steps=config.judge_steps,
+                                                frames=config.judge_frames, size=config.judge_size)
+        real, _ = real_frames(64, config.judge_frames, config.judge_size, seed=config.judge_seed + 100)
+        self.critic = train_quality_critic(real, steps=config.critic_steps, seed=config.judge_seed)
+        self.real_sharpness = float(sharpness(real).mean())
+
+
+def evaluate(pipe, judges: Judges, progress: bool = False) -> dict:
+    """Attribute accuracy and drift of ``pipe`` on held-out captions (single objects, dataset seed
+    ``config.seed``), generated ``rollout_factor`` times longer than training."""
+    config = judges.config
+    _, captions = real_frames(config.num_videos, 1, 8, seed=config.seed)
+    frames = 1 + (config.train_frames - 1) * config.rollout_factor
+    generator = torch.Generator(device=pipe.device).manual_seed(config.seed)
+    videos = []
+    for start in range(0, len(captions), 16):
+        out = pipe(captions[start:start + 16], num_frames=frames, height=config.size, width=config.size,
+                   num_inference_steps=config.steps, video_num_inference_steps=config.video_steps,
+                   guidance_scale=config.guidance, video_guidance_scale=config.video_guidance,
+                   generator=generator, progress=progress)
+        videos.append(torch.from_numpy(out).permute(0, 1, 4, 2, 3))  # (batch, frames, 3, H, W)
+    video = torch.cat(videos)
+    video = F.interpolate(video.flatten(0, 1), size=(config.judge_size,) * 2, mode="area").view(
+        *video.shape[:2], 3, config.judge_size, config.judge_size)
+    clip = video[:, :config.judge_frames].permute(0, 2, 1, 3, 4) * 2 - 1  # (batch, 3, frames, H, W)
+    attributes = score_attributes(judges.judge, clip, captions)
+    ae = pipe.autoencoder
+    drift = drift_report(video, captions, judges.critic, judges.judge, judges.real_sharpness, ae.temporal_factor,
+                         train_units=ae.latent_frames(config.train_frames))
+    return {"frames": frames, "videos": len(captions), "attributes": attributes.as_dict(), "drift": drift.as_dict()}
+
+
+__all__ = ["sharpness", "degrade", "train_quality_critic", "drift_report", "DriftReport", "EvalConfig", "Judges",
+           "evaluate", "real_frames"]
