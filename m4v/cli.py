@@ -60,11 +60,15 @@ def _create_tiny(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from m4v.pipelines import M4VPipeline
-    from m4v.training import TrainConfig, Trainer
+    from m4v.training import TrainConfig, Trainer, initial_pipeline
 
     config = TrainConfig.from_json(args.config)
-    pipe = M4VPipeline.from_pretrained(args.model) if args.model else M4VPipeline.from_preset(seed=config.seed)
+    if args.device:
+        config = dataclasses.replace(config, device=args.device)
+    pipe = M4VPipeline.from_pretrained(args.model) if args.model else initial_pipeline(config)
     trainer = Trainer(pipe, config)
     if trainer.load_checkpoint():
         print(f"resuming from step {trainer.step} ({trainer.checkpoint_dir()})")
@@ -73,6 +77,53 @@ def _train(args: argparse.Namespace) -> int:
         print(f"step {records[-1]['step']}: loss {records[-1]['loss']:.4f}; pipeline in "
               f"{trainer.checkpoint_dir()}/pipeline")
     return 0
+
+
+def _reward_tune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from m4v.training.reward import RewardTuneConfig, run_reward_tuning
+
+    config = RewardTuneConfig.from_json(args.config)
+    if args.device:
+        config = dataclasses.replace(config, device=args.device)
+    trainer, records = run_reward_tuning(config, progress=not args.quiet)
+    if records:
+        last = records[-1]
+        print(f"step {last['step']}: reward {last['reward']:.4f}, flow {last['flow']:.4f}; pipeline in "
+              f"{trainer.checkpoint_dir()}/pipeline")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from m4v.eval import EvalConfig, Judges, evaluate
+    from m4v.pipelines import M4VPipeline
+
+    config = dataclasses.replace(EvalConfig(), num_videos=args.num_videos, train_frames=args.train_frames)
+    judges = Judges(config)
+    results = {}
+    for directory in args.model:
+        results[directory] = evaluate(M4VPipeline.from_pretrained(directory, device=args.device), judges,
+                                      progress=not args.quiet)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print(format_eval(results))
+    return 0
+
+
+def format_eval(results: dict) -> str:
+    """The eval table: attribute accuracy on the first frames, drift early vs late in the rollout."""
+    lines = ["| model | colour | shape | direction | all three | critic early -> late | sharpness early -> late "
+             "| attribute conf. early -> late |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        acc, early, late = r["attributes"]["accuracy"], r["drift"]["early"], r["drift"]["late"]
+        drift = " | ".join(f"{early[k]:.3f} -> {late[k]:.3f}" for k in ("critic", "sharpness", "attributes"))
+        lines.append(f"| {name} | {acc['colour']:.3f} | {acc['shape']:.3f} | {acc['direction']:.3f} | "
+                     f"{r['attributes']['all_correct']:.3f} | {drift} |")
+    return "\n".join(lines)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -116,8 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="flow-matching training (resumes from out_dir/checkpoint)")
     train.add_argument("--config", required=True, help="a JSON file of m4v.training.TrainConfig fields")
     train.add_argument("--model", default=None, help="start from this pipeline directory (default: random tiny)")
+    train.add_argument("--device", choices=("cpu", "cuda"), default=None, help="overrides the config's device")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=_train)
+    tune = commands.add_parser("reward-tune", help="reward fine-tuning on rollouts (resumes from out_dir/checkpoint)")
+    tune.add_argument("--config", required=True, help="a JSON file of m4v.training.reward.RewardTuneConfig fields")
+    tune.add_argument("--device", choices=("cpu", "cuda"), default=None, help="overrides the config's device")
+    tune.add_argument("--quiet", action="store_true")
+    tune.set_defaults(run=_reward_tune)
+    evaluate = commands.add_parser("eval", help="attribute accuracy and rollout drift of pipelines")
+    evaluate.add_argument("--model", action="append", required=True, help="a pipeline directory (repeatable)")
+    evaluate.add_argument("--num-videos", type=int, default=48)
+    evaluate.add_argument("--train-frames", type=int, default=17, help="rollouts run twice this long")
+    evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    evaluate.add_argument("--json", default=None, help="also write the results here")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(run=_eval)
     info = commands.add_parser("info", help="version, kernel backends and devices")
     info.set_defaults(run=_info)
     flops = commands.add_parser("flops", help="mixer FLOPs of M4V vs attention (the paper's Table 4), on CPU")

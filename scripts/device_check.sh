@@ -6,6 +6,7 @@
 #   bash scripts/device_check.sh recompose    # the re-composition benchmark
 #   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
+#   bash scripts/device_check.sh ship         # train + reward-tune the shipped m4v-shapes model, evaluate both
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
 mkdir -p "$OUT"
@@ -68,6 +69,19 @@ case "${1:-check}" in
     (cd benchmarks && python3 bench_model.py --json "$OUT/bench-model.json" --profile "$OUT") 2>&1 \
       | grep -v '^\[{' | tail -20
     (cd benchmarks && python3 bench_pipeline.py --json "$OUT/bench-pipeline.json") 2>&1 | grep -v '^\[{' | tail -20
+    ;;
+  ship)
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    # A few CUDA steps first, so a GPU-only failure costs seconds, not the whole run.
+    python3 -c "import json; c = json.load(open('configs/shapes-train.json')); \
+      c.update(out_dir='/tmp/smoke', steps=2, time_limit_s=0); json.dump(c, open('/tmp/smoke.json', 'w'))"
+    python3 -m m4v train --config /tmp/smoke.json --quiet || exit 1
+    python3 -m m4v train --config configs/shapes-train.json --quiet 2>&1 | tail -3
+    cp runs/m4v-shapes/metrics.jsonl "$OUT/train-metrics.jsonl"; cp -r runs/m4v-shapes/checkpoint/pipeline "$OUT/base"
+    python3 -m m4v reward-tune --config configs/shapes-reward.json --quiet 2>&1 | tail -3
+    cp runs/m4v-shapes-reward/metrics.jsonl "$OUT/reward-metrics.jsonl"
+    cp -r runs/m4v-shapes-reward/checkpoint/pipeline "$OUT/tuned"
+    python3 -m m4v eval --model "$OUT/base" --model "$OUT/tuned" --device cuda --json "$OUT/eval.json" --quiet
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

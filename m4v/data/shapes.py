@@ -36,7 +36,7 @@ class ShapeScene:
         return " and ".join(o.phrase() for o in self.objects)
 
 
-def _mask(shape: str, rows: Tensor, cols: Tensor, centre: tuple[float, float], radius: float) -> Tensor:
+def _mask(shape: str, rows: Tensor, cols: Tensor, centre: tuple[Tensor, Tensor], radius: float) -> Tensor:
     dy, dx = rows - centre[0], cols - centre[1]
     if shape == "circle":
         return dy.square() + dx.square() <= radius ** 2
@@ -88,17 +88,17 @@ class ShapesVideoDataset(Dataset):
         return ShapeScene(tuple(objects))
 
     def render(self, scene: ShapeScene) -> Tensor:
-        rows = torch.linspace(0, 1, self.height)[:, None].expand(self.height, self.width)
-        cols = torch.linspace(0, 1, self.width)[None, :].expand(self.height, self.width)
-        rows, cols = rows * self.height / min(self.height, self.width), cols * self.width / min(self.height, self.width)
+        unit = min(self.height, self.width)
+        rows = (torch.linspace(0, 1, self.height) * self.height / unit).view(1, -1, 1)
+        cols = (torch.linspace(0, 1, self.width) * self.width / unit).view(1, 1, -1)
+        time = torch.arange(self.frames, dtype=torch.float32).view(-1, 1, 1)
         video = torch.tensor(BACKGROUND).view(3, 1, 1, 1).repeat(1, self.frames, self.height, self.width)
-        for t in range(self.frames):
-            for obj in scene.objects:
-                dy, dx = DIRECTIONS[obj.direction]
-                centre = ((obj.start[0] + dy * self.speed * t) * self.height / min(self.height, self.width),
-                          (obj.start[1] + dx * self.speed * t) * self.width / min(self.height, self.width))
-                mask = _mask(obj.shape, rows, cols, centre, obj.size)
-                video[:, t][:, mask] = torch.tensor(COLOURS[obj.colour])[:, None]
+        for obj in scene.objects:  # later objects are drawn over earlier ones
+            dy, dx = DIRECTIONS[obj.direction]
+            centre = ((obj.start[0] + dy * self.speed * time) * self.height / unit,
+                      (obj.start[1] + dx * self.speed * time) * self.width / unit)
+            mask = _mask(obj.shape, rows, cols, centre, obj.size)  # (frames, H, W)
+            video = torch.where(mask, torch.tensor(COLOURS[obj.colour]).view(3, 1, 1, 1), video)
         return video * 2 - 1
 
     def __getitem__(self, index: int) -> tuple[Tensor, str]:

@@ -3,6 +3,6 @@
 ``frames`` is (batch, frames, 3, H, W) in [0, 1]; higher scores are better.
 """
 
-from m4v.rewards.builtin import AttributeReward, RealismCritic, train_realism_critic
+from m4v.rewards.builtin import AttributeReward, RealismCritic, RealismReward, train_realism_critic
 
-__all__ = ["AttributeReward", "RealismCritic", "train_realism_critic"]
+__all__ = ["AttributeReward", "RealismCritic", "RealismReward", "train_realism_critic"]

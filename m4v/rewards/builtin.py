@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,20 +13,36 @@ from m4v.eval.attributes import AttributeClassifier, parse_caption
 
 class AttributeReward:
     """log p(colour) + log p(shape) of the prompt's first object, frame by frame (a single frame
-    carries no motion, so the direction head is left to the video-level metric)."""
+    carries no motion, so the direction head is left to the video-level metric). ``size``: the
+    classifier's input size, to which frames are area-resized (None: as they come)."""
 
-    def __init__(self, classifier: AttributeClassifier):
+    def __init__(self, classifier: AttributeClassifier, size: Optional[int] = None):
         self.classifier = classifier.eval().requires_grad_(False)
+        self.size = size
 
     def __call__(self, frames: Tensor, prompts: Sequence[str]) -> Tensor:
         batch, count = frames.shape[:2]
-        video = (frames * 2 - 1).flatten(0, 1)[:, :, None]  # every frame as a 1-frame clip
+        flat = frames.flatten(0, 1)
+        if self.size is not None and flat.shape[-2:] != (self.size, self.size):
+            flat = F.interpolate(flat, size=(self.size, self.size), mode="area")
+        video = (flat * 2 - 1)[:, :, None]  # every frame as a 1-frame clip
         logits = self.classifier(video)
         score = torch.zeros(batch * count, device=frames.device)
         for name in ("colour", "shape"):
             target = torch.tensor([parse_caption(p)[name] for p in prompts], device=frames.device)
             score = score + logits[name].log_softmax(1).gather(1, target.repeat_interleave(count)[:, None]).squeeze(1)
         return score.view(batch, count)
+
+
+class RealismReward:
+    """log sigmoid of a ``RealismCritic``'s logit: bounded above by 0, so a fooled critic cannot
+    pay without limit."""
+
+    def __init__(self, critic: "RealismCritic"):
+        self.critic = critic.eval().requires_grad_(False)
+
+    def __call__(self, frames: Tensor, prompts: Sequence[str]) -> Tensor:
+        return F.logsigmoid(self.critic(frames))
 
 
 class RealismCritic(nn.Module):
@@ -48,10 +64,10 @@ class RealismCritic(nn.Module):
 def train_realism_critic(real: Tensor, fake: Tensor, steps: int = 200, lr: float = 1e-3, seed: int = 0) -> RealismCritic:
     """Trains a critic to tell real frames (n, frames, 3, H, W) from generated ones (same layout)."""
     torch.manual_seed(seed)
-    critic = RealismCritic()
+    critic = RealismCritic().to(real.device)
     optimizer = torch.optim.AdamW(critic.parameters(), lr=lr)
-    inputs = torch.cat([real, fake])
-    labels = torch.cat([torch.ones(real.shape[:2]), torch.zeros(fake.shape[:2])])
+    inputs = torch.cat([real, fake.to(real.device)])
+    labels = torch.cat([torch.ones(real.shape[:2]), torch.zeros(fake.shape[:2])]).to(real.device)
     for _ in range(steps):
         loss = F.binary_cross_entropy_with_logits(critic(inputs), labels)
         optimizer.zero_grad()
@@ -60,4 +76,4 @@ def train_realism_critic(real: Tensor, fake: Tensor, steps: int = 200, lr: float
     return critic.eval().requires_grad_(False)
 
 
-__all__ = ["AttributeReward", "RealismCritic", "train_realism_critic"]
+__all__ = ["AttributeReward", "RealismCritic", "RealismReward", "train_realism_critic"]

@@ -12,13 +12,20 @@ flow-matching loss is mixed in as a regulariser.
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from m4v.eval.attributes import train_attribute_classifier
+from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
+from m4v.rewards import AttributeReward, RealismReward, train_realism_critic
+from m4v.training.lora import add_lora
+from m4v.training.trainer import TrainConfig, Trainer
 
 Reward = Callable[[Tensor, Sequence[str]], Tensor]
 
@@ -94,4 +101,84 @@ class RewardTuner:
         return {"unit": unit, "reward": -float(reward.detach()), "flow": float(flow.detach())}
 
 
-__all__ = ["rollout_estimate", "reward_loss", "RewardTuner"]
+
+
+@dataclass
+class RewardTuneConfig:
+    """``m4v reward-tune --config FILE``: what to tune, the rewards and the sampler of the rollouts."""
+
+    model: str = "runs/m4v-shapes/checkpoint/pipeline"
+    out_dir: str = "runs/m4v-shapes-reward"
+    steps: int = 200
+    batch_size: int = 4
+    lr: float = 3e-5
+    ema_decay: float = 0.99
+    frames: int = 17                  # the regulariser's clips (the training length)
+    height: int = 64
+    width: int = 64
+    max_unit: int = 8                 # rewarded units 0..max_unit: twice the training length
+    steps_per_stage: tuple[int, ...] = (2, 2, 2)
+    guidance: float = 5.0
+    attribute_weight: float = 1.0
+    realism_weight: float = 1.0
+    flow_weight: float = 1.0
+    classifier_steps: int = 300       # the reward's attribute classifier (dataset seed 0; the judge uses 1)
+    critic_steps: int = 300           # the realism critic: real frames against the model's own rollouts
+    critic_videos: int = 16
+    lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
+    precision: str = "bf16"
+    checkpoint_every: int = 50
+    log_every: int = 5
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def from_json(cls, path: str) -> "RewardTuneConfig":
+        with open(path) as f:
+            values = json.load(f)
+        if "steps_per_stage" in values:
+            values["steps_per_stage"] = tuple(values["steps_per_stage"])
+        return config_from_dict(cls, values, f"reward-tune config {path}")
+
+
+def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> list[tuple[Reward, float]]:
+    """The built-in rewards: the attribute classifier and a realism critic trained on real frames
+    against ``pipe``'s own long rollouts (so it learns what drift looks like)."""
+    from m4v.eval.quality import real_frames
+
+    device = pipe.device
+    classifier = train_attribute_classifier(seed=0, steps=config.classifier_steps).to(device)
+    frames = pipe.autoencoder.num_frames(config.max_unit + 1)
+    real, captions = real_frames(config.critic_videos, frames, config.height, seed=config.seed + 17)
+    generator = torch.Generator(device=device).manual_seed(config.seed + 17)
+    fake = torch.from_numpy(pipe(captions, num_frames=frames, height=config.height, width=config.width,
+                                 num_inference_steps=config.steps_per_stage,
+                                 video_num_inference_steps=config.steps_per_stage, guidance_scale=config.guidance,
+                                 video_guidance_scale=config.guidance, generator=generator, progress=False))
+    critic = train_realism_critic(real.to(device), fake.permute(0, 1, 4, 2, 3).to(device), steps=config.critic_steps,
+                                  seed=config.seed)
+    return [(AttributeReward(classifier, size=32), config.attribute_weight),
+            (RealismReward(critic), config.realism_weight)]
+
+
+def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[Trainer, list[dict]]:
+    """Loads ``config.model``, builds the rewards, and tunes (resuming from out_dir/checkpoint).
+    The tuned pipeline (EMA weights, adapters merged) lands in out_dir/checkpoint/pipeline."""
+    pipe = M4VPipeline.from_pretrained(config.model, device=config.device)
+    if config.lora_rank > 0:
+        add_lora(pipe.transformer, config.lora_rank)
+        pipe.text_encoder.requires_grad_(False)
+    rewards = build_rewards(pipe, config)
+    train_config = TrainConfig(out_dir=config.out_dir, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                               ema_decay=config.ema_decay, frames=config.frames, height=config.height,
+                               width=config.width, precision=config.precision,
+                               checkpoint_every=config.checkpoint_every, log_every=config.log_every, seed=config.seed,
+                               device=config.device)
+    trainer = Trainer(pipe, train_config)
+    tuner = RewardTuner(trainer, rewards, config.flow_weight, config.max_unit, config.steps_per_stage,
+                        config.guidance)
+    trainer.load_checkpoint()
+    return trainer, trainer.run(progress=progress, step_fn=tuner.step)
+
+
+__all__ = ["rollout_estimate", "reward_loss", "RewardTuner", "RewardTuneConfig", "build_rewards", "run_reward_tuning"]

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -62,6 +63,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "cpu"
+    time_limit_s: float = 0.0          # > 0: checkpoint and stop after this long (run again to resume)
 
     @classmethod
     def from_json(cls, path: str) -> "TrainConfig":
@@ -198,7 +200,11 @@ class Trainer:
         log_path = os.path.join(self.config.out_dir, "metrics.jsonl")
         records = []
         bar = tqdm(total=self.config.steps, initial=self.step, desc="train", disable=not progress)
+        start = time.monotonic()
         while self.step < self.config.steps:
+            if self.config.time_limit_s > 0 and time.monotonic() - start > self.config.time_limit_s:
+                self.save_checkpoint()
+                break
             metrics = step_fn()
             bar.update(1)
             if self.rank == 0 and (self.step % self.config.log_every == 0 or self.step == self.config.steps):
