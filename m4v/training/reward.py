@@ -131,6 +131,7 @@ class RewardTuneConfig:
     log_every: int = 5
     seed: int = 0
     device: str = "cpu"
+    time_limit_s: float = 0.0
 
     @classmethod
     def from_json(cls, path: str) -> "RewardTuneConfig":
@@ -173,7 +174,7 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
                                ema_decay=config.ema_decay, frames=config.frames, height=config.height,
                                width=config.width, precision=config.precision,
                                checkpoint_every=config.checkpoint_every, log_every=config.log_every, seed=config.seed,
-                               device=config.device)
+                               device=config.device, time_limit_s=config.time_limit_s)
     trainer = Trainer(pipe, train_config)
     tuner = RewardTuner(trainer, rewards, config.flow_weight, config.max_unit, config.steps_per_stage,
                         config.guidance)
