@@ -72,16 +72,19 @@ case "${1:-check}" in
     ;;
   ship)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    # A few CUDA steps first, so a GPU-only failure costs seconds, not the whole run.
-    python3 -c "import json; c = json.load(open('configs/shapes-train.json')); \
-      c.update(out_dir='/tmp/smoke', steps=2, time_limit_s=0); json.dump(c, open('/tmp/smoke.json', 'w'))"
-    python3 -m m4v train --config /tmp/smoke.json --quiet || exit 1
     python3 -m m4v train --config configs/shapes-train.json --quiet 2>&1 | tail -3
-    cp runs/m4v-shapes/metrics.jsonl "$OUT/train-metrics.jsonl"; cp -r runs/m4v-shapes/checkpoint/pipeline "$OUT/base"
+    cp runs/m4v-shapes/metrics.jsonl "$OUT/train-metrics.jsonl"
     python3 -m m4v reward-tune --config configs/shapes-reward.json --quiet 2>&1 | tail -3
     cp runs/m4v-shapes-reward/metrics.jsonl "$OUT/reward-metrics.jsonl"
-    cp -r runs/m4v-shapes-reward/checkpoint/pipeline "$OUT/tuned"
-    python3 -m m4v eval --model "$OUT/base" --model "$OUT/tuned" --device cuda --json "$OUT/eval.json" --quiet
+    # Shipped as bf16 transformer weights (half the bytes); one tar each (the device returns few files).
+    for name in m4v-shapes m4v-shapes-reward; do
+      python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
+        M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" \
+        "runs/$name/checkpoint/pipeline" "/tmp/ship/$name"
+      tar cf "$OUT/$name.tar" -C /tmp/ship "$name"
+    done
+    python3 -m m4v eval --model /tmp/ship/m4v-shapes --model /tmp/ship/m4v-shapes-reward --device cuda \
+      --json "$OUT/eval.json" --quiet
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
