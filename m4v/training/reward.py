@@ -165,7 +165,7 @@ def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> list[tuple[Rew
 def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[Trainer, list[dict]]:
     """Loads ``config.model``, builds the rewards, and tunes (resuming from out_dir/checkpoint).
     The tuned pipeline (EMA weights, adapters merged) lands in out_dir/checkpoint/pipeline."""
-    pipe = M4VPipeline.from_pretrained(config.model, device=config.device)
+    pipe = M4VPipeline.from_pretrained(config.model, device=config.device, dtype=torch.float32)  # fp32 master weights
     if config.lora_rank > 0:
         add_lora(pipe.transformer, config.lora_rank)
         pipe.text_encoder.requires_grad_(False)
