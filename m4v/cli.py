@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+# The trained, reward-tuned m4v-shapes pipeline that ships inside the package (configs/ and the
+# README give the commands that made it).
+SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "m4v-shapes")
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -33,12 +38,14 @@ def _generate(args: argparse.Namespace) -> int:
     from m4v.io import export_to_video
     from m4v.pipelines import M4VPipeline
 
-    if args.model is None:
-        raise ValueError("--model DIR is required (no trained model ships yet; `m4v create-tiny DIR` makes a "
-                         "random tiny one)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is visible")
-    pipe = M4VPipeline.from_pretrained(args.model, device=args.device)
+    model = args.model or SHIPPED_MODEL
+    if args.model is None and not os.path.isdir(model):
+        raise ValueError(f"the shipped model is missing from {model}; pass --model DIR")
+    # The shipped weights are stored in bf16; a CPU computes fastest (and exactly) in fp32.
+    pipe = M4VPipeline.from_pretrained(model, device=args.device,
+                                       dtype=torch.float32 if args.device == "cpu" else torch.bfloat16)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     start = time.perf_counter()
     frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=int, default=8)
     gen.add_argument("--out", default="m4v.mp4", help=".mp4 or .gif")
-    gen.add_argument("--model", default=None, help="a pipeline directory (save_pretrained layout)")
+    gen.add_argument("--model", default=None, help="a pipeline directory (default: the shipped m4v-shapes model)")
     gen.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(run=_generate)

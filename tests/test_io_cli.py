@@ -49,8 +49,18 @@ def test_cli_generates_a_playable_mp4(tmp_path, capsys):
     assert len([f for f in imageio.get_reader(out)]) == 17
 
 
+def test_cli_generates_with_the_shipped_model_and_no_flags(tmp_path, monkeypatch, capsys):
+    """The README's main command: the shipped model, default settings, on the CPU."""
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["generate", "a red circle moving right", "--quiet"]) == 0
+    frames = np.stack([f for f in imageio.get_reader(tmp_path / "m4v.mp4")])
+    assert frames.shape == (33, 64, 64, 3)
+    red = frames[..., 0].astype(int) - frames[..., 1:].astype(int).max(-1)
+    assert (red > 100).any(axis=(1, 2)).mean() > 0.5  # a red object in most frames
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "x"], "--model DIR is required"),
+    (["generate", " "], "prompt must be"),
     (["generate", "x", "--model", "/nonexistent"], "does not exist"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):

