@@ -44,6 +44,32 @@ def build_pipeline(preset: str):
     return M4VPipeline(transformer, text, autoencoder)
 
 
+def time_preset(preset: str, steps: tuple[int, ...], guidance: float, decode: bool) -> list[dict]:
+    """The first and last unit of a 241-frame video, the whole-video estimate, and the decode."""
+    pipe = build_pipeline(preset)
+    text = pipe.text_encoder.encode(["a red circle moving right", ""], "cuda")
+    shape = (1, pipe.autoencoder.latent_channels, HEIGHT // 8, WIDTH // 8)
+    generator = torch.Generator("cuda").manual_seed(0)
+    latent_frames = 1 + (FRAMES - 1) // 8
+    history = [torch.randn(shape, device="cuda", generator=generator) for _ in range(latent_frames - 1)]
+    records = []
+    for count in (0, latent_frames - 1):
+        pipe.sample_unit(text, history[:count], shape, (1,) * len(steps), guidance, generator)  # warm-up
+        seconds = seconds_of(lambda: pipe.sample_unit(text, history[:count], shape, steps, guidance, generator))
+        records.append({"model": preset, "history": count, "steps": list(steps), "seconds": round(seconds, 3)})
+    first, last = records[0]["seconds"], records[1]["seconds"]
+    records.append({"model": preset, "history": "whole video (estimate)", "steps": list(steps),
+                    "seconds": round(latent_frames * (first + last) / 2, 1)})
+    if decode:
+        latents = torch.stack(history + [history[-1]], dim=2).to(torch.bfloat16)
+        with torch.no_grad():
+            pipe.autoencoder.decode(latents[:, :, :2], chunk=4)  # warm-up
+            seconds = seconds_of(lambda: pipe.autoencoder.decode(latents, chunk=4, tile=40))
+        records.append({"model": "causal_vae", "history": f"decode {FRAMES} frames, chunk 4, tile 40",
+                        "steps": [], "seconds": round(seconds, 3)})
+    return records
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default="10,10,10", help="Euler steps per stage (PyramidFlow's video default)")
@@ -56,29 +82,8 @@ def main(argv=None):
         return 1
     steps = tuple(int(s) for s in args.steps.split(","))
     records = []
-    latent_frames = 1 + (FRAMES - 1) // 8
     for preset in ("attn-768p", "m4v-768p"):
-        pipe = build_pipeline(preset)
-        text = pipe.text_encoder.encode(["a red circle moving right", ""], "cuda")
-        shape = (1, pipe.autoencoder.latent_channels, HEIGHT // 8, WIDTH // 8)
-        generator = torch.Generator("cuda").manual_seed(0)
-        history = [torch.randn(shape, device="cuda", generator=generator) for _ in range(latent_frames - 1)]
-        for count in (0, latent_frames - 1):
-            unit = lambda: pipe.sample_unit(text, history[:count], shape, steps, args.guidance, generator)  # noqa: E731
-            pipe.sample_unit(text, history[:count], shape, (1,) * len(steps), args.guidance, generator)  # warm-up
-            records.append({"model": preset, "history": count, "steps": list(steps),
-                            "seconds": round(seconds_of(unit), 3)})
-        first, last = records[-2]["seconds"], records[-1]["seconds"]
-        records.append({"model": preset, "history": "whole video (estimate)", "steps": list(steps),
-                        "seconds": round(latent_frames * (first + last) / 2, 1)})
-        if not args.no_decode and preset == "m4v-768p":
-            latents = torch.stack(history + [history[-1]], dim=2).to(torch.bfloat16)
-            decode = lambda: pipe.autoencoder.decode(latents, chunk=4)  # noqa: E731
-            with torch.no_grad():
-                pipe.autoencoder.decode(latents[:, :, :2], chunk=4)  # warm-up
-                records.append({"model": "causal_vae", "history": f"decode {FRAMES} frames, chunk 4",
-                                "steps": [], "seconds": round(seconds_of(decode), 3)})
-        del pipe
+        records += time_preset(preset, steps, args.guidance, decode=not args.no_decode and preset == "m4v-768p")
         torch.cuda.empty_cache()
     print(f"{'model':11} {'unit':28} {'steps':10} {'seconds':>8}")
     for r in records:
