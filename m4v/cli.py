@@ -106,11 +106,12 @@ def _eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from m4v.eval import EvalConfig, Judges, evaluate
+    from m4v.eval.quality import evaluate_real
     from m4v.pipelines import M4VPipeline
 
     config = dataclasses.replace(EvalConfig(), num_videos=args.num_videos, train_frames=args.train_frames)
     judges = Judges(config)
-    results = {}
+    results = {"real videos (dataset)": evaluate_real(judges)}
     for directory in args.model:
         results[directory] = evaluate(M4VPipeline.from_pretrained(directory, device=args.device), judges,
                                       progress=not args.quiet)
@@ -123,11 +124,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def format_eval(results: dict) -> str:
     """The eval table: attribute accuracy on the first frames, drift early vs late in the rollout."""
-    lines = ["| model | colour | shape | direction | all three | critic early -> late | sharpness early -> late "
-             "| attribute conf. early -> late |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| videos | colour | shape | direction | all three | critic early -> late | background error early "
+             "-> late | sharpness early -> late | attribute conf. early -> late |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         acc, early, late = r["attributes"]["accuracy"], r["drift"]["early"], r["drift"]["late"]
-        drift = " | ".join(f"{early[k]:.3f} -> {late[k]:.3f}" for k in ("critic", "sharpness", "attributes"))
+        drift = " | ".join(f"{early[k]:.3f} -> {late[k]:.3f}"
+                           for k in ("critic", "background", "sharpness", "attributes"))
         lines.append(f"| {name} | {acc['colour']:.3f} | {acc['shape']:.3f} | {acc['direction']:.3f} | "
                      f"{r['attributes']['all_correct']:.3f} | {drift} |")
     return "\n".join(lines)
@@ -156,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--frames", type=int, default=33)
     gen.add_argument("--height", type=int, default=64)
     gen.add_argument("--width", type=int, default=64)
-    gen.add_argument("--steps", type=_steps, default=(4, 4, 4), help="first frame, per stage: 4,4,4")
-    gen.add_argument("--video-steps", type=_steps, default=(2, 2, 2), help="later frames, per stage: 2,2,2")
-    gen.add_argument("--guidance", type=float, default=7.0)
-    gen.add_argument("--video-guidance", type=float, default=5.0)
+    gen.add_argument("--steps", type=_steps, default=(10, 10, 10), help="first frame, per stage: 10,10,10")
+    gen.add_argument("--video-steps", type=_steps, default=(5, 5, 5), help="later frames, per stage: 5,5,5")
+    gen.add_argument("--guidance", type=float, default=4.0)
+    gen.add_argument("--video-guidance", type=float, default=3.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=int, default=8)
     gen.add_argument("--out", default="m4v.mp4", help=".mp4 or .gif")

@@ -41,3 +41,12 @@ def test_drift_report_flags_a_video_that_fades():
     assert abs(drifted.early["sharpness"] - steady.early["sharpness"]) < 1e-6
     assert drifted.late["sharpness"] < steady.late["sharpness"] - 0.3
     assert drifted.late["critic"] < steady.late["critic"]
+
+
+def test_background_error_is_zero_for_real_frames_and_sees_a_colour_cast():
+    from m4v.eval.quality import background_error
+
+    real, _ = real_frames(6, 3, 32, seed=8)
+    assert background_error(real).max() < 1e-6
+    cast = (real + torch.tensor([0.3, 0.0, -0.05]).view(1, 1, 3, 1, 1)).clamp(0, 1)
+    assert (background_error(cast) > 0.09).all()
