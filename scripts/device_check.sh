@@ -72,7 +72,8 @@ case "${1:-check}" in
     ;;
   ship)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    python3 -m m4v train --config configs/shapes-train.json --quiet 2>&1 | tail -3
+    python3 -m m4v train --config configs/shapes-train-phase1.json --quiet 2>&1 | tail -3
+    python3 -m m4v train --config configs/shapes-train.json --quiet 2>&1 | tail -3   # resumes phase 1
     cp runs/m4v-shapes/metrics.jsonl "$OUT/train-metrics.jsonl"
     python3 -m m4v reward-tune --config configs/shapes-reward.json --quiet 2>&1 | tail -3
     cp runs/m4v-shapes-reward/metrics.jsonl "$OUT/reward-metrics.jsonl"

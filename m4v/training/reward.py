@@ -101,8 +101,6 @@ class RewardTuner:
         return {"unit": unit, "reward": -float(reward.detach()), "flow": float(flow.detach())}
 
 
-
-
 @dataclass
 class RewardTuneConfig:
     """``m4v reward-tune --config FILE``: what to tune, the rewards and the sampler of the rollouts."""

@@ -1,9 +1,10 @@
 """Flow-matching training of the M4V transformer on one autoregressive unit at a time.
 
-Each step draws videos and captions, encodes them to latents, picks per sample a unit (latent
-frame), a pyramid stage and a local flow time, corrupts the history pyramid with noise of level
-sigma ~ U(0, history_noise_max), and regresses the scheduler's velocity (the convention lives in
-m4v/pipelines/scheduler.py). AdamW, bf16 autocast, an EMA copy, optional gradient checkpointing,
+Each step draws videos and captions, encodes them to latents, picks a unit (latent frame) and a
+pyramid stage for the batch (one batched model call) and a local flow time per sample, corrupts
+the history pyramid with noise of level sigma ~ U(0, history_noise_max) per sample, drops a share
+of the captions for classifier-free guidance, and regresses the scheduler's velocity (the
+convention lives in m4v/pipelines/scheduler.py). AdamW, bf16 autocast, an EMA copy, optional gradient checkpointing,
 and atomic checkpoints from which a resumed run continues bit for bit: all randomness comes from
 one generator whose state is saved with the weights.
 """
