@@ -89,3 +89,30 @@ def test_train_command(tmp_path, capsys):
     assert "resuming from step 2" in capsys.readouterr().out
     config.write_text(json.dumps({"bogus": 1}))
     assert main(["train", "--config", str(config)]) == 2
+
+
+def test_reward_tune_and_eval_commands(tmp_path, capsys):
+    """The shipped model's recipe end to end at toy scale: reward-tune a pipeline, then evaluate it
+    next to the real-video reference."""
+    import json
+
+    from m4v.cli import main
+
+    assert main(["create-tiny", str(tmp_path / "tiny")]) == 0
+    config = tmp_path / "reward.json"
+    config.write_text(json.dumps({"model": str(tmp_path / "tiny"), "out_dir": str(tmp_path / "tuned"), "steps": 2,
+                                  "batch_size": 2, "frames": 9, "max_unit": 1, "steps_per_stage": [1, 1, 1],
+                                  "classifier_steps": 2, "critic_steps": 2, "critic_videos": 2, "precision": "fp32",
+                                  "log_every": 1}))
+    assert main(["reward-tune", "--config", str(config), "--quiet"]) == 0
+    assert "step 2: reward" in capsys.readouterr().out
+    tuned = tmp_path / "tuned" / "checkpoint" / "pipeline"
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tuned), "--num-videos", "2", "--train-frames", "9", "--judge-steps", "2",
+                 "--json", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "| real videos (dataset) |" in table and f"| {tuned} |" in table
+    results = json.loads(out.read_text())
+    drift = results[str(tuned)]["drift"]
+    assert results[str(tuned)]["frames"] == 17 and len(drift["critic"]) == 3  # 2x the 9-frame clips: 3 units
+    assert all(0 <= v <= 1 for v in drift["critic"])
