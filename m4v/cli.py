@@ -69,13 +69,16 @@ def _create_tiny(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    import torch
+
     from m4v.pipelines import M4VPipeline
     from m4v.training import TrainConfig, Trainer, initial_pipeline
 
     config = TrainConfig.from_json(args.config)
     if args.device:
         config = dataclasses.replace(config, device=args.device)
-    pipe = M4VPipeline.from_pretrained(args.model) if args.model else initial_pipeline(config)
+    # fp32 master weights, whatever dtype the starting pipeline was stored in.
+    pipe = M4VPipeline.from_pretrained(args.model, dtype=torch.float32) if args.model else initial_pipeline(config)
     trainer = Trainer(pipe, config)
     if trainer.load_checkpoint():
         print(f"resuming from step {trainer.step} ({trainer.checkpoint_dir()})")
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny.set_defaults(run=_create_tiny)
     train = commands.add_parser("train", help="flow-matching training (resumes from out_dir/checkpoint)")
     train.add_argument("--config", required=True, help="a JSON file of m4v.training.TrainConfig fields")
-    train.add_argument("--model", default=None, help="start from this pipeline directory (default: random tiny)")
+    train.add_argument("--model", default=None, help="start from this pipeline directory (default: from scratch, the config's preset)")
     train.add_argument("--device", choices=("cpu", "cuda"), default=None, help="overrides the config's device")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=_train)
