@@ -102,9 +102,9 @@ def frame_attribute_confidence(judge: AttributeClassifier, frames: Tensor, capti
     batch, count = frames.shape[:2]
     logits = judge((frames * 2 - 1).flatten(0, 1)[:, :, None])
     targets = [parse_caption(c) for c in captions]
-    total = torch.zeros(batch * count)
+    total = torch.zeros(batch * count, device=frames.device)
     for name in ("colour", "shape"):
-        target = torch.tensor([t[name] for t in targets]).repeat_interleave(count)
+        target = torch.tensor([t[name] for t in targets], device=frames.device).repeat_interleave(count)
         total += logits[name].softmax(1).gather(1, target[:, None]).squeeze(1)
     return (total / 2).view(batch, count)
 
