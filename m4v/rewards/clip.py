@@ -44,6 +44,12 @@ class ClipLikeReward:
         return self.scale * (image * text.repeat_interleave(count, dim=0)).sum(-1).view(batch, count)
 
 
+def _projected(output) -> Tensor:
+    """CLIPModel.get_*_features returns the projected embeddings (transformers 4) or an output
+    whose pooler_output holds them (transformers 5)."""
+    return output if isinstance(output, Tensor) else output.pooler_output
+
+
 def clip_score_reward(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> ClipLikeReward:
     """CLIP score from a local Hugging Face CLIP directory (``CLIPModel`` + its tokenizer)."""
     from transformers import AutoTokenizer, CLIPModel
@@ -53,9 +59,9 @@ def clip_score_reward(model_dir: str | os.PathLike, device: torch.device | str =
 
     def encode_text(prompts: Sequence[str]) -> Tensor:
         tokens = tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt").to(device)
-        return model.get_text_features(**tokens)
+        return _projected(model.get_text_features(**tokens))
 
-    return ClipLikeReward(lambda pixels: model.get_image_features(pixel_values=pixels), encode_text,
+    return ClipLikeReward(lambda pixels: _projected(model.get_image_features(pixel_values=pixels)), encode_text,
                           model.config.vision_config.image_size, scale=100.0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from m4v.data import ShapesVideoDataset
@@ -96,4 +97,34 @@ def test_clip_like_reward_scores_matching_pairs_higher_and_is_differentiable():
     swap = reward(frames, ["a blue circle moving left", "a red square moving up"])
     assert match.shape == (2, 3) and (match > swap + 50).all()
     match.sum().backward()
+    assert frames.grad.abs().sum() > 0
+
+
+def test_clip_score_reward_loads_a_local_clip_directory(tmp_path):
+    """A tiny random CLIP written to disk (no hub access): the adapter loads it and returns
+    differentiable per-frame scores."""
+    transformers = pytest.importorskip("transformers")
+    import json
+
+    from m4v.rewards import clip_score_reward
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {token: i for i, token in enumerate(["<|startoftext|>", "<|endoftext|>", *letters,
+                                                 *(f"{c}</w>" for c in letters)])}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8}, projection_dim=16)
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    reward = clip_score_reward(tmp_path / "clip")
+    frames = torch.rand(2, 3, 3, 64, 64, requires_grad=True)
+    scores = reward(frames, ["a red circle moving left", "a blue square moving up"])
+    assert scores.shape == (2, 3) and torch.isfinite(scores).all() and scores.abs().max() <= 100
+    scores.sum().backward()
     assert frames.grad.abs().sum() > 0
