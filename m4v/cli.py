@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--model", action="append", required=True, help="a pipeline directory (repeatable)")
     evaluate.add_argument("--num-videos", type=int, default=48)
     evaluate.add_argument("--train-frames", type=int, default=17, help="rollouts run twice this long")
-    evaluate.add_argument("--judge-steps", type=int, default=300, help="training steps of the judge and the critic")
+    evaluate.add_argument("--judge-steps", type=int, default=900, help="training steps of the judge and the critic")
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     evaluate.add_argument("--json", default=None, help="also write the results here")
     evaluate.add_argument("--quiet", action="store_true")
