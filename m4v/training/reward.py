@@ -83,6 +83,8 @@ class RewardTuner:
                  steps_per_stage: Sequence[int] = (2, 2, 2), guidance: float = 1.0):
         if max_unit < 0:
             raise ValueError(f"max_unit must be >= 0, got {max_unit}")
+        if trainer.world > 1:  # the reward's transformer calls bypass the DDP wrapper
+            raise NotImplementedError("reward tuning runs in one process; launch it without torchrun")
         self.trainer, self.rewards = trainer, list(rewards)
         self.flow_weight, self.max_unit = flow_weight, max_unit
         self.steps_per_stage, self.guidance = tuple(steps_per_stage), guidance
