@@ -149,6 +149,13 @@ class M4VPipeline:
         cond, uncond = velocity.chunk(2)
         return uncond + guidance * (cond - uncond)
 
+    def history_pyramid(self, history: list[Tensor], stage: int) -> list[Tensor]:
+        """The history as the transformer sees it while sampling ``stage``: the newest frame at
+        ``stage``'s size, the next older one a stage lower, every older one at stage 0
+        (``history_stages``)."""
+        top = self.scheduler.num_stages - 1
+        return [downsample(h, 2 ** (top - level)) for h, level in zip(history, history_stages(len(history), stage))]
+
     @torch.no_grad()
     def sample_unit(self, text: TextEmbeddings, history: list[Tensor], shape: tuple[int, int, int, int],
                     steps: Sequence[int], guidance: float, generator: Optional[torch.Generator] = None,
@@ -173,8 +180,7 @@ class M4VPipeline:
         for stage in range(stages):
             if stage:
                 x = self.scheduler.jump(x, generator)
-            levels = history_stages(len(history), stage)
-            pyramid = [downsample(h, 2 ** (stages - 1 - level)) for h, level in zip(history, levels)]
+            pyramid = self.history_pyramid(history, stage)
             for step, (tau, u, u_next) in enumerate(self.scheduler.steps(stage, steps[stage])):
                 if stage == stages - 1 and step == stop_before:
                     return x

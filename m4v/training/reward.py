@@ -49,7 +49,8 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
             history.append(pipe.sample_unit(text, history, shape, steps, guidance, generator))
         x = pipe.sample_unit(text, history, shape, steps, guidance, generator, stop_before=last)
     tau, u, _ = scheduler.steps(scheduler.num_stages - 1, steps[-1])[last]
-    velocity = pipe._velocity(x, tau, text, history, scheduler.num_stages - 1, guidance)
+    top = scheduler.num_stages - 1
+    velocity = pipe._velocity(x, tau, text, pipe.history_pyramid(history, top), top, guidance)
     clean = scheduler.clean_estimate(x, velocity, u)
     latents = torch.stack(history + [clean], dim=2).to(next(ae.parameters()).dtype)
     count = 1 if unit == 0 else ae.temporal_factor

@@ -128,3 +128,26 @@ def test_clip_score_reward_loads_a_local_clip_directory(tmp_path):
     assert scores.shape == (2, 3) and torch.isfinite(scores).all() and scores.abs().max() <= 100
     scores.sum().backward()
     assert frames.grad.abs().sum() > 0
+
+
+def test_rewarded_step_sees_the_history_as_generation_does():
+    """The step taken with gradients at unit 3 gets the same history pyramid (shapes and stage) as
+    generation's own top-stage calls for unit 3."""
+    pipe = M4VPipeline.from_preset(seed=0)
+    calls = []
+
+    def record(module, args, kwargs, output):
+        calls.append((torch.is_grad_enabled(), [tuple(h.shape) for h in kwargs["history"]], kwargs["stage"]))
+
+    handle = pipe.transformer.register_forward_hook(record, with_kwargs=True)
+    critic = RealismCritic().requires_grad_(False)
+    reward_loss(pipe, ["a red circle moving left"], [(critic, 1.0)], 64, 64, unit=3, steps=(1, 1, 2),
+                generator=torch.Generator().manual_seed(4))
+    rewarded = [c for c in calls if c[0]]
+    calls.clear()
+    pipe("a red circle moving left", num_frames=25, num_inference_steps=1, video_num_inference_steps=1,
+         guidance_scale=1.0, video_guidance_scale=1.0, progress=False)
+    handle.remove()
+    generated = [c for c in calls if c[2] == 2 and len(c[1]) == 3]
+    assert len(rewarded) == 1 and len(generated) == 1
+    assert rewarded[0][1:] == generated[0][1:]
