@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny.set_defaults(run=_create_tiny)
     train = commands.add_parser("train", help="flow-matching training (resumes from out_dir/checkpoint)")
     train.add_argument("--config", required=True, help="a JSON file of m4v.training.TrainConfig fields")
-    train.add_argument("--model", default=None, help="start from this pipeline directory (default: from scratch, the config's preset)")
+    train.add_argument("--model", default=None,
+                       help="start from this pipeline directory (default: from scratch, the config's preset)")
     train.add_argument("--device", choices=("cpu", "cuda"), default=None, help="overrides the config's device")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=_train)

@@ -253,7 +253,8 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   const auto f32 = u.options().dtype(at::kFloat);
   Tensor du = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
   Tensor ddelta = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
-  Tensor dz = z.has_value() ? new_row_output(u.size(0), u.size(1), u.size(2), u.options()) : at::empty({0}, u.options());
+  Tensor dz = z.has_value() ? new_row_output(u.size(0), u.size(1), u.size(2), u.options())
+                            : at::empty({0}, u.options());
   Tensor dinitial_state = new_output({p.num_seqs, p.dim, p.dstate}, f32);
   // Chunk slots past the last real chunk (varlen upper bound) stay zero and drop out of the sums.
   Tensor dA_partial = at::zeros({rows, p.dim, p.dstate}, f32);

@@ -207,5 +207,5 @@ def evaluate_real(judges: Judges, temporal_factor: int = 4) -> dict:
     return score_videos(videos, captions, judges, temporal_factor, 1 + (config.train_frames - 1) // temporal_factor)
 
 
-__all__ = ["sharpness", "background_error", "degrade", "train_quality_critic", "drift_report", "DriftReport", "EvalConfig", "Judges",
-           "evaluate", "evaluate_real", "score_videos", "eval_captions", "real_frames"]
+__all__ = ["sharpness", "background_error", "degrade", "train_quality_critic", "drift_report", "DriftReport",
+           "EvalConfig", "Judges", "evaluate", "evaluate_real", "score_videos", "eval_captions", "real_frames"]

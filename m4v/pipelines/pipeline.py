@@ -1,6 +1,6 @@
 """Text-to-video generation with M4V: autoregressive over latent frames, pyramidal within each.
 
-Multi-GPU: every model evaluation goes through ``M4VPipeline._velocity``, which runs the
+Multi-GPU: every model evaluation goes through ``M4VPipeline.guided_velocity``, which runs the
 conditional and unconditional (CFG) branches as one batch. That is the single place to split them
 over two devices (each holds a replica and gets half the batch), and the place where
 sequence-parallel scanning slots in later: the MM-DiM scan of one long sequence can be cut into
@@ -21,8 +21,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from m4v.autoencoders import PixelPatchAutoencoder, VideoAutoencoder, load_autoencoder
-from m4v.models import M4VTransformer, get_config, history_stages
-from m4v.pipelines.scheduler import PyramidFlowScheduler, PyramidFlowSchedulerConfig, downsample
+from m4v.models import M4VTransformer, get_config
+from m4v.pipelines.scheduler import PyramidFlowScheduler, PyramidFlowSchedulerConfig, history_pyramid
 from m4v.text import HashingTextEncoder, TextEmbeddings, TextEncoder, load_text_encoder
 
 OUTPUT_TYPES = ("np", "pil", "latent")
@@ -131,7 +131,7 @@ class M4VPipeline:
             raise ValueError(f"{name} must be {stages} positive ints (one per stage), got {steps}")
         return steps
 
-    def _velocity(self, x: Tensor, tau: float, text: TextEmbeddings, history: list[Tensor], stage: int,
+    def guided_velocity(self, x: Tensor, tau: float, text: TextEmbeddings, history: list[Tensor], stage: int,
                   guidance: float) -> Tensor:
         """One batched transformer call for both CFG branches (see the module docstring)."""
         guided = guidance != 1.0
@@ -148,13 +148,6 @@ class M4VPipeline:
             return velocity
         cond, uncond = velocity.chunk(2)
         return uncond + guidance * (cond - uncond)
-
-    def history_pyramid(self, history: list[Tensor], stage: int) -> list[Tensor]:
-        """The history as the transformer sees it while sampling ``stage``: the newest frame at
-        ``stage``'s size, the next older one a stage lower, every older one at stage 0
-        (``history_stages``)."""
-        top = self.scheduler.num_stages - 1
-        return [downsample(h, 2 ** (top - level)) for h, level in zip(history, history_stages(len(history), stage))]
 
     @torch.no_grad()
     def sample_unit(self, text: TextEmbeddings, history: list[Tensor], shape: tuple[int, int, int, int],
@@ -180,11 +173,11 @@ class M4VPipeline:
         for stage in range(stages):
             if stage:
                 x = self.scheduler.jump(x, generator)
-            pyramid = self.history_pyramid(history, stage)
+            pyramid = history_pyramid(history, stage, stages)
             for step, (tau, u, u_next) in enumerate(self.scheduler.steps(stage, steps[stage])):
                 if stage == stages - 1 and step == stop_before:
                     return x
-                velocity = self._velocity(x, tau, text, pyramid, stage, guidance)
+                velocity = self.guided_velocity(x, tau, text, pyramid, stage, guidance)
                 x = self.scheduler.step(x, velocity, u, u_next)
                 if on_step is not None:
                     on_step({"stage": stage, "step": step, "tau": tau, "latent": x})

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from m4v.models import history_stages
+
 
 @dataclass
 class PyramidFlowSchedulerConfig:
@@ -129,6 +131,14 @@ def randn(shape: Sequence[int], generator: Optional[torch.Generator], device: to
     then drive a GPU run, and a seed gives the same noise on every device)."""
     source = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
+
+
+def history_pyramid(history: Sequence[Tensor], stage: int, num_stages: int) -> list[Tensor]:
+    """The history frames (oldest first, each (batch, C, h, w) at full latent size) as the
+    transformer sees them at ``stage``: the newest at ``stage``'s size, the next older one a stage
+    lower, every older one at stage 0 (``history_stages``). Sampling and training share it."""
+    top = num_stages - 1
+    return [downsample(h, 2 ** (top - level)) for h, level in zip(history, history_stages(len(history), stage))]
 
 
 def upsample(x: Tensor) -> Tensor:

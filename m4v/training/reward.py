@@ -23,6 +23,7 @@ from torch import Tensor
 from m4v.eval.attributes import train_attribute_classifier
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
+from m4v.pipelines.scheduler import history_pyramid
 from m4v.rewards import AttributeReward, RealismReward, train_realism_critic
 from m4v.training.lora import add_lora
 from m4v.training.trainer import TrainConfig, Trainer
@@ -50,7 +51,8 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
         x = pipe.sample_unit(text, history, shape, steps, guidance, generator, stop_before=last)
     tau, u, _ = scheduler.steps(scheduler.num_stages - 1, steps[-1])[last]
     top = scheduler.num_stages - 1
-    velocity = pipe._velocity(x, tau, text, pipe.history_pyramid(history, top), top, guidance)
+    pyramid = history_pyramid(history, top, scheduler.num_stages)
+    velocity = pipe.guided_velocity(x, tau, text, pyramid, top, guidance)
     clean = scheduler.clean_estimate(x, velocity, u)
     latents = torch.stack(history + [clean], dim=2).to(next(ae.parameters()).dtype)
     count = 1 if unit == 0 else ae.temporal_factor

@@ -31,10 +31,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from m4v.data import ShapesVideoDataset
-from m4v.models import history_stages
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
-from m4v.pipelines.scheduler import downsample, randn
+from m4v.pipelines.scheduler import downsample, history_pyramid, randn
 from m4v.training.lora import has_lora, merged_copy
 
 
@@ -107,8 +106,7 @@ class FlowMatchingLoss(nn.Module):
         current = downsample(latents[:, :, unit], 2 ** (stages - 1 - stage))
         x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(device), generator)
         history = []
-        for frame, level in zip(range(unit), history_stages(unit, stage)):
-            clean = downsample(latents[:, :, frame], 2 ** (stages - 1 - level))
+        for clean in history_pyramid([latents[:, :, frame] for frame in range(unit)], stage, stages):
             sigma = (torch.rand(batch, generator=generator) * self.history_noise_max).to(device).view(-1, 1, 1, 1)
             history.append((1 - sigma) * clean + sigma * randn(clean.shape, generator, device, clean.dtype))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cuda"):
