@@ -119,7 +119,20 @@ def build_cases(tokens: int, device: str, dtype: torch.dtype, scan_backend: str)
     return cases
 
 
-def run(tokens_list, device, dtype, scan_backend, passes, json_path):
+def print_kernel_table(step, title: str, rows: int = 14) -> None:
+    """The GPU kernels of one call of ``step`` (after a warm-up call), by total device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(f"# kernels of {title}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+
+
+def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmdim=False):
     records = []
     for tokens in tokens_list:
         for (scope, name), (module, call, inputs) in build_cases(tokens, device, dtype, scan_backend).items():
@@ -146,6 +159,8 @@ def run(tokens_list, device, dtype, scan_backend, passes, json_path):
                           file=sys.stderr)
                     continue
                 peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0
+                if profile_mmdim and device == "cuda" and name == "mmdim":
+                    print_kernel_table(step, f"{scope} {name} {tokens} tokens {pass_name}")
                 records.append({"mixer": name, "tokens": tokens, "pass": pass_name, "scope": scope,
                                 "ms": round(ms, 4), "peak_mib": round(peak, 1)})
                 module.zero_grad(set_to_none=True)
@@ -202,6 +217,7 @@ def main(argv=None):
     parser.add_argument("--png", default=None)
     parser.add_argument("--plot-only", default=None, help="draw the PNG from an earlier JSON and exit")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run of the script itself")
+    parser.add_argument("--profile", action="store_true", help="print the kernel table of each MM-DiM case")
     args = parser.parse_args(argv)
     if args.plot_only:
         with open(args.plot_only) as f:
@@ -215,7 +231,7 @@ def main(argv=None):
         print("bench_mixer_vs_attention: needs a CUDA GPU (or --cpu-smoke)", file=sys.stderr)
         return 1
     else:
-        records = run(args.tokens, "cuda", torch.bfloat16, "auto", args.passes, args.json)
+        records = run(args.tokens, "cuda", torch.bfloat16, "auto", args.passes, args.json, args.profile)
     print_table(records)
     emit_records(records, args.json)
     if args.png:

@@ -1,8 +1,8 @@
 // The m4v operator library: every schema the extension implements, in one place.
 //
-// These are the CUDA back ends. The public ops (m4v::selective_scan_fwd / _bwd, m4v::recompose,
-// m4v::inverse_recompose) are defined in Python with a `backend` argument, fake implementations and
-// autograd, and call these when the CUDA backend is selected.
+// These are the CUDA back ends. The public ops (m4v::selective_scan_fwd / _bwd, m4v::causal_conv1d,
+// m4v::recompose, m4v::inverse_recompose) are defined in Python with a `backend` argument, fake
+// implementations and autograd, and call these when the CUDA backend is selected.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -23,6 +23,10 @@ TORCH_LIBRARY(m4v, m) {
       "selective_scan_bwd_cuda(Tensor dout, Tensor? dlast_state, Tensor u, Tensor delta, Tensor A, Tensor B, "
       "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor? cu_seqlens, "
       "Tensor checkpoints, Tensor out_pre, bool delta_softplus, bool reverse) -> Tensor[]");
+  m.def("causal_conv1d_fwd_cuda(Tensor x, Tensor weight, Tensor? bias, Tensor? cu_seqlens, bool silu) -> Tensor");
+  m.def(
+      "causal_conv1d_bwd_cuda(Tensor dout, Tensor x, Tensor weight, Tensor? bias, Tensor? cu_seqlens, bool silu) "
+      "-> (Tensor dx, Tensor dweight, Tensor dbias)");
   m.def("recompose_cuda(Tensor text, Tensor video, Tensor registers, Tensor gather_index) -> Tensor");
   m.def("inverse_recompose_cuda(Tensor seq, Tensor scatter_index, int text_len) -> (Tensor, Tensor)");
 }

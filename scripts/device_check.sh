@@ -7,6 +7,9 @@
 #   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
 #   bash scripts/device_check.sh ship         # train + reward-tune the shipped m4v-shapes model, evaluate both
+#   bash scripts/device_check.sh train-more   # continue training a base pipeline (BASE=dir) with a cosine tail
+#   bash scripts/device_check.sh reward       # reward-tune the continued model, pack both, evaluate both
+#   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
 mkdir -p "$OUT"
@@ -41,7 +44,7 @@ case "${1:-check}" in
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
     install_wheels; build_m4v || exit 1
     python3 -m pytest tests -q --durations=5 2>&1 | tee "$OUT/tests.log" | tail -25
-    for script in sanitize_selective_scan sanitize_recompose; do
+    for script in sanitize_selective_scan sanitize_causal_conv1d sanitize_recompose; do
       for tool in memcheck racecheck; do
         compute-sanitizer --tool $tool --error-exitcode 9 python3 scripts/$script.py >"$OUT/$script-$tool.log" 2>&1
         echo "$script $tool rc=$?"; tail -2 "$OUT/$script-$tool.log"
@@ -86,6 +89,32 @@ case "${1:-check}" in
     done
     python3 -m m4v eval --model /tmp/ship/m4v-shapes --model /tmp/ship/m4v-shapes-reward --device cuda \
       --json "$OUT/eval.json" --quiet
+    ;;
+  train-more)
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    python3 -m m4v train --model "${BASE:-runs/m4v-shapes/checkpoint/pipeline}" \
+      --config configs/shapes-train-continue.json --quiet 2>&1 | tail -3
+    cp runs/m4v-shapes-long/metrics.jsonl "$OUT/train-more-metrics.jsonl"
+    ;;
+  reward)
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    python3 -m m4v reward-tune --config configs/shapes-reward.json --quiet 2>&1 | tail -3
+    cp runs/m4v-shapes-reward/metrics.jsonl "$OUT/reward-metrics.jsonl"
+    for name in m4v-shapes-long m4v-shapes-reward; do
+      python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
+        M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" \
+        "runs/$name/checkpoint/pipeline" "/tmp/ship/$name"
+      tar cf "$OUT/$name.tar" -C /tmp/ship "$name"
+    done
+    python3 -m m4v eval --model /tmp/ship/m4v-shapes-long --model /tmp/ship/m4v-shapes-reward --device cuda \
+      --json "$OUT/eval.json" --quiet
+    ;;
+  mixer)
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    for _ in $(seq 120); do [ -f "$PEER_DIR/build.rc" ] && break; sleep 5; done
+    echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
+    (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens ${TOKENS:-15360 119040} --profile \
+      --json "$OUT/h100-mixer-vs-attention.json") 2>&1 | grep -v '^\[{' | tee "$OUT/mixer.log" | tail -${TAIL:-60}
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

@@ -1,11 +1,12 @@
 // Selective scan (Mamba S6) forward and deterministic backward kernels.
 //
-// Layout of the work. One warp owns one channel d of one sequence and walks its time axis in
-// chunks of kScanChunk steps (the 8 warps of a CTA: 8 channels of one group, sharing B and C chunks
-// staged in shared memory); lane l holds the kScanItems consecutive steps [l*8, l*8+8) of the
-// chunk. For each state n the lane first folds its own items, then a 5-step shuffle scan joins the
-// lanes, then the lane replays its items from the state entering it. The state carried between
-// chunks lives in shared memory (dstate can reach 256, too many for registers).
+// Layout of the work. A group of lanes owns one channel d of one sequence and walks its time axis
+// in chunks of kScanChunk steps; the channels of a CTA belong to one group and share B and C chunks
+// staged in shared memory. In the backward a warp owns a channel and lane l holds the kScanItems
+// steps [l*8, l*8+8) of the chunk; in the forward half a warp owns a channel, 16 steps per lane.
+// For each state n a lane first folds its own items, then a shuffle scan joins the lanes, then the
+// lane replays its items from the state entering it. The state carried between chunks lives in
+// shared memory (dstate can reach 256, too many for registers).
 //
 // Scan order. `reverse` scans right to left. Items are loaded in memory order and flipped in
 // registers, and lanes are visited in descending order, so every loop below is written once, in
@@ -34,7 +35,6 @@ namespace scan_detail {
 constexpr int K = kScanItems;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kFwdWarps = 8;
 constexpr int kBwdWarps = kScanBwdWarps;
 // The forward stages B and C of this many states for one chunk in shared memory at a time; all
 // warps of a CTA (channels of one group) read them from there.
@@ -51,15 +51,15 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// K items of a strided row, starting at `pos`; items at or past `len` read as 0. One or two
-// 16-byte loads when the row is contiguous, aligned and fully in range.
-template <typename T>
-__device__ __forceinline__ void load_items(const T* row, int64_t stride, int pos, int len, float (&v)[K]) {
+// kN items of a strided row, starting at `pos`; items at or past `len` read as 0. 16-byte loads
+// when the row is contiguous, aligned and fully in range.
+template <typename T, int kN>
+__device__ __forceinline__ void load_items(const T* row, int64_t stride, int pos, int len, float (&v)[kN]) {
   const T* p = row + pos * stride;
   constexpr int kVec = 16 / sizeof(T);
-  if (stride == 1 && pos + K <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
+  if (stride == 1 && pos + kN <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
 #pragma unroll
-    for (int i = 0; i < K / kVec; ++i) {
+    for (int i = 0; i < kN / kVec; ++i) {
       uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + i);
       const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
@@ -67,17 +67,17 @@ __device__ __forceinline__ void load_items(const T* row, int64_t stride, int pos
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < K; ++k) v[k] = pos + k < len ? to_float(p[k * stride]) : 0.f;
+    for (int k = 0; k < kN; ++k) v[k] = pos + k < len ? to_float(p[k * stride]) : 0.f;
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void store_items(T* row, int64_t stride, int pos, int len, const float (&v)[K]) {
+template <typename T, int kN>
+__device__ __forceinline__ void store_items(T* row, int64_t stride, int pos, int len, const float (&v)[kN]) {
   T* p = row + pos * stride;
   constexpr int kVec = 16 / sizeof(T);
-  if (stride == 1 && pos + K <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
+  if (stride == 1 && pos + kN <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
 #pragma unroll
-    for (int i = 0; i < K / kVec; ++i) {
+    for (int i = 0; i < kN / kVec; ++i) {
       uint4 raw;
       T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
@@ -86,20 +86,21 @@ __device__ __forceinline__ void store_items(T* row, int64_t stride, int pos, int
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < K; ++k)
+    for (int k = 0; k < kN; ++k)
       if (pos + k < len) p[k * stride] = from_float<T>(v[k]);
   }
 }
 
 // Flip a lane's items between memory order and scan order (compile-time indices only, so the
 // arrays stay in registers).
-__device__ __forceinline__ void flip_if(bool flip, float (&v)[K]) {
+template <typename V, int kN>
+__device__ __forceinline__ void flip_if(bool flip, V (&v)[kN]) {
   if (flip) {
 #pragma unroll
-    for (int k = 0; k < K / 2; ++k) {
-      float t = v[k];
-      v[k] = v[K - 1 - k];
-      v[K - 1 - k] = t;
+    for (int k = 0; k < kN / 2; ++k) {
+      const V t = v[k];
+      v[k] = v[kN - 1 - k];
+      v[kN - 1 - k] = t;
     }
   }
 }
@@ -229,14 +230,7 @@ __device__ __forceinline__ void load_chunk_inputs(const ScanParams& p, const Seq
   flip_if(kReverse, in.u);
   flip_if(kReverse, in.dt);
   if (softplus_grad != nullptr) flip_if(kReverse, *softplus_grad);
-  if (kReverse) {
-#pragma unroll
-    for (int k = 0; k < K / 2; ++k) {
-      const bool t = in.valid[k];
-      in.valid[k] = in.valid[K - 1 - k];
-      in.valid[K - 1 - k] = t;
-    }
-  }
+  flip_if(kReverse, in.valid);
 }
 
 template <typename T>
@@ -300,85 +294,179 @@ __device__ __forceinline__ float fold_lane_items(const ChunkInputs& in, float A2
 
 // ------------------------------------------------------------------------------------------------
 // Forward.
-// One CTA: kFwdWarps channels of one group, one sequence. Grid: (sequence, group x channel block).
+//
+// Half a warp owns one channel: its 16 lanes hold 16 consecutive steps each, so a chunk is still
+// kScanChunk steps (the backward's checkpoints are unchanged), but the cross-lane scan per state is
+// 4 shuffle steps for 16 items instead of 5 for 8. A CTA: kFwdWarps warps, kFwdChannels channels
+// of one group, one sequence; B and C rows are staged per chunk in a padded layout (each lane's 16
+// items start 20 floats apart) so that the lanes' 16-byte reads are free of bank conflicts.
+constexpr int kFwdItems = 16;
+constexpr int kFwdLanes = kScanChunk / kFwdItems;  // lanes per channel
+constexpr int kFwdWarps = 4;
+constexpr int kFwdChannels = kFwdWarps * 32 / kFwdLanes;
+constexpr int kFwdLanePitch = kFwdItems + 4;
+constexpr int kFwdRowPitch = kFwdLanes * kFwdLanePitch;
+static_assert(kFwdLanes == 16 && kFwdChannels == 8, "the launcher's grid assumes 8 channels per CTA");
+
+// Rows [n0, n0 + rows) of one chunk of B or C, as float, into the padded tile (memory order, zero
+// past the sequence or past dstate). Cooperative over the CTA; the caller synchronises.
+template <typename T>
+__device__ __forceinline__ void load_fwd_tile(const StateTensor& t, const SeqSpan& span, int g, int n0, int rows,
+                                              int dstate, int chunk_start, float* tile) {
+  for (int i = threadIdx.x; i < rows * kFwdLanes; i += blockDim.x) {
+    const int r = i / kFwdLanes, l = i % kFwdLanes;
+    float v[kFwdItems];
+    if (n0 + r < dstate) {
+      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + l * kFwdItems, span.len, v);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kFwdItems; ++k) v[k] = 0.f;
+    }
+    float4* dst = reinterpret_cast<float4*>(tile + r * kFwdRowPitch + l * kFwdLanePitch);
+#pragma unroll
+    for (int j = 0; j < kFwdItems / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+  }
+}
+
+// A lane's 16 items of one staged row, in scan order.
+__device__ __forceinline__ void fwd_tile_items(const float* row, int sub_lane, bool reverse, float (&v)[kFwdItems]) {
+  const float4* src = reinterpret_cast<const float4*>(row + sub_lane * kFwdLanePitch);
+#pragma unroll
+  for (int j = 0; j < kFwdItems / 4; ++j) {
+    const float4 q = src[j];
+    v[4 * j] = q.x;
+    v[4 * j + 1] = q.y;
+    v[4 * j + 2] = q.z;
+    v[4 * j + 3] = q.w;
+  }
+  flip_if(reverse, v);
+}
+
+// Inclusive scan, over the 16 lanes of each half-warp, of the affine maps x -> decay * x + value
+// composed in scan order; `rank` is the lane's position in scan order within its half.
+__device__ __forceinline__ void half_warp_scan(float& decay, float& value, int rank, bool descending) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int offset = 1; offset < kFwdLanes; offset <<= 1) {
+    const int src = (descending ? lane + offset : lane - offset) & 31;  // same half whenever rank >= offset
+    const float prev_decay = __shfl_sync(kFullMask, decay, src);
+    const float prev_value = __shfl_sync(kFullMask, value, src);
+    if (rank >= offset) {
+      value = fmaf(decay, prev_value, value);
+      decay *= prev_decay;
+    }
+  }
+}
+
 template <typename T, bool kReverse>
-__global__ void __launch_bounds__(kFwdWarps * 32, 3) selective_scan_fwd_kernel(ScanParams p) {
+__global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(ScanParams p) {
   extern __shared__ float smem[];
-  float* tile_B = smem;                                // [kFwdStateTile][kScanChunk]
-  float* tile_C = tile_B + kFwdStateTile * kScanChunk;  // [kFwdStateTile][kScanChunk]
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int N = p.dstate;
+  float* tile_B = smem;                                 // [kFwdStateTile][kFwdRowPitch]
+  float* tile_C = tile_B + kFwdStateTile * kFwdRowPitch;  // [kFwdStateTile][kFwdRowPitch]
+  const int lane = threadIdx.x & 31;
+  const int half = threadIdx.x / kFwdLanes;  // the CTA's channel this lane works on
+  const int sub_lane = lane % kFwdLanes;
   constexpr bool desc = kReverse;
-  const int blocks_per_group = (p.channels_per_group + kFwdWarps - 1) / kFwdWarps;
+  const int rank = desc ? kFwdLanes - 1 - sub_lane : sub_lane;
+  const int prev_lane = (desc ? lane + 1 : lane - 1) & 31;
+  const int last_lane = (lane & ~(kFwdLanes - 1)) + (desc ? 0 : kFwdLanes - 1);
+  const int N = p.dstate;
+  const int blocks_per_group = (p.channels_per_group + kFwdChannels - 1) / kFwdChannels;
   const int g = blockIdx.y / blocks_per_group;
-  const int channel = (blockIdx.y % blocks_per_group) * kFwdWarps + warp;
-  const bool active = channel < p.channels_per_group;  // idle warps still help stage B and C
+  const int channel = (blockIdx.y % blocks_per_group) * kFwdChannels + half;
+  const bool active = channel < p.channels_per_group;  // idle lanes still help stage B and C
   const int d = g * p.channels_per_group + min(channel, p.channels_per_group - 1);
-  float* carry = tile_C + kFwdStateTile * kScanChunk + warp * N;  // [N] per warp
+  float* A2 = tile_C + kFwdStateTile * kFwdRowPitch + half * 2 * N;  // [N] per channel: A * log2(e)
+  float* carry = A2 + N;                                               // [N] per channel
   const int s = blockIdx.x;
   const SeqSpan span = seq_span(p, s);
   const int64_t state_row_offset = (static_cast<int64_t>(s) * p.dim + d) * N;
-  for (int n = lane; n < N; n += 32) carry[n] = p.initial_state != nullptr ? p.initial_state[state_row_offset + n] : 0.f;
+  for (int n = sub_lane; n < N; n += kFwdLanes) {
+    A2[n] = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
+    carry[n] = p.initial_state != nullptr ? p.initial_state[state_row_offset + n] : 0.f;
+  }
   __syncwarp();
 
   const float Dd = p.D != nullptr ? p.D[d] : 0.f;
+  const float bias = p.delta_bias != nullptr ? p.delta_bias[d] : 0.f;
   for (int q = 0; q < span.num_chunks; ++q) {
     const int c = desc ? span.num_chunks - 1 - q : q;
     const int chunk_start = c * kScanChunk;
-    const int pos = chunk_start + lane * K;
-    ChunkInputs in;
-    load_chunk_inputs<T, kReverse>(p, span, d, pos, in);
+    const int pos = chunk_start + sub_lane * kFwdItems;
     if (active && p.checkpoints != nullptr) {
       float* ck = p.checkpoints + (static_cast<int64_t>(span.first_chunk + c) * p.dim + d) * N;
-      for (int n = lane; n < N; n += 32) ck[n] = carry[n];
+      for (int n = sub_lane; n < N; n += kFwdLanes) ck[n] = carry[n];
     }
-    float y[K];
+    // dt (bias, softplus; 0 outside the sequence), dt * u, and y's D term, in scan order.
+    float dt[kFwdItems], dtu[kFwdItems], y[kFwdItems];
+    load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, dtu);
+    load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, dt);
+    float dt_sum = 0.f;
 #pragma unroll
-    for (int k = 0; k < K; ++k) y[k] = Dd * in.u[k];
+    for (int k = 0; k < kFwdItems; ++k) {
+      const float pre = dt[k] + bias;
+      dt[k] = pos + k < span.len ? (p.delta_softplus ? softplus(pre) : pre) : 0.f;
+      dt_sum += dt[k];
+      y[k] = Dd * dtu[k];
+      dtu[k] *= dt[k];
+    }
+    flip_if(desc, dt);
+    flip_if(desc, dtu);
+    flip_if(desc, y);
     for (int n0 = 0; n0 < N; n0 += kFwdStateTile) {
       const int rows = min(kFwdStateTile, N - n0);
       __syncthreads();  // the previous tile is consumed
-      load_state_tile<T>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
-      load_state_tile<T>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
+      load_fwd_tile<T>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
+      load_fwd_tile<T>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
       __syncthreads();
 #pragma unroll 2
       for (int r = 0; r < rows; ++r) {
         const int n = n0 + r;
-        const float A2 = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
-        float Bv[K], Cv[K], a[K], b[K];
-        tile_items(tile_B + r * kScanChunk, desc, Bv);
-        tile_items(tile_C + r * kScanChunk, desc, Cv);
-        float value = fold_lane_items(in, A2, Bv, a, b);
-        float decay = fast_exp2(in.dt_sum * A2);
-        const float entry = carry[n];
-        warp_scan(decay, value, desc);
-        const LaneMaps m = lane_maps(decay, value, desc);
-        float x = fmaf(m.before_decay, entry, m.before_value);
+        const float a2 = A2[n];
+        float Bv[kFwdItems], a[kFwdItems], b[kFwdItems];
+        fwd_tile_items(tile_B + r * kFwdRowPitch, sub_lane, desc, Bv);
+        float value = 0.f;
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
+        for (int k = 0; k < kFwdItems; ++k) {
+          a[k] = fast_exp2(dt[k] * a2);
+          b[k] = dtu[k] * Bv[k];
+          value = fmaf(a[k], value, b[k]);
+        }
+        float decay = fast_exp2(dt_sum * a2);
+        const float entry = carry[n];
+        half_warp_scan(decay, value, rank, desc);
+        // The state after this lane's items, then the one entering them (the previous lane's).
+        const float x_end = fmaf(decay, entry, value);
+        const float x_prev = __shfl_sync(kFullMask, x_end, prev_lane);
+        const float next_carry = __shfl_sync(kFullMask, x_end, last_lane);
+        float x = rank == 0 ? entry : x_prev;
+        float Cv[kFwdItems];
+        fwd_tile_items(tile_C + r * kFwdRowPitch, sub_lane, desc, Cv);
+#pragma unroll
+        for (int k = 0; k < kFwdItems; ++k) {
           x = fmaf(a[k], x, b[k]);
           y[k] = fmaf(Cv[k], x, y[k]);
         }
-        __syncwarp();  // every lane has read carry[n]
-        if (lane == 0) carry[n] = fmaf(m.total_decay, entry, m.total_value);
+        // Every lane of the half read carry[n] before the shuffles above, so no barrier is needed.
+        if (sub_lane == 0) carry[n] = next_carry;
       }
-      __syncwarp();
     }
+    __syncwarp();  // carry (and the checkpoint reads of the next chunk) see this chunk's writes
     flip_if(desc, y);
     if (p.z.ptr != nullptr) {
       // The backward's dz needs y before the gate; keeping it costs one write instead of a replay.
       if (active && p.out_pre.ptr != nullptr) {
         store_items(row_ptr_mut<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
       }
-      float z[K];
+      float z[kFwdItems];
       load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
 #pragma unroll
-      for (int k = 0; k < K; ++k) y[k] *= silu(z[k]);
+      for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
     }
     if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
   }
   if (active) {
-    for (int n = lane; n < N; n += 32) p.last_state[state_row_offset + n] = carry[n];
+    for (int n = sub_lane; n < N; n += kFwdLanes) p.last_state[state_row_offset + n] = carry[n];
   }
 }
 
@@ -741,7 +829,7 @@ namespace scan_detail {
 
 // Dynamic shared memory of each kernel.
 inline size_t fwd_smem(int dstate) {
-  return sizeof(float) * (size_t{2} * kFwdStateTile * kScanChunk + size_t{1} * kFwdWarps * dstate);
+  return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate);
 }
 inline size_t bwd_summary_smem(int dstate) {
   const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * dstate * kScanChunk : 0;
@@ -761,7 +849,7 @@ cudaError_t allow_smem(Kernel kernel, size_t bytes) {
 
 template <typename input_t, bool kReverse>
 cudaError_t launch_fwd(const ScanParams& params, cudaStream_t stream) {
-  const int blocks_per_group = (params.channels_per_group + kFwdWarps - 1) / kFwdWarps;
+  const int blocks_per_group = (params.channels_per_group + kFwdChannels - 1) / kFwdChannels;
   const dim3 grid(params.num_seqs, params.groups * blocks_per_group);
   const size_t smem = fwd_smem(params.dstate);
   const cudaError_t err = allow_smem(selective_scan_fwd_kernel<input_t, kReverse>, smem);

@@ -8,8 +8,9 @@
 
 namespace m4v {
 
-// One warp owns one channel of one sequence; each lane holds kScanItems consecutive time steps,
-// so one warp pass covers kScanChunk steps. The forward saves the state entering every chunk so
+// In the backward one warp owns one channel of one sequence and each lane holds kScanItems
+// consecutive time steps, so one warp pass covers kScanChunk steps (the forward covers a chunk with
+// half a warp, 16 steps per lane). The forward saves the state entering every chunk so
 // that the backward can recompute any chunk independently.
 constexpr int kScanItems = 8;
 constexpr int kScanChunk = 32 * kScanItems;

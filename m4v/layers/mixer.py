@@ -73,7 +73,7 @@ class MambaMixer(nn.Module):
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: hidden must be (batch, seqlen, {self.d_model}), got {tuple(hidden.shape)}")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        x = F.silu(causal_conv1d(x, self.conv_weight, self.conv_bias, cu_seqlens))
+        x = causal_conv1d(x, self.conv_weight, self.conv_bias, cu_seqlens, activation="silu", backend=self.backend)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # the bias goes into the scan's softplus
         y, last_state = selective_scan(x.mT, delta.mT, -torch.exp(self.A_log.float()), B.mT, C.mT, self.D.float(),

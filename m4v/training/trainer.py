@@ -15,6 +15,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -49,6 +50,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8
     lr: float = 3e-4
+    lr_schedule: str = "constant"      # or "cosine": from lr down to lr * min_lr_ratio at `steps`
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     frames: int = 17
@@ -121,6 +124,8 @@ class Trainer:
     def __init__(self, pipe: M4VPipeline, config: TrainConfig):
         if config.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be 'bf16' or 'fp32', got {config.precision!r}")
+        if config.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
         self.pipe, self.config = pipe.to(config.device), config
         self.model = pipe.transformer
         self.model.gradient_checkpointing = config.gradient_checkpointing
@@ -150,11 +155,23 @@ class Trainer:
         """The flow-matching loss of one batch (through DDP when several processes train)."""
         return self.wrapped(video, captions, self.generator)
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based); a function of the step alone, so a
+        resumed run follows the same schedule."""
+        config = self.config
+        if config.lr_schedule == "constant":
+            return config.lr
+        progress = min(step / max(config.steps - 1, 1), 1.0)
+        floor = config.lr * config.min_lr_ratio
+        return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
     def optimize(self, loss: Tensor) -> None:
         """One optimizer step on ``loss``: clipped gradients, AdamW, then the EMA update."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
         self.optimizer.step()
         with torch.no_grad():
             for shadow, p in zip(self.ema, self.params):
@@ -236,6 +253,7 @@ class Trainer:
 
     def _write_checkpoint(self, generator_states: list[Tensor]) -> None:
         target = self.checkpoint_dir()
+        os.makedirs(self.config.out_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".checkpoint-", dir=self.config.out_dir)
         try:
             state = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(self.params)}

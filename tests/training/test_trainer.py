@@ -53,6 +53,22 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
     assert sorted(os.listdir(tmp_path / "killed")) == ["checkpoint", "metrics.jsonl"]  # no staging left
 
 
+def test_cosine_schedule_resumes_on_the_same_curve(tmp_path):
+    straight = make_trainer(tmp_path / "straight", steps=4, lr_schedule="cosine", min_lr_ratio=0.2)
+    assert [straight.lr_at(s) for s in (0, 3, 9)] == [1e-3, 2e-4, 2e-4]
+    assert straight.lr_at(1) > straight.lr_at(2)
+    straight.run(progress=False)
+    killed = make_trainer(tmp_path / "killed", steps=4, lr_schedule="cosine", min_lr_ratio=0.2)
+    for _ in range(2):
+        killed.train_step()
+    killed.save_checkpoint()
+    resumed = make_trainer(tmp_path / "killed", steps=4, lr_schedule="cosine", min_lr_ratio=0.2)
+    assert resumed.load_checkpoint() and resumed.step == 2
+    resumed.run(progress=False)
+    for a, b in zip(straight.params, resumed.params):
+        assert torch.equal(a, b)
+
+
 def test_checkpoint_holds_a_loadable_pipeline(tmp_path):
     trainer = make_trainer(tmp_path, steps=1)
     trainer.run(progress=False)

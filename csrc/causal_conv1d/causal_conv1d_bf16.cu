@@ -1,0 +1,7 @@
+// Instantiation for __nv_bfloat16; one file per dtype so the build compiles them in parallel.
+#include "causal_conv1d.cuh"
+
+namespace m4v {
+template cudaError_t launch_causal_conv1d_fwd<__nv_bfloat16>(const ConvParams&, cudaStream_t);
+template cudaError_t launch_causal_conv1d_bwd<__nv_bfloat16>(const ConvBwdParams&, cudaStream_t);
+}  // namespace m4v
