@@ -447,7 +447,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
           x = fmaf(a[k], x, b[k]);
           y[k] = fmaf(Cv[k], x, y[k]);
         }
-        // Every lane of the half read carry[n] before the shuffles above, so no barrier is needed.
+        __syncwarp();  // every lane of the half has read carry[n] (explicit, for racecheck)
         if (sub_lane == 0) carry[n] = next_carry;
       }
     }
