@@ -7,7 +7,7 @@
 #   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
 #   bash scripts/device_check.sh ship         # train + reward-tune the shipped m4v-shapes model, evaluate both
-#   bash scripts/device_check.sh train-more   # continue training a base pipeline (BASE=dir) with a cosine tail
+#   bash scripts/device_check.sh train-more   # continue training a pipeline (BASE=dir, CONFIG=file), cosine lr
 #   bash scripts/device_check.sh reward       # reward-tune the continued model, pack both, evaluate both
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
 set -uo pipefail
@@ -92,21 +92,23 @@ case "${1:-check}" in
     ;;
   train-more)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    python3 -m m4v train --model "${BASE:-runs/m4v-shapes/checkpoint/pipeline}" \
-      --config configs/shapes-train-continue.json --quiet 2>&1 | tail -3
-    cp runs/m4v-shapes-long/metrics.jsonl "$OUT/train-more-metrics.jsonl"
+    config=${CONFIG:-configs/shapes-train-continue.json}
+    python3 -m m4v train --model "${BASE:-runs/m4v-shapes/checkpoint/pipeline}" --config "$config" --quiet 2>&1 | tail -3
+    cp "$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['out_dir'])" "$config")/metrics.jsonl" \
+      "$OUT/train-more-metrics.jsonl"
     ;;
   reward)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     python3 -m m4v reward-tune --config configs/shapes-reward.json --quiet 2>&1 | tail -3
     cp runs/m4v-shapes-reward/metrics.jsonl "$OUT/reward-metrics.jsonl"
-    for name in m4v-shapes-long m4v-shapes-reward; do
+    base=$(python3 -c "import json; print(json.load(open('configs/shapes-reward.json'))['model'].split('/')[1])")
+    for name in "$base" m4v-shapes-reward; do
       python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
         M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" \
         "runs/$name/checkpoint/pipeline" "/tmp/ship/$name"
       tar cf "$OUT/$name.tar" -C /tmp/ship "$name"
     done
-    python3 -m m4v eval --model /tmp/ship/m4v-shapes-long --model /tmp/ship/m4v-shapes-reward --device cuda \
+    python3 -m m4v eval --model "/tmp/ship/$base" --model /tmp/ship/m4v-shapes-reward --device cuda \
       --json "$OUT/eval.json" --quiet
     ;;
   mixer)
