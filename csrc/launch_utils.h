@@ -43,6 +43,14 @@ inline at::Tensor new_row_output(int64_t batch, int64_t dim, int64_t seqlen, con
   return new_output({batch, dim, padded}, options).narrow(2, 0, seqlen);
 }
 
+// A (batch, dim, seqlen) view of a token-major (batch, seqlen, dim) buffer: the scan's output when
+// its input u is token-major, so that a following projection reads it without a transpose.
+// m4v/kernels/_backend.py:new_scan_output builds the same layout for the fake kernels.
+inline at::Tensor new_token_major_output(int64_t batch, int64_t dim, int64_t seqlen,
+                                         const at::TensorOptions& options) {
+  return new_output({batch, seqlen, dim}, options).transpose(1, 2);
+}
+
 // Calls fn with a value of the CUDA element type of `dtype` (float32, float16 or bfloat16).
 template <typename Fn>
 cudaError_t dispatch_dtype(at::ScalarType dtype, Fn&& fn) {

@@ -154,6 +154,23 @@ std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& de
   return keep;
 }
 
+// Whether the forward's token-major fast path can move t's rows with aligned 16-byte vectors.
+bool vector_rows(const Tensor& t) {
+  const int64_t elem = t.element_size();
+  return t.stride(1) == 1 && (t.stride(2) * elem) % 16 == 0 && (t.stride(0) * elem) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+bool vector_states(const Tensor& t) {
+  const int64_t elem = t.element_size();
+  return t.stride(2) == 1 && t.size(2) % 16 == 0 && (t.stride(3) * elem) % 16 == 0 &&
+         (t.stride(1) * elem) % 16 == 0 && (t.stride(0) * elem) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+// Output layout rule (mirrored by the fake kernel): token-major when u is.
+bool token_major_input(const Tensor& u) { return u.stride(1) == 1 && u.stride(2) != 1; }
+
 // Rows of the checkpoint buffer: a static upper bound, so no host sync is needed for varlen.
 int64_t checkpoint_rows(const ScanParams& p) {
   return p.cu_seqlens != nullptr ? ceil_div(p.seqlen, kScanChunk) + p.num_seqs
@@ -169,15 +186,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor&
   const c10::cuda::CUDAGuard guard(u.device());
   ScanParams p;
   auto keep = fill_common(p, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse);
-  Tensor out = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
+  const bool token_major = token_major_input(u);
+  auto new_scan_output = [&] {
+    return token_major ? new_token_major_output(u.size(0), u.size(1), u.size(2), u.options())
+                       : new_row_output(u.size(0), u.size(1), u.size(2), u.options());
+  };
+  Tensor out = new_scan_output();
   Tensor last_state = new_output({p.num_seqs, p.dim, p.dstate}, u.options().dtype(at::kFloat));
   Tensor checkpoints = new_output({save_checkpoints ? checkpoint_rows(p) : 0, p.dim, p.dstate},
                                   u.options().dtype(at::kFloat));
   // With a gate, the backward needs y before it: kept when a backward will follow.
-  Tensor out_pre = save_checkpoints && z.has_value() ? new_row_output(u.size(0), u.size(1), u.size(2), u.options())
-                                                      : at::empty({0}, u.options());
+  Tensor out_pre = save_checkpoints && z.has_value() ? new_scan_output() : at::empty({0}, u.options());
   p.out = row_tensor(out);
   if (out_pre.numel() > 0) p.out_pre = row_tensor(out_pre);
+  p.rows_token_major = token_major && p.channels_per_group % 8 == 0 && vector_rows(u) && vector_rows(delta) &&
+                       (!z.has_value() || vector_rows(*z)) && vector_rows(out) &&
+                       (out_pre.numel() == 0 || vector_rows(out_pre));
+  p.states_token_major = vector_states(B) && vector_states(C);
   p.last_state = last_state.data_ptr<float>();
   p.checkpoints = save_checkpoints ? checkpoints.data_ptr<float>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -328,6 +328,91 @@ __device__ __forceinline__ void load_fwd_tile(const StateTensor& t, const SeqSpa
   }
 }
 
+// Position of chunk step t in a padded staged row.
+__device__ __forceinline__ int padded_step(int t) { return (t / kFwdItems) * kFwdLanePitch + t % kFwdItems; }
+
+// B or C rows [n0, n0 + 16) of one chunk from a unit-state-stride tensor: one thread per time step
+// loads its 16 states with 16-byte vectors and scatters them into the padded tile.
+template <typename T>
+__device__ __forceinline__ void load_fwd_tile_token_major(const StateTensor& t, const SeqSpan& span, int g, int n0,
+                                                          int chunk_start, float* tile) {
+  constexpr int kVec = 16 / sizeof(T);
+  for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
+    const int pos = chunk_start + step;
+    float v[kFwdStateTile];
+    if (pos < span.len) {
+      const T* src = state_row<T>(t, span, g, n0) + static_cast<int64_t>(pos) * t.len_stride;
+#pragma unroll
+      for (int i = 0; i < kFwdStateTile / kVec; ++i) {
+        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src) + i);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
+      }
+    } else {
+#pragma unroll
+      for (int r = 0; r < kFwdStateTile; ++r) v[r] = 0.f;
+    }
+#pragma unroll
+    for (int r = 0; r < kFwdStateTile; ++r) tile[r * kFwdRowPitch + padded_step(step)] = v[r];
+  }
+}
+
+// The CTA's kFwdChannels channels of one chunk of a token-major row tensor into padded rows
+// [channel][step] (zero past the sequence): one thread per time step, one 16-byte vector per
+// 8 bf16 channels.
+template <typename T>
+__device__ __forceinline__ void stage_rows_token_major(const RowTensor& t, const SeqSpan& span, int d0,
+                                                       int chunk_start, float* rows) {
+  constexpr int kVec = 16 / sizeof(T);
+  for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
+    const int pos = chunk_start + step;
+    float v[kFwdChannels];
+    if (pos < span.len) {
+      const T* src = row_ptr<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride;
+#pragma unroll
+      for (int i = 0; i < kFwdChannels / kVec; ++i) {
+        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src) + i);
+        const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
+      }
+    } else {
+#pragma unroll
+      for (int h = 0; h < kFwdChannels; ++h) v[h] = 0.f;
+    }
+#pragma unroll
+    for (int h = 0; h < kFwdChannels; ++h) rows[h * kFwdRowPitch + padded_step(step)] = v[h];
+  }
+}
+
+// The reverse: padded rows [channel][step] out to a token-major row tensor, in range steps only.
+template <typename T>
+__device__ __forceinline__ void write_rows_token_major(const float* rows, const RowTensor& t, const SeqSpan& span,
+                                                       int d0, int chunk_start) {
+  constexpr int kVec = 16 / sizeof(T);
+  for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
+    const int pos = chunk_start + step;
+    if (pos >= span.len) continue;
+    T* dst = row_ptr_mut<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride;
+#pragma unroll
+    for (int i = 0; i < kFwdChannels / kVec; ++i) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(rows[(i * kVec + j) * kFwdRowPitch + padded_step(step)]);
+      reinterpret_cast<uint4*>(dst)[i] = raw;
+    }
+  }
+}
+
+// A lane's 16 items (memory order) of one staged row into it, or the reverse.
+__device__ __forceinline__ void put_fwd_tile_items(float* row, int sub_lane, const float (&v)[kFwdItems]) {
+  float4* dst = reinterpret_cast<float4*>(row + sub_lane * kFwdLanePitch);
+#pragma unroll
+  for (int j = 0; j < kFwdItems / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+}
+
 // A lane's 16 items of one staged row, in scan order.
 __device__ __forceinline__ void fwd_tile_items(const float* row, int sub_lane, bool reverse, float (&v)[kFwdItems]) {
   const float4* src = reinterpret_cast<const float4*>(row + sub_lane * kFwdLanePitch);
@@ -376,6 +461,13 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
   const int channel = (blockIdx.y % blocks_per_group) * kFwdChannels + half;
   const bool active = channel < p.channels_per_group;  // idle lanes still help stage B and C
   const int d = g * p.channels_per_group + min(channel, p.channels_per_group - 1);
+  const int d0 = g * p.channels_per_group + (blockIdx.y % blocks_per_group) * kFwdChannels;
+  // Token-major rows pass through tile_B's space, which is free outside the state loop:
+  // [kFwdChannels][kFwdRowPitch] for u (then z, then the gated output) and as many for delta
+  // (then the pre-gate output).
+  float* staged_a = tile_B;
+  float* staged_b = tile_B + kFwdChannels * kFwdRowPitch;
+  static_assert(2 * kFwdChannels <= kFwdStateTile, "the staged rows must fit in tile_B");
   float* A2 = tile_C + kFwdStateTile * kFwdRowPitch + half * 2 * N;  // [N] per channel: A * log2(e)
   float* carry = A2 + N;                                               // [N] per channel
   const int s = blockIdx.x;
@@ -399,8 +491,17 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
     }
     // dt (bias, softplus; 0 outside the sequence), dt * u, and y's D term, in scan order.
     float dt[kFwdItems], dtu[kFwdItems], y[kFwdItems];
-    load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, dtu);
-    load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, dt);
+    if (p.rows_token_major) {
+      __syncthreads();  // the previous chunk's staged rows are consumed
+      stage_rows_token_major<T>(p.u, span, d0, chunk_start, staged_a);
+      stage_rows_token_major<T>(p.delta, span, d0, chunk_start, staged_b);
+      __syncthreads();
+      fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, dtu);
+      fwd_tile_items(staged_b + half * kFwdRowPitch, sub_lane, false, dt);
+    } else {
+      load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, dtu);
+      load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, dt);
+    }
     float dt_sum = 0.f;
 #pragma unroll
     for (int k = 0; k < kFwdItems; ++k) {
@@ -416,8 +517,13 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
     for (int n0 = 0; n0 < N; n0 += kFwdStateTile) {
       const int rows = min(kFwdStateTile, N - n0);
       __syncthreads();  // the previous tile is consumed
-      load_fwd_tile<T>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
-      load_fwd_tile<T>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
+      if (p.states_token_major) {
+        load_fwd_tile_token_major<T>(p.B, span, g, n0, chunk_start, tile_B);
+        load_fwd_tile_token_major<T>(p.C, span, g, n0, chunk_start, tile_C);
+      } else {
+        load_fwd_tile<T>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
+        load_fwd_tile<T>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
+      }
       __syncthreads();
 #pragma unroll 2
       for (int r = 0; r < rows; ++r) {
@@ -453,17 +559,36 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
     }
     __syncwarp();  // carry (and the checkpoint reads of the next chunk) see this chunk's writes
     flip_if(desc, y);
-    if (p.z.ptr != nullptr) {
-      // The backward's dz needs y before the gate; keeping it costs one write instead of a replay.
-      if (active && p.out_pre.ptr != nullptr) {
-        store_items(row_ptr_mut<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
-      }
-      float z[kFwdItems];
-      load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
+    if (p.rows_token_major) {
+      __syncthreads();  // the state loop's tiles are consumed
+      const bool keep_pre = p.z.ptr != nullptr && p.out_pre.ptr != nullptr;
+      if (p.z.ptr != nullptr) {
+        stage_rows_token_major<T>(p.z, span, d0, chunk_start, staged_a);
+        __syncthreads();
+        float z[kFwdItems];
+        fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, z);
+        if (keep_pre) put_fwd_tile_items(staged_b + half * kFwdRowPitch, sub_lane, y);
 #pragma unroll
-      for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
+        for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
+        __syncthreads();  // every lane has read its z
+      }
+      put_fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, y);
+      __syncthreads();
+      write_rows_token_major<T>(staged_a, p.out, span, d0, chunk_start);
+      if (keep_pre) write_rows_token_major<T>(staged_b, p.out_pre, span, d0, chunk_start);
+    } else {
+      if (p.z.ptr != nullptr) {
+        // The backward's dz needs y before the gate; keeping it costs one write instead of a replay.
+        if (active && p.out_pre.ptr != nullptr) {
+          store_items(row_ptr_mut<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
+        }
+        float z[kFwdItems];
+        load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
+#pragma unroll
+        for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
+      }
+      if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
     }
-    if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
   }
   if (active) {
     for (int n = sub_lane; n < N; n += kFwdLanes) p.last_state[state_row_offset + n] = carry[n];

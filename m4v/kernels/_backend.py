@@ -94,6 +94,16 @@ def new_row_output(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((batch, dim, padded))[..., :seqlen]
 
 
+def new_scan_output(like: torch.Tensor) -> torch.Tensor:
+    """The selective-scan forward's output layout on the CUDA backend: a (batch, dim, seqlen) view of
+    a token-major buffer when ``like`` (u) is token-major, else :func:`new_row_output`
+    (csrc/selective_scan/selective_scan.cpp applies the same rule)."""
+    batch, dim, seqlen = like.shape
+    if like.stride(1) == 1 and like.stride(2) != 1:
+        return like.new_empty((batch, seqlen, dim)).transpose(1, 2)
+    return new_row_output(like)
+
+
 _logged_fallbacks: set[tuple[str, str]] = set()
 
 

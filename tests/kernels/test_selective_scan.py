@@ -234,10 +234,27 @@ def _backend_cases():
     return cases
 
 
-def _check_backend_against_reference(backend, case, dtype):
+def mixer_layout(u, delta, A, B, C, D, z):
+    """The inputs as MambaMixer passes them, built differentiably: u and delta are (batch, dim,
+    seqlen) views of token-major tensors, z of one half of a twice-as-wide projection, and B and C
+    of slices of one (batch, seqlen, 8 + 2 * groups * dstate) projection (unit state stride)."""
+    batch, groups, dstate, seqlen = B.shape
+    u, delta = (t.mT.contiguous().mT for t in (u, delta))
+    if z is not None:
+        z = torch.cat([z.mT, torch.zeros_like(z.mT)], dim=-1)[..., :z.shape[1]].mT
+    width = groups * dstate
+    token_major = lambda t: t.permute(0, 3, 1, 2).reshape(batch, seqlen, width)  # noqa: E731
+    proj = torch.cat([torch.zeros(batch, seqlen, 8, dtype=B.dtype, device=B.device), token_major(B),
+                      token_major(C)], dim=-1)
+    as_grouped = lambda t: t.reshape(batch, seqlen, groups, dstate).permute(0, 2, 3, 1)  # noqa: E731
+    return u, delta, A, as_grouped(proj[..., 8:8 + width]), as_grouped(proj[..., 8 + width:]), D, z
+
+
+def _check_backend_against_reference(backend, case, dtype, layout=None):
     args, kwargs = make_inputs(case, dtype=dtype)
     leaves, kw = _differentiable(args, kwargs)
-    out, last = selective_scan(*leaves, return_last_state=True, backend=backend, **kw)
+    call_args = layout(*leaves) if layout is not None else leaves
+    out, last = selective_scan(*call_args, return_last_state=True, backend=backend, **kw)
     ref_args = [t.detach().double() if t is not None and t.is_floating_point() else t for t in args]
     ref_kw = {k: (v.detach().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
               for k, v in kwargs.items()}
@@ -275,6 +292,25 @@ def test_backend_matches_reference_fp32(backend, case, poison_outputs):
                                   Case(dim=64, seqlen=4096, dstate=16, groups=1)], ids=repr)
 def test_backend_matches_reference_low_precision(backend, dtype, case, poison_outputs):
     _check_backend_against_reference(backend, case, dtype)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="the token-major fast paths are GPU kernels")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [
+    Case(dim=16, seqlen=1000, dstate=16, groups=1),                            # both fast paths
+    Case(dim=24, seqlen=777, dstate=32, groups=3, reverse=True),                # 8 channels per group
+    Case(seq_lens=(300, 1, 0, 513), dim=16, dstate=16, groups=2, with_init=True),
+    Case(dim=16, seqlen=1, dstate=16, groups=1),
+    Case(dim=12, seqlen=300, dstate=16, groups=1),                              # rows: generic path
+    Case(dim=16, seqlen=300, dstate=8, groups=1, with_z=False),                 # states: generic path
+], ids=repr)
+def test_mixer_layout_matches_reference(backend, dtype, case, poison_outputs):
+    _check_backend_against_reference(backend, case, dtype, layout=mixer_layout)
+    args, kwargs = make_inputs(case, dtype=dtype)
+    out = selective_scan(*mixer_layout(*args), backend=backend, **kwargs)
+    if backend == "cuda":  # token-major output, so the mixer's out_proj reads it without a copy
+        assert out.stride(1) == 1 and out.mT.is_contiguous()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
