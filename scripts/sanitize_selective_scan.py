@@ -8,7 +8,8 @@ import torch
 from m4v.kernels import selective_scan
 
 
-def run(seqlen, dim=24, dstate=16, groups=2, dtype=torch.bfloat16, reverse=False, seq_lens=None, init=False):
+def run(seqlen, dim=24, dstate=16, groups=2, dtype=torch.bfloat16, reverse=False, seq_lens=None, init=False,
+        token_major=False):
     dev = "cuda"
     batch = 2 if seq_lens is None else 1
     if seq_lens is not None:
@@ -27,6 +28,9 @@ def run(seqlen, dim=24, dstate=16, groups=2, dtype=torch.bfloat16, reverse=False
         cu = torch.tensor([0, *torch.tensor(seq_lens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
         num_seqs = len(seq_lens)
     x0 = torch.randn(num_seqs, dim, dstate, device=dev, requires_grad=True) if init else None
+    if token_major:  # the forward's vector fast paths: unit channel stride, unit state stride
+        u, delta, z = (t.mT.contiguous().mT for t in (u, delta, z))
+        B, C = (t.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1) for t in (B, C))
     out, last = selective_scan(u, delta, A, B, C, D, z, bias, True, True, initial_state=x0, reverse=reverse,
                                cu_seqlens=cu, backend="cuda")
     (out.float().square().sum() + last.sum()).backward()
@@ -39,4 +43,6 @@ if __name__ == "__main__":
     run(0, seq_lens=(300, 0, 1, 77), init=True)
     run(100, dstate=64, groups=1, dtype=torch.float16)
     run(70, dstate=256, dim=8, groups=1)
+    run(600, dim=16, token_major=True)
+    run(0, seq_lens=(300, 0, 1, 77), dim=16, reverse=True, init=True, token_major=True, dtype=torch.float32)
     print("sanitize cases ran")
