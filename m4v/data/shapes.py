@@ -13,6 +13,7 @@ COLOURS = {"red": (1.0, 0.15, 0.15), "green": (0.15, 0.85, 0.2), "blue": (0.2, 0
            "yellow": (1.0, 0.9, 0.1), "white": (1.0, 1.0, 1.0)}
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 BACKGROUND = (0.08, 0.08, 0.1)
+DEFAULT_SPEED = 0.03  # travel per frame as a fraction of the frame size
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class ShapesVideoDataset(Dataset):
     """
 
     def __init__(self, length: int = 1000, frames: int = 17, height: int = 64, width: int = 64, seed: int = 0,
-                 two_object_fraction: float = 0.25, speed: float = 0.03):
+                 two_object_fraction: float = 0.25, speed: float = DEFAULT_SPEED):
         if min(length, frames, height, width) < 1:
             raise ValueError(f"length, frames, height and width must be positive, got "
                              f"{(length, frames, height, width)}")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from m4v.data import ShapesVideoDataset
+from m4v.data import DEFAULT_SPEED, ShapesVideoDataset
 from m4v.data.shapes import BACKGROUND
 from m4v.eval.attributes import AttributeClassifier, parse_caption, score_attributes, train_attribute_classifier
 
@@ -66,9 +66,11 @@ def degrade(frames: Tensor, generator: torch.Generator) -> Tensor:
     return ((1 - strength) * flat + strength * picked).view(frames.shape)
 
 
-def real_frames(count: int, frames: int, size: int, seed: int) -> tuple[Tensor, list[str]]:
-    """``count`` single-object dataset videos as (count, frames, 3, size, size) in [0, 1]."""
-    data = ShapesVideoDataset(count, frames, size, size, seed=seed, two_object_fraction=0.0)
+def real_frames(count: int, frames: int, size: int, seed: int,
+                speed: float = DEFAULT_SPEED) -> tuple[Tensor, list[str]]:
+    """``count`` single-object dataset videos as (count, frames, 3, size, size) in [0, 1]. At the
+    default speed an object whose path does not fit the clip leaves the frame."""
+    data = ShapesVideoDataset(count, frames, size, size, seed=seed, two_object_fraction=0.0, speed=speed)
     items = [data[i] for i in range(count)]
     return torch.stack([(v.permute(1, 0, 2, 3) + 1) / 2 for v, _ in items]), [c for _, c in items]
 

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from m4v.data import DEFAULT_SPEED
 from m4v.eval.attributes import train_attribute_classifier
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
@@ -146,6 +147,13 @@ class RewardTuneConfig:
         return config_from_dict(cls, values, f"reward-tune config {path}")
 
 
+def in_view_speed(train_frames: int, frames: int) -> float:
+    """The speed at which a ``frames``-long real clip covers a training clip's path, so its objects
+    stay in view: a realism critic shown real frames whose objects had left (the dataset's paths fit
+    the training length only) rewards empty frames, and the tuned model learned to empty them."""
+    return DEFAULT_SPEED * (train_frames - 1) / max(frames - 1, 1)
+
+
 def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> list[tuple[Reward, float]]:
     """The built-in rewards: the attribute classifier and a realism critic trained on real frames
     against ``pipe``'s own long rollouts (so it learns what drift looks like)."""
@@ -154,7 +162,8 @@ def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> list[tuple[Rew
     device = pipe.device
     classifier = train_attribute_classifier(seed=0, steps=config.classifier_steps).to(device)
     frames = pipe.autoencoder.num_frames(config.max_unit + 1)
-    real, captions = real_frames(config.critic_videos, frames, config.height, seed=config.seed + 17)
+    real, captions = real_frames(config.critic_videos, frames, config.height, seed=config.seed + 17,
+                                 speed=in_view_speed(config.frames, frames))
     generator = torch.Generator(device=device).manual_seed(config.seed + 17)
     fake = torch.from_numpy(pipe(captions, num_frames=frames, height=config.height, width=config.width,
                                  num_inference_steps=config.steps_per_stage,
@@ -186,4 +195,5 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
     return trainer, trainer.run(progress=progress, step_fn=tuner.step)
 
 
-__all__ = ["rollout_estimate", "reward_loss", "RewardTuner", "RewardTuneConfig", "build_rewards", "run_reward_tuning"]
+__all__ = ["rollout_estimate", "reward_loss", "RewardTuner", "RewardTuneConfig", "build_rewards", "in_view_speed",
+           "run_reward_tuning"]
