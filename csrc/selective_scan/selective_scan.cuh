@@ -331,19 +331,21 @@ __device__ __forceinline__ void load_fwd_tile(const StateTensor& t, const SeqSpa
 // Position of chunk step t in a padded staged row.
 __device__ __forceinline__ int padded_step(int t) { return (t / kFwdItems) * kFwdLanePitch + t % kFwdItems; }
 
-// B or C rows [n0, n0 + 16) of one chunk from a unit-state-stride tensor: one thread per time step
-// loads its 16 states with 16-byte vectors and scatters them into the padded tile.
-template <typename T>
-__device__ __forceinline__ void load_fwd_tile_token_major(const StateTensor& t, const SeqSpan& span, int g, int n0,
-                                                          int chunk_start, float* tile) {
+// One chunk of kRows adjacent unit-stride values per time step (B/C states, or a CTA's channels)
+// into padded rows [row][step], zero past the sequence: one thread per time step loads them with
+// 16-byte vectors and scatters them. `first` points at the sequence's first step.
+template <typename T, int kRows>
+__device__ __forceinline__ void stage_vectors(const T* first, int64_t len_stride, int len, int chunk_start,
+                                              float* rows) {
   constexpr int kVec = 16 / sizeof(T);
+  static_assert(kRows % kVec == 0, "whole vectors only");
   for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
     const int pos = chunk_start + step;
-    float v[kFwdStateTile];
-    if (pos < span.len) {
-      const T* src = state_row<T>(t, span, g, n0) + static_cast<int64_t>(pos) * t.len_stride;
+    float v[kRows];
+    if (pos < len) {
+      const T* src = first + static_cast<int64_t>(pos) * len_stride;
 #pragma unroll
-      for (int i = 0; i < kFwdStateTile / kVec; ++i) {
+      for (int i = 0; i < kRows / kVec; ++i) {
         const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src) + i);
         const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
@@ -351,38 +353,10 @@ __device__ __forceinline__ void load_fwd_tile_token_major(const StateTensor& t, 
       }
     } else {
 #pragma unroll
-      for (int r = 0; r < kFwdStateTile; ++r) v[r] = 0.f;
+      for (int r = 0; r < kRows; ++r) v[r] = 0.f;
     }
 #pragma unroll
-    for (int r = 0; r < kFwdStateTile; ++r) tile[r * kFwdRowPitch + padded_step(step)] = v[r];
-  }
-}
-
-// The CTA's kFwdChannels channels of one chunk of a token-major row tensor into padded rows
-// [channel][step] (zero past the sequence): one thread per time step, one 16-byte vector per
-// 8 bf16 channels.
-template <typename T>
-__device__ __forceinline__ void stage_rows_token_major(const RowTensor& t, const SeqSpan& span, int d0,
-                                                       int chunk_start, float* rows) {
-  constexpr int kVec = 16 / sizeof(T);
-  for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
-    const int pos = chunk_start + step;
-    float v[kFwdChannels];
-    if (pos < span.len) {
-      const T* src = row_ptr<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride;
-#pragma unroll
-      for (int i = 0; i < kFwdChannels / kVec; ++i) {
-        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src) + i);
-        const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
-      }
-    } else {
-#pragma unroll
-      for (int h = 0; h < kFwdChannels; ++h) v[h] = 0.f;
-    }
-#pragma unroll
-    for (int h = 0; h < kFwdChannels; ++h) rows[h * kFwdRowPitch + padded_step(step)] = v[h];
+    for (int r = 0; r < kRows; ++r) rows[r * kFwdRowPitch + padded_step(step)] = v[r];
   }
 }
 
@@ -493,8 +467,9 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
     float dt[kFwdItems], dtu[kFwdItems], y[kFwdItems];
     if (p.rows_token_major) {
       __syncthreads();  // the previous chunk's staged rows are consumed
-      stage_rows_token_major<T>(p.u, span, d0, chunk_start, staged_a);
-      stage_rows_token_major<T>(p.delta, span, d0, chunk_start, staged_b);
+      stage_vectors<T, kFwdChannels>(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, chunk_start, staged_a);
+      stage_vectors<T, kFwdChannels>(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, chunk_start,
+                                     staged_b);
       __syncthreads();
       fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, dtu);
       fwd_tile_items(staged_b + half * kFwdRowPitch, sub_lane, false, dt);
@@ -518,8 +493,8 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       const int rows = min(kFwdStateTile, N - n0);
       __syncthreads();  // the previous tile is consumed
       if (p.states_token_major) {
-        load_fwd_tile_token_major<T>(p.B, span, g, n0, chunk_start, tile_B);
-        load_fwd_tile_token_major<T>(p.C, span, g, n0, chunk_start, tile_C);
+        stage_vectors<T, kFwdStateTile>(state_row<T>(p.B, span, g, n0), p.B.len_stride, span.len, chunk_start, tile_B);
+        stage_vectors<T, kFwdStateTile>(state_row<T>(p.C, span, g, n0), p.C.len_stride, span.len, chunk_start, tile_C);
       } else {
         load_fwd_tile<T>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
         load_fwd_tile<T>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
@@ -563,7 +538,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       __syncthreads();  // the state loop's tiles are consumed
       const bool keep_pre = p.z.ptr != nullptr && p.out_pre.ptr != nullptr;
       if (p.z.ptr != nullptr) {
-        stage_rows_token_major<T>(p.z, span, d0, chunk_start, staged_a);
+        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, chunk_start, staged_a);
         __syncthreads();
         float z[kFwdItems];
         fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, z);
