@@ -240,24 +240,26 @@ __device__ __forceinline__ void load_state_items(const StateTensor& t, const Seq
   flip_if(reverse, v);
 }
 
-// Rows [n0, n0 + rows) of one chunk of B or C, as float, into tile[rows][kScanChunk] (memory order,
-// zero past the sequence or past dstate). Cooperative over the CTA; the caller synchronises.
-template <typename T>
+// Rows [n0, n0 + rows) of one chunk of B or C, as float, into a tile (memory order, zero past the
+// sequence or past dstate): row r's segment of kItems steps l starts at r * kRowPitch + l * kSegPitch
+// (the backward packs them, the forward pads them). Cooperative over the CTA; the caller
+// synchronises.
+template <typename T, int kItems = K, int kSegPitch = K, int kRowPitch = kScanChunk>
 __device__ __forceinline__ void load_state_tile(const StateTensor& t, const SeqSpan& span, int g, int n0, int rows,
                                                 int dstate, int chunk_start, float* tile) {
-  constexpr int kVecsPerRow = kScanChunk / K;
-  for (int i = threadIdx.x; i < rows * kVecsPerRow; i += blockDim.x) {
-    const int r = i / kVecsPerRow, j = i % kVecsPerRow;
-    float v[K];
+  constexpr int kSegments = kScanChunk / kItems;
+  for (int i = threadIdx.x; i < rows * kSegments; i += blockDim.x) {
+    const int r = i / kSegments, l = i % kSegments;
+    float v[kItems];
     if (n0 + r < dstate) {
-      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + j * K, span.len, v);
+      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + l * kItems, span.len, v);
     } else {
 #pragma unroll
-      for (int k = 0; k < K; ++k) v[k] = 0.f;
+      for (int k = 0; k < kItems; ++k) v[k] = 0.f;
     }
-    float4* dst = reinterpret_cast<float4*>(tile + r * kScanChunk + j * K);
-    dst[0] = make_float4(v[0], v[1], v[2], v[3]);
-    dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+    float4* dst = reinterpret_cast<float4*>(tile + r * kRowPitch + l * kSegPitch);
+#pragma unroll
+    for (int j = 0; j < kItems / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
   }
 }
 
@@ -307,26 +309,6 @@ constexpr int kFwdChannels = kFwdWarps * 32 / kFwdLanes;
 constexpr int kFwdLanePitch = kFwdItems + 4;
 constexpr int kFwdRowPitch = kFwdLanes * kFwdLanePitch;
 static_assert(kFwdLanes == 16 && kFwdChannels == 8, "the launcher's grid assumes 8 channels per CTA");
-
-// Rows [n0, n0 + rows) of one chunk of B or C, as float, into the padded tile (memory order, zero
-// past the sequence or past dstate). Cooperative over the CTA; the caller synchronises.
-template <typename T>
-__device__ __forceinline__ void load_fwd_tile(const StateTensor& t, const SeqSpan& span, int g, int n0, int rows,
-                                              int dstate, int chunk_start, float* tile) {
-  for (int i = threadIdx.x; i < rows * kFwdLanes; i += blockDim.x) {
-    const int r = i / kFwdLanes, l = i % kFwdLanes;
-    float v[kFwdItems];
-    if (n0 + r < dstate) {
-      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + l * kFwdItems, span.len, v);
-    } else {
-#pragma unroll
-      for (int k = 0; k < kFwdItems; ++k) v[k] = 0.f;
-    }
-    float4* dst = reinterpret_cast<float4*>(tile + r * kFwdRowPitch + l * kFwdLanePitch);
-#pragma unroll
-    for (int j = 0; j < kFwdItems / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
-  }
-}
 
 // Position of chunk step t in a padded staged row.
 __device__ __forceinline__ int padded_step(int t) { return (t / kFwdItems) * kFwdLanePitch + t % kFwdItems; }
@@ -496,8 +478,8 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
         stage_vectors<T, kFwdStateTile>(state_row<T>(p.B, span, g, n0), p.B.len_stride, span.len, chunk_start, tile_B);
         stage_vectors<T, kFwdStateTile>(state_row<T>(p.C, span, g, n0), p.C.len_stride, span.len, chunk_start, tile_C);
       } else {
-        load_fwd_tile<T>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
-        load_fwd_tile<T>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
+        load_state_tile<T, kFwdItems, kFwdLanePitch, kFwdRowPitch>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
+        load_state_tile<T, kFwdItems, kFwdLanePitch, kFwdRowPitch>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
       }
       __syncthreads();
 #pragma unroll 2
