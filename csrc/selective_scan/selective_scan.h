@@ -56,7 +56,8 @@ struct ScanParams {
   // Forward fast paths, chosen by the launcher. rows_token_major: u, delta, z, out and out_pre have
   // unit channel stride, 16-byte aligned rows and whole 8-channel blocks, so a CTA moves each time
   // step's 8 channels with one vector and transposes through shared memory. states_token_major: B
-  // and C have unit state stride, aligned rows and dstate % 16 == 0 (16 states per vector load).
+  // and C have unit state stride, aligned rows and dstate % 16 == 0 (16 states per vector load);
+  // used together with rows_token_major only.
   bool rows_token_major = false, states_token_major = false;
   float* last_state = nullptr;   // contiguous (num_seqs, dim, dstate)
   float* checkpoints = nullptr;  // (total_chunks, dim, dstate), or null when no backward follows
