@@ -6,9 +6,9 @@
 #   bash scripts/device_check.sh recompose    # the re-composition benchmark
 #   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
-#   bash scripts/device_check.sh ship         # train + reward-tune the shipped m4v-shapes model, evaluate both
+#   bash scripts/device_check.sh ship         # the shipped m4v-shapes model's whole recipe, then its evaluation
 #   bash scripts/device_check.sh train-more   # continue training a pipeline (BASE=dir, CONFIG=file), cosine lr
-#   bash scripts/device_check.sh reward       # reward-tune the continued model, pack both, evaluate both
+#   bash scripts/device_check.sh reward       # reward-tune the continued model, pack (bf16 tars) and evaluate both
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
@@ -74,21 +74,15 @@ case "${1:-check}" in
     (cd benchmarks && python3 bench_pipeline.py --json "$OUT/bench-pipeline.json") 2>&1 | grep -v '^\[{' | tail -20
     ;;
   ship)
+    # The whole recipe in one go (longer than one 10-minute device call: there, run its steps as
+    # train-more / reward calls on a warm machine).
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     python3 -m m4v train --config configs/shapes-train-phase1.json --quiet 2>&1 | tail -3
     python3 -m m4v train --config configs/shapes-train.json --quiet 2>&1 | tail -3   # resumes phase 1
     cp runs/m4v-shapes/metrics.jsonl "$OUT/train-metrics.jsonl"
-    python3 -m m4v reward-tune --config configs/shapes-reward.json --quiet 2>&1 | tail -3
-    cp runs/m4v-shapes-reward/metrics.jsonl "$OUT/reward-metrics.jsonl"
-    # Shipped as bf16 transformer weights (half the bytes); one tar each (the device returns few files).
-    for name in m4v-shapes m4v-shapes-reward; do
-      python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
-        M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" \
-        "runs/$name/checkpoint/pipeline" "/tmp/ship/$name"
-      tar cf "$OUT/$name.tar" -C /tmp/ship "$name"
-    done
-    python3 -m m4v eval --model /tmp/ship/m4v-shapes --model /tmp/ship/m4v-shapes-reward --device cuda \
-      --json "$OUT/eval.json" --quiet
+    CONFIG=configs/shapes-train-continue.json bash "$0" train-more
+    BASE=runs/m4v-shapes-long/checkpoint/pipeline CONFIG=configs/shapes-train-continue2.json bash "$0" train-more
+    bash "$0" reward
     ;;
   train-more)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
