@@ -129,12 +129,12 @@ def _eval(args: argparse.Namespace) -> int:
 def format_eval(results: dict) -> str:
     """The eval table: attribute accuracy on the first frames, drift early vs late in the rollout."""
     lines = ["| videos | colour | shape | direction | all three | critic early -> late | background error early "
-             "-> late | sharpness early -> late | attribute conf. early -> late |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "-> late | sharpness early -> late | attribute conf. early -> late | objects in view early -> late |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         acc, early, late = r["attributes"]["accuracy"], r["drift"]["early"], r["drift"]["late"]
         drift = " | ".join(f"{early[k]:.3f} -> {late[k]:.3f}"
-                           for k in ("critic", "background", "sharpness", "attributes"))
+                           for k in ("critic", "background", "sharpness", "attributes", "presence"))
         lines.append(f"| {name} | {acc['colour']:.3f} | {acc['shape']:.3f} | {acc['direction']:.3f} | "
                      f"{r['attributes']['all_correct']:.3f} | {drift} |")
     return "\n".join(lines)

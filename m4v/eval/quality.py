@@ -48,6 +48,14 @@ def background_error(frames: Tensor) -> Tensor:
     return (median - torch.tensor(BACKGROUND, device=frames.device)).abs().mean(-1)
 
 
+def object_presence(frames: Tensor, threshold: float = 0.3) -> Tensor:
+    """(batch, frames, 3, H, W) in [0, 1] -> (batch, frames): 1 where some pixel differs from the
+    background colour by more than ``threshold`` in a channel, i.e. an object is in view. Objects
+    that vanish in place show up here; the critic alone cannot see them (empty frames look real)."""
+    background = torch.tensor(BACKGROUND, device=frames.device).view(1, 1, 3, 1, 1)
+    return ((frames - background).abs().amax(dim=2) > threshold).flatten(2).any(-1).float()
+
+
 def degrade(frames: Tensor, generator: torch.Generator) -> Tensor:
     """Generic corruptions of real frames (batch, frames, 3, H, W) in [0, 1], one per frame: blur,
     a colour cast, noise or lost contrast, at a random strength."""
@@ -91,6 +99,7 @@ class DriftReport:
     background: list[float]      # background error
     sharpness: list[float]       # ratio to real frames
     attributes: list[float]      # judge's mean confidence in the caption's colour and shape
+    presence: list[float]        # share of frames with an object in view
     early: dict[str, float]
     late: dict[str, float]
 
@@ -117,14 +126,15 @@ def drift_report(videos: Tensor, captions: Sequence[str], critic, judge: Attribu
     """videos (batch, frames, 3, H, W) in [0, 1] at the judges' resolution."""
     per_frame = {"critic": torch.sigmoid(critic(videos)), "background": background_error(videos),
                  "sharpness": sharpness(videos) / real_sharpness,
-                 "attributes": frame_attribute_confidence(judge, videos, captions)}
+                 "attributes": frame_attribute_confidence(judge, videos, captions),
+                 "presence": object_presence(videos)}
     units = 1 + (videos.shape[1] - 1) // temporal_factor
     bounds = [(0, 1)] + [(1 + (k - 1) * temporal_factor, 1 + k * temporal_factor) for k in range(1, units)]
     series = {name: [float(values[:, a:b].mean()) for a, b in bounds] for name, values in per_frame.items()}
     early = {name: sum(v[:train_units]) / len(v[:train_units]) for name, v in series.items()}
     late = {name: sum(v[train_units:]) / max(1, len(v[train_units:])) for name, v in series.items()}
-    return DriftReport(series["critic"], series["background"], series["sharpness"], series["attributes"], early,
-                       late)
+    return DriftReport(series["critic"], series["background"], series["sharpness"], series["attributes"],
+                       series["presence"], early, late)
 
 
 @dataclass
@@ -209,5 +219,5 @@ def evaluate_real(judges: Judges, temporal_factor: int = 4) -> dict:
     return score_videos(videos, captions, judges, temporal_factor, 1 + (config.train_frames - 1) // temporal_factor)
 
 
-__all__ = ["sharpness", "background_error", "degrade", "train_quality_critic", "drift_report", "DriftReport",
+__all__ = ["sharpness", "background_error", "object_presence", "degrade", "train_quality_critic", "drift_report", "DriftReport",
            "EvalConfig", "Judges", "evaluate", "evaluate_real", "score_videos", "eval_captions", "real_frames"]

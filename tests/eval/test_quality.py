@@ -50,3 +50,18 @@ def test_background_error_is_zero_for_real_frames_and_sees_a_colour_cast():
     assert background_error(real).max() < 1e-6
     cast = (real + torch.tensor([0.3, 0.0, -0.05]).view(1, 1, 3, 1, 1)).clamp(0, 1)
     assert (background_error(cast) > 0.09).all()
+
+
+def test_object_presence_sees_objects_that_vanish_in_place():
+    from m4v.data.shapes import BACKGROUND
+    from m4v.eval.quality import object_presence
+    from m4v.training.reward import in_view_speed
+
+    videos, _ = real_frames(6, 17, 32, seed=9, speed=in_view_speed(17, 17))
+    assert object_presence(videos).min() == 1  # every training-length frame shows its object
+    vanished = videos.clone()
+    vanished[:, 9:] = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1)
+    presence = object_presence(vanished)
+    assert presence[:, :9].min() == 1 and presence[:, 9:].max() == 0
+    noisy = vanished + 0.03 * torch.randn_like(vanished)  # sampling noise is not an object
+    assert object_presence(noisy)[:, 9:].max() == 0
