@@ -315,6 +315,21 @@ def test_mixer_layout_matches_reference(backend, dtype, case, poison_outputs):
         assert out.stride(1) == 1 and out.mT.is_contiguous()  # token-major: out_proj reads it without a copy
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_output_layout_rule(dtype):
+    """The layout the fake kernels promise for the CUDA forward (csrc/selective_scan/selective_scan.cpp
+    applies the same rule): token-major when u is, else rows padded to 16 bytes."""
+    from m4v.kernels._backend import new_scan_output
+
+    token_major = torch.empty(2, 7, 24, dtype=dtype).mT  # (batch, dim=24, seqlen=7) view
+    out = new_scan_output(token_major)
+    assert out.shape == (2, 24, 7) and out.stride() == (7 * 24, 1, 24)
+    out = new_scan_output(torch.empty(2, 24, 7, dtype=dtype))
+    per_16_bytes = 16 // out.element_size()
+    assert out.shape == (2, 24, 7) and out.stride(2) == 1 and out.stride(1) % per_16_bytes == 0
+    assert new_scan_output(torch.empty(2, 24, 1, dtype=dtype)).stride(2) == 1  # seqlen 1: contiguous rule
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_channel_last_strides(backend):
     """(batch, dim, seqlen) views of token-major (batch, seqlen, dim) tensors, as the model uses."""
