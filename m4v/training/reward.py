@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -183,11 +183,9 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
         add_lora(pipe.transformer, config.lora_rank)
         pipe.text_encoder.requires_grad_(False)
     rewards = build_rewards(pipe, config)
-    train_config = TrainConfig(out_dir=config.out_dir, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                               ema_decay=config.ema_decay, frames=config.frames, height=config.height,
-                               width=config.width, precision=config.precision,
-                               checkpoint_every=config.checkpoint_every, log_every=config.log_every, seed=config.seed,
-                               device=config.device, time_limit_s=config.time_limit_s)
+    # The trainer's settings are the fields both configs share (same names, same meaning).
+    shared = [f.name for f in fields(TrainConfig) if hasattr(config, f.name)]
+    train_config = TrainConfig(**{name: getattr(config, name) for name in shared})
     trainer = Trainer(pipe, train_config)
     tuner = RewardTuner(trainer, rewards, config.flow_weight, config.max_unit, config.steps_per_stage,
                         config.guidance)
