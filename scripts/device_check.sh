@@ -8,7 +8,7 @@
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
 #   bash scripts/device_check.sh ship         # the shipped m4v-shapes model's whole recipe, then its evaluation
 #   bash scripts/device_check.sh train-more   # continue training a pipeline (BASE=dir, CONFIG=file), cosine lr
-#   bash scripts/device_check.sh reward       # reward-tune the continued model, pack (bf16 tars) and evaluate both
+#   bash scripts/device_check.sh reward       # reward-tune (CONFIGS side by side), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
@@ -92,18 +92,30 @@ case "${1:-check}" in
       "$OUT/train-more-metrics.jsonl"
     ;;
   reward)
+    # CONFIGS (default: configs/shapes-reward.json) tune side by side from the same base; the base is the
+    # shipped model when its training run is not on this machine (it ships that run's weights in bf16).
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    python3 -m m4v reward-tune --config configs/shapes-reward.json --quiet 2>&1 | tail -3
-    cp runs/m4v-shapes-reward/metrics.jsonl "$OUT/reward-metrics.jsonl"
-    base=$(python3 -c "import json; print(json.load(open('configs/shapes-reward.json'))['model'].split('/')[1])")
-    for name in "$base" m4v-shapes-reward; do
-      python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
-        M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" \
-        "runs/$name/checkpoint/pipeline" "/tmp/ship/$name"
-      tar cf "$OUT/$name.tar" -C /tmp/ship "$name"
+    configs=${CONFIGS:-configs/shapes-reward.json}
+    field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+    base_dir=$(field "${configs%% *}" model)
+    [ -d "$base_dir" ] || { mkdir -p "$(dirname "$base_dir")" && cp -r m4v/assets/m4v-shapes "$base_dir"; }
+    for config in $configs; do
+      python3 -m m4v reward-tune --config "$config" --quiet >"$OUT/reward-$(basename "$config" .json).log" 2>&1 &
     done
-    python3 -m m4v eval --model "/tmp/ship/$base" --model /tmp/ship/m4v-shapes-reward --device cuda \
-      --json "$OUT/eval.json" --quiet
+    wait
+    pack() {  # pipeline dir, name: a bf16 copy under /tmp/ship and a tar of it in $OUT
+      python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
+        M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" "$1" "/tmp/ship/$2"
+      tar cf "$OUT/$2.tar" -C /tmp/ship "$2"
+    }
+    models=()
+    pack "$base_dir" base && models+=(--model /tmp/ship/base)
+    for config in $configs; do
+      name=$(basename "$config" .json) out_dir=$(field "$config" out_dir)
+      tail -2 "$OUT/reward-$name.log"; cp "$out_dir/metrics.jsonl" "$OUT/reward-$name-metrics.jsonl"
+      pack "$out_dir/checkpoint/pipeline" "$name" && models+=(--model "/tmp/ship/$name")
+    done
+    python3 -m m4v eval "${models[@]}" --device cuda --json "$OUT/eval.json" --quiet
     ;;
   mixer)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
