@@ -129,15 +129,20 @@ def _eval(args: argparse.Namespace) -> int:
 def format_eval(results: dict) -> str:
     """The eval table: attribute accuracy on the first frames, drift early vs late in the rollout."""
     lines = ["| videos | colour | shape | direction | all three | critic early -> late | background error early "
-             "-> late | sharpness early -> late | attribute conf. early -> late | objects in view early -> late |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "-> late | sharpness early -> late | sharpness in view early -> late | attribute conf. early -> late | "
+             "objects in view early -> late |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         acc, early, late = r["attributes"]["accuracy"], r["drift"]["early"], r["drift"]["late"]
-        drift = " | ".join(f"{early[k]:.3f} -> {late[k]:.3f}"
-                           for k in ("critic", "background", "sharpness", "attributes", "presence"))
+        drift = " | ".join(f"{_number(early.get(k))} -> {_number(late.get(k))}"
+                           for k in ("critic", "background", "sharpness", "sharpness_in_view", "attributes", "presence"))
         lines.append(f"| {name} | {acc['colour']:.3f} | {acc['shape']:.3f} | {acc['direction']:.3f} | "
                      f"{r['attributes']['all_correct']:.3f} | {drift} |")
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _info(args: argparse.Namespace) -> int:

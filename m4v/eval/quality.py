@@ -6,7 +6,8 @@ Four per-frame statistics:
   model's samples, so it favours neither a base model nor its reward-tuned version;
 - background error: how far the frame's median colour is from the dataset's background (colour
   casts and noise, the usual drift of autoregressive rollouts, show up here; objects are small);
-- sharpness, the mean absolute Laplacian of the luma, as a ratio to real frames;
+- sharpness, the mean absolute Laplacian of the luma, as a ratio to real frames, over all frames and
+  over the frames that show an object (``object_presence``);
 - the held-out attribute judge's confidence in the caption's colour and shape, frame by frame.
 
 ``evaluate`` generates videos ``rollout_factor`` times longer than training and reports each
@@ -100,6 +101,7 @@ class DriftReport:
     sharpness: list[float]       # ratio to real frames
     attributes: list[float]      # judge's mean confidence in the caption's colour and shape
     presence: list[float]        # share of frames with an object in view
+    sharpness_in_view: list[float | None]  # sharpness of the frames with an object in view (None: no such frame)
     early: dict[str, float]
     late: dict[str, float]
 
@@ -133,8 +135,19 @@ def drift_report(videos: Tensor, captions: Sequence[str], critic, judge: Attribu
     series = {name: [float(values[:, a:b].mean()) for a, b in bounds] for name, values in per_frame.items()}
     early = {name: sum(v[:train_units]) / len(v[:train_units]) for name, v in series.items()}
     late = {name: sum(v[train_units:]) / max(1, len(v[train_units:])) for name, v in series.items()}
+    # Objects leave the frame late (real ones too), and an empty frame has no edges: sharpness over the
+    # frames that show an object separates blur from absence.
+    in_view = per_frame["presence"] > 0
+    split = bounds[min(train_units, units) - 1][1]
+    series["sharpness_in_view"] = [_masked_mean(per_frame["sharpness"][:, a:b], in_view[:, a:b]) for a, b in bounds]
+    early["sharpness_in_view"] = _masked_mean(per_frame["sharpness"][:, :split], in_view[:, :split])
+    late["sharpness_in_view"] = _masked_mean(per_frame["sharpness"][:, split:], in_view[:, split:])
     return DriftReport(series["critic"], series["background"], series["sharpness"], series["attributes"],
-                       series["presence"], early, late)
+                       series["presence"], series["sharpness_in_view"], early, late)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> float | None:
+    return float(values[mask].mean()) if mask.any() else None
 
 
 @dataclass

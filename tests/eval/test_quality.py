@@ -65,3 +65,33 @@ def test_object_presence_sees_objects_that_vanish_in_place():
     assert presence[:, :9].min() == 1 and presence[:, 9:].max() == 0
     noisy = vanished + 0.03 * torch.randn_like(vanished)  # sampling noise is not an object
     assert object_presence(noisy)[:, 9:].max() == 0
+
+
+def test_sharpness_in_view_separates_blur_from_absence():
+    """Objects that leave (or vanish) take their edges with them: overall sharpness falls, sharpness
+    over the frames that still show an object does not; blur lowers both."""
+    from m4v.data.shapes import BACKGROUND
+    from m4v.training.reward import in_view_speed
+
+    videos, captions = real_frames(8, 17, 32, seed=12, speed=in_view_speed(17, 17))
+    critic = train_quality_critic(real_frames(8, 2, 32, seed=13)[0], steps=5)
+    judge = train_attribute_classifier(seed=14, steps=5, frames=5)
+
+    def report(clips, names):
+        return drift_report(clips, names, critic, judge, 1.0, temporal_factor=4, train_units=3)
+
+    vanished = videos.clone()
+    vanished[:4, 9:] = torch.tensor(BACKGROUND).view(1, 3, 1, 1)
+    gone, kept = report(vanished, captions), report(videos[4:], captions[4:])
+    assert gone.late["sharpness"] < 0.6 * kept.late["sharpness"]
+    assert abs(gone.late["sharpness_in_view"] - kept.late["sharpness_in_view"]) < 1e-5
+    assert gone.sharpness_in_view[:3] == report(videos, captions).sharpness_in_view[:3]
+
+    blurred = videos.clone()
+    late = blurred[:, 9:].flatten(0, 1)
+    blurred[:, 9:] = torch.nn.functional.avg_pool2d(late, 3, stride=1, padding=1).view(blurred[:, 9:].shape)
+    assert report(blurred, captions).late["sharpness_in_view"] < 0.7 * report(videos, captions).late["sharpness_in_view"]
+
+    empty = videos.clone()
+    empty[:, 9:] = torch.tensor(BACKGROUND).view(1, 3, 1, 1)
+    assert report(empty, captions).late["sharpness_in_view"] is None
