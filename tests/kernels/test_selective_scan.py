@@ -266,7 +266,10 @@ def _check_backend_against_reference(backend, case, dtype, layout=None):
     assert rel_err(last, ref_last) < fwd_tol
     g_out = torch.randn_like(ref_out)
     g_last = torch.randn_like(ref_last)
-    grads = torch.autograd.grad([out, last], _grad_leaves(leaves, kw), [g_out.to(dtype), g_last.float()])
+    # dout in out's layout, as autograd hands it over in the model (token-major under the mixer
+    # layout on CUDA, which the backward's token-major path needs).
+    dout = torch.empty_like(out).copy_(g_out)
+    grads = torch.autograd.grad([out, last], _grad_leaves(leaves, kw), [dout, g_last.float()])
     ref_grads = torch.autograd.grad([ref_out, ref_last], _grad_leaves(ref_leaves, ref_kw), [g_out, g_last])
     for g, rg, leaf in zip(grads, ref_grads, _grad_leaves(leaves, kw)):
         assert g.dtype == leaf.dtype and g.shape == leaf.shape
