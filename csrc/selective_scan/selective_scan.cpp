@@ -276,16 +276,10 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   p.dout = row_tensor(dout);
 
   const auto f32 = u.options().dtype(at::kFloat);
-  // The gradients take u's layout rule too (token-major when u is), so autograd hands them on to a
-  // token-major producer without a transpose.
-  const bool token_major = token_major_input(u);
-  auto new_gradient = [&] {
-    return token_major ? new_token_major_output(u.size(0), u.size(1), u.size(2), u.options())
-                       : new_row_output(u.size(0), u.size(1), u.size(2), u.options());
-  };
-  Tensor du = new_gradient();
-  Tensor ddelta = new_gradient();
-  Tensor dz = z.has_value() ? new_gradient() : at::empty({0}, u.options());
+  Tensor du = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
+  Tensor ddelta = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
+  Tensor dz = z.has_value() ? new_row_output(u.size(0), u.size(1), u.size(2), u.options())
+                            : at::empty({0}, u.options());
   Tensor dinitial_state = new_output({p.num_seqs, p.dim, p.dstate}, f32);
   // Chunk slots past the last real chunk (varlen upper bound) stay zero and drop out of the sums.
   Tensor dA_partial = at::zeros({rows, p.dim, p.dstate}, f32);
@@ -300,10 +294,6 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   p.du = row_tensor(du);
   p.ddelta = row_tensor(ddelta);
   if (z.has_value()) p.dz = row_tensor(dz);
-  p.rows_token_major = token_major && p.channels_per_group % kScanBwdWarps == 0 && vector_rows(u) &&
-                       vector_rows(delta) && vector_rows(dout) && vector_rows(du) && vector_rows(ddelta) &&
-                       (!z.has_value() || (vector_rows(*z) && vector_rows(out_pre) && vector_rows(dz)));
-  p.states_token_major = p.rows_token_major && vector_states(B) && vector_states(C);
   p.dinitial_state = dinitial_state.data_ptr<float>();
   p.dA_partial = dA_partial.data_ptr<float>();
   p.dD_partial = dD_partial.data_ptr<float>();

@@ -212,16 +212,16 @@ struct ChunkInputs {
   bool valid[K];
 };
 
-// dt from raw delta (bias added, softplus applied, 0 outside the sequence) and dt_sum; then u and dt
-// into scan order. On entry in.u and in.dt hold the raw chunk values in memory order.
-template <bool kReverse>
-__device__ __forceinline__ void finish_chunk_inputs(const ScanParams& p, int d, int pos, int len, ChunkInputs& in,
-                                                    float (*softplus_grad)[K]) {
+template <typename T, bool kReverse>
+__device__ __forceinline__ void load_chunk_inputs(const ScanParams& p, const SeqSpan& span, int d, int pos,
+                                                  ChunkInputs& in, float (*softplus_grad)[K] = nullptr) {
+  load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, in.u);
+  load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, in.dt);
   const float bias = p.delta_bias != nullptr ? p.delta_bias[d] : 0.f;
   in.dt_sum = 0.f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    in.valid[k] = pos + k < len;
+    in.valid[k] = pos + k < span.len;
     const float pre = in.dt[k] + bias;
     if (softplus_grad != nullptr) (*softplus_grad)[k] = p.delta_softplus ? sigmoid(pre) : 1.f;
     in.dt[k] = in.valid[k] ? (p.delta_softplus ? softplus(pre) : pre) : 0.f;
@@ -231,14 +231,6 @@ __device__ __forceinline__ void finish_chunk_inputs(const ScanParams& p, int d, 
   flip_if(kReverse, in.dt);
   if (softplus_grad != nullptr) flip_if(kReverse, *softplus_grad);
   flip_if(kReverse, in.valid);
-}
-
-template <typename T, bool kReverse>
-__device__ __forceinline__ void load_chunk_inputs(const ScanParams& p, const SeqSpan& span, int d, int pos,
-                                                  ChunkInputs& in, float (*softplus_grad)[K] = nullptr) {
-  load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, in.u);
-  load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, in.dt);
-  finish_chunk_inputs<kReverse>(p, d, pos, span.len, in, softplus_grad);
 }
 
 template <typename T>
@@ -303,45 +295,28 @@ __device__ __forceinline__ float fold_lane_items(const ChunkInputs& in, float A2
 }
 
 // ------------------------------------------------------------------------------------------------
-// Token-major staging, shared by the forward and the backward.
+// Forward.
 //
-// One chunk of a few rows (channels, or B/C states) in shared memory as float rows [row][step].
-// Each lane owns kItems consecutive steps of a row; its items start kLanePitch floats apart, so a
-// pitch of kItems + 4 makes the lanes' 16-byte reads free of bank conflicts (kLanePitch == kItems:
-// packed rows).
-template <int kItems, int kLanePitch>
-struct ChunkRows {
-  static constexpr int kRowPitch = kScanChunk / kItems * kLanePitch;
+// Half a warp owns one channel: its 16 lanes hold 16 consecutive steps each, so a chunk is still
+// kScanChunk steps (the backward's checkpoints are unchanged), but the cross-lane scan per state is
+// 4 shuffle steps for 16 items instead of 5 for 8. A CTA: kFwdWarps warps, kFwdChannels channels
+// of one group, one sequence; B and C rows are staged per chunk in a padded layout (each lane's 16
+// items start 20 floats apart) so that the lanes' 16-byte reads are free of bank conflicts.
+constexpr int kFwdItems = 16;
+constexpr int kFwdLanes = kScanChunk / kFwdItems;  // lanes per channel
+constexpr int kFwdWarps = 4;
+constexpr int kFwdChannels = kFwdWarps * 32 / kFwdLanes;
+constexpr int kFwdLanePitch = kFwdItems + 4;
+constexpr int kFwdRowPitch = kFwdLanes * kFwdLanePitch;
+static_assert(kFwdLanes == 16 && kFwdChannels == 8, "the launcher's grid assumes 8 channels per CTA");
 
-  // Where chunk step t sits in a row.
-  __device__ static __forceinline__ int at(int t) { return (t / kItems) * kLanePitch + t % kItems; }
-
-  // A lane's items (memory order) of one row, in scan order.
-  __device__ static __forceinline__ void get(const float* row, int lane, bool reverse, float (&v)[kItems]) {
-    const float4* src = reinterpret_cast<const float4*>(row + lane * kLanePitch);
-#pragma unroll
-    for (int j = 0; j < kItems / 4; ++j) {
-      const float4 q = src[j];
-      v[4 * j] = q.x;
-      v[4 * j + 1] = q.y;
-      v[4 * j + 2] = q.z;
-      v[4 * j + 3] = q.w;
-    }
-    flip_if(reverse, v);
-  }
-
-  // The reverse of get for items already in memory order.
-  __device__ static __forceinline__ void put(float* row, int lane, const float (&v)[kItems]) {
-    float4* dst = reinterpret_cast<float4*>(row + lane * kLanePitch);
-#pragma unroll
-    for (int j = 0; j < kItems / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
-  }
-};
+// Position of chunk step t in a padded staged row.
+__device__ __forceinline__ int padded_step(int t) { return (t / kFwdItems) * kFwdLanePitch + t % kFwdItems; }
 
 // One chunk of kRows adjacent unit-stride values per time step (B/C states, or a CTA's channels)
-// into rows [row][step] of layout Rows, zero past the sequence: one thread per time step loads them
-// with 16-byte vectors and scatters them. `first` points at the sequence's first step.
-template <typename T, int kRows, typename Rows>
+// into padded rows [row][step], zero past the sequence: one thread per time step loads them with
+// 16-byte vectors and scatters them. `first` points at the sequence's first step.
+template <typename T, int kRows>
 __device__ __forceinline__ void stage_vectors(const T* first, int64_t len_stride, int len, int chunk_start,
                                               float* rows) {
   constexpr int kVec = 16 / sizeof(T);
@@ -363,47 +338,50 @@ __device__ __forceinline__ void stage_vectors(const T* first, int64_t len_stride
       for (int r = 0; r < kRows; ++r) v[r] = 0.f;
     }
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) rows[r * Rows::kRowPitch + Rows::at(step)] = v[r];
+    for (int r = 0; r < kRows; ++r) rows[r * kFwdRowPitch + padded_step(step)] = v[r];
   }
 }
 
-// The reverse: rows [channel][step] of kRows channels (from d0) out to a token-major row tensor, in
-// range steps only.
-template <typename T, int kRows, typename Rows>
+// The reverse: padded rows [channel][step] out to a token-major row tensor, in range steps only.
+template <typename T>
 __device__ __forceinline__ void write_rows_token_major(const float* rows, const RowTensor& t, const SeqSpan& span,
                                                        int d0, int chunk_start) {
   constexpr int kVec = 16 / sizeof(T);
-  static_assert(kRows % kVec == 0, "whole vectors only");
   for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
     const int pos = chunk_start + step;
     if (pos >= span.len) continue;
     T* dst = row_ptr_mut<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride;
 #pragma unroll
-    for (int i = 0; i < kRows / kVec; ++i) {
+    for (int i = 0; i < kFwdChannels / kVec; ++i) {
       uint4 raw;
       T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(rows[(i * kVec + j) * Rows::kRowPitch + Rows::at(step)]);
+      for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(rows[(i * kVec + j) * kFwdRowPitch + padded_step(step)]);
       reinterpret_cast<uint4*>(dst)[i] = raw;
     }
   }
 }
 
-// ------------------------------------------------------------------------------------------------
-// Forward.
-//
-// Half a warp owns one channel: its 16 lanes hold 16 consecutive steps each, so a chunk is still
-// kScanChunk steps (the backward's checkpoints are unchanged), but the cross-lane scan per state is
-// 4 shuffle steps for 16 items instead of 5 for 8. A CTA: kFwdWarps warps, kFwdChannels channels
-// of one group, one sequence; B and C rows are staged per chunk in a padded layout (each lane's 16
-// items start 20 floats apart) so that the lanes' 16-byte reads are free of bank conflicts.
-constexpr int kFwdItems = 16;
-constexpr int kFwdLanes = kScanChunk / kFwdItems;  // lanes per channel
-constexpr int kFwdWarps = 4;
-constexpr int kFwdChannels = kFwdWarps * 32 / kFwdLanes;
-using FwdRows = ChunkRows<kFwdItems, kFwdItems + 4>;
-constexpr int kFwdRowPitch = FwdRows::kRowPitch;
-static_assert(kFwdLanes == 16 && kFwdChannels == 8, "the launcher's grid assumes 8 channels per CTA");
+// A lane's 16 items (memory order) of one staged row into it, or the reverse.
+__device__ __forceinline__ void put_fwd_tile_items(float* row, int sub_lane, const float (&v)[kFwdItems]) {
+  float4* dst = reinterpret_cast<float4*>(row + sub_lane * kFwdLanePitch);
+#pragma unroll
+  for (int j = 0; j < kFwdItems / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+}
+
+// A lane's 16 items of one staged row, in scan order.
+__device__ __forceinline__ void fwd_tile_items(const float* row, int sub_lane, bool reverse, float (&v)[kFwdItems]) {
+  const float4* src = reinterpret_cast<const float4*>(row + sub_lane * kFwdLanePitch);
+#pragma unroll
+  for (int j = 0; j < kFwdItems / 4; ++j) {
+    const float4 q = src[j];
+    v[4 * j] = q.x;
+    v[4 * j + 1] = q.y;
+    v[4 * j + 2] = q.z;
+    v[4 * j + 3] = q.w;
+  }
+  flip_if(reverse, v);
+}
 
 // Inclusive scan, over the 16 lanes of each half-warp, of the affine maps x -> decay * x + value
 // composed in scan order; `rank` is the lane's position in scan order within its half.
@@ -474,12 +452,12 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
     float dt[kFwdItems], dtu[kFwdItems], y[kFwdItems];
     if constexpr (kTokenMajor) {
       __syncthreads();  // the previous chunk's staged rows are consumed
-      stage_vectors<T, kFwdChannels, FwdRows>(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, chunk_start, staged_a);
-      stage_vectors<T, kFwdChannels, FwdRows>(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, chunk_start,
+      stage_vectors<T, kFwdChannels>(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, chunk_start, staged_a);
+      stage_vectors<T, kFwdChannels>(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, chunk_start,
                                      staged_b);
       __syncthreads();
-      FwdRows::get(staged_a + half * kFwdRowPitch, sub_lane, false, dtu);
-      FwdRows::get(staged_b + half * kFwdRowPitch, sub_lane, false, dt);
+      fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, dtu);
+      fwd_tile_items(staged_b + half * kFwdRowPitch, sub_lane, false, dt);
     } else {
       load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, dtu);
       load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, dt);
@@ -500,11 +478,11 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       const int rows = min(kFwdStateTile, N - n0);
       __syncthreads();  // the previous tile is consumed
       if (kTokenMajor && p.states_token_major) {
-        stage_vectors<T, kFwdStateTile, FwdRows>(state_row<T>(p.B, span, g, n0), p.B.len_stride, span.len, chunk_start, tile_B);
-        stage_vectors<T, kFwdStateTile, FwdRows>(state_row<T>(p.C, span, g, n0), p.C.len_stride, span.len, chunk_start, tile_C);
+        stage_vectors<T, kFwdStateTile>(state_row<T>(p.B, span, g, n0), p.B.len_stride, span.len, chunk_start, tile_B);
+        stage_vectors<T, kFwdStateTile>(state_row<T>(p.C, span, g, n0), p.C.len_stride, span.len, chunk_start, tile_C);
       } else {
-        load_state_tile<T, kFwdItems, kFwdItems + 4, kFwdRowPitch>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
-        load_state_tile<T, kFwdItems, kFwdItems + 4, kFwdRowPitch>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
+        load_state_tile<T, kFwdItems, kFwdLanePitch, kFwdRowPitch>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
+        load_state_tile<T, kFwdItems, kFwdLanePitch, kFwdRowPitch>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
       }
       __syncthreads();
 #pragma unroll 2
@@ -512,7 +490,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
         const int n = n0 + r;
         const float a2 = A2[n];
         float Bv[kFwdItems], a[kFwdItems], b[kFwdItems];
-        FwdRows::get(tile_B + r * kFwdRowPitch, sub_lane, desc, Bv);
+        fwd_tile_items(tile_B + r * kFwdRowPitch, sub_lane, desc, Bv);
         float value = 0.f;
 #pragma unroll
         for (int k = 0; k < kFwdItems; ++k) {
@@ -529,7 +507,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
         const float next_carry = __shfl_sync(kFullMask, x_end, last_lane);
         float x = rank == 0 ? entry : x_prev;
         float Cv[kFwdItems];
-        FwdRows::get(tile_C + r * kFwdRowPitch, sub_lane, desc, Cv);
+        fwd_tile_items(tile_C + r * kFwdRowPitch, sub_lane, desc, Cv);
 #pragma unroll
         for (int k = 0; k < kFwdItems; ++k) {
           x = fmaf(a[k], x, b[k]);
@@ -545,19 +523,19 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       __syncthreads();  // the state loop's tiles are consumed
       const bool keep_pre = p.z.ptr != nullptr && p.out_pre.ptr != nullptr;
       if (p.z.ptr != nullptr) {
-        stage_vectors<T, kFwdChannels, FwdRows>(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, chunk_start, staged_a);
+        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, chunk_start, staged_a);
         __syncthreads();
         float z[kFwdItems];
-        FwdRows::get(staged_a + half * kFwdRowPitch, sub_lane, false, z);
-        if (keep_pre) FwdRows::put(staged_b + half * kFwdRowPitch, sub_lane, y);
+        fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, z);
+        if (keep_pre) put_fwd_tile_items(staged_b + half * kFwdRowPitch, sub_lane, y);
 #pragma unroll
         for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
         __syncthreads();  // every lane has read its z
       }
-      FwdRows::put(staged_a + half * kFwdRowPitch, sub_lane, y);
+      put_fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, y);
       __syncthreads();
-      write_rows_token_major<T, kFwdChannels, FwdRows>(staged_a, p.out, span, d0, chunk_start);
-      if (keep_pre) write_rows_token_major<T, kFwdChannels, FwdRows>(staged_b, p.out_pre, span, d0, chunk_start);
+      write_rows_token_major<T>(staged_a, p.out, span, d0, chunk_start);
+      if (keep_pre) write_rows_token_major<T>(staged_b, p.out_pre, span, d0, chunk_start);
     } else {
       if (p.z.ptr != nullptr) {
         // The backward's dz needs y before the gate; keeping it costs one write instead of a replay.
@@ -581,38 +559,24 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
 // Backward. A CTA owns one chunk and a block of channels of one group; its warps take the channels
 // in turn (each warp a channel at a time, so eight channels' loads are in flight per CTA).
 
-// The gradient reaching y before the gate: dout * silu(z), in place (memory order).
-__device__ __forceinline__ void gate_gradient(float (&gy)[K], const float (&z)[K]) {
-#pragma unroll
-  for (int k = 0; k < K; ++k) gy[k] *= silu(z[k]);
-}
-
-// From dout (gy), z and the pre-gate output y the forward saved: gy becomes the gradient reaching
-// y, and y becomes dz = dout * y * silu'(z) (memory order).
-__device__ __forceinline__ void gate_gradients(float (&gy)[K], const float (&z)[K], float (&y)[K]) {
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const float sg = sigmoid(z[k]);
-    y[k] = gy[k] * y[k] * sg * (1.f + z[k] * (1.f - sg));
-    gy[k] *= z[k] * sg;
-  }
-}
-
 // The gradient reaching y (before the gate), in scan order.
 template <typename T, bool kReverse>
 __device__ __forceinline__ void load_output_gradient(const ScanBwdParams& p, const SeqSpan& span, int d, int pos,
                                                      float (&gy)[K]) {
   load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, gy);
+  flip_if(kReverse, gy);
   if (p.z.ptr != nullptr) {
     float z[K];
     load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
-    gate_gradient(gy, z);
+    flip_if(kReverse, z);
+#pragma unroll
+    for (int k = 0; k < K; ++k) gy[k] *= silu(z[k]);
   }
-  flip_if(kReverse, gy);
 }
 
-// The gradient reaching y (before the gate) in scan order, and dz written. All loads are issued
-// together, so a channel costs one memory latency.
+// The gradient reaching y (before the gate) in scan order, and dz = dout * y * silu'(z) written
+// from the pre-gate output the forward saved. All loads are issued together, so a channel costs
+// one memory latency.
 template <typename T, bool kReverse>
 __device__ __forceinline__ void load_gradient_and_write_dz(const ScanBwdParams& p, const SeqSpan& span, int d,
                                                            int pos, float (&gy)[K]) {
@@ -620,36 +584,14 @@ __device__ __forceinline__ void load_gradient_and_write_dz(const ScanBwdParams& 
   float z[K], y[K];
   load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
   load_items(row_ptr<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
-  gate_gradients(gy, z, y);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const float sg = sigmoid(z[k]);
+    y[k] = gy[k] * y[k] * sg * (1.f + z[k] * (1.f - sg));
+    gy[k] *= z[k] * sg;
+  }
   store_items(row_ptr_mut<T>(p.dz, span, d), p.dz.len_stride, pos, span.len, y);
   flip_if(kReverse, gy);
-}
-
-// Token-major backward: the CTA's kBwdWarps channels of one step are adjacent, so each step's
-// values move as 16-byte vectors through padded shared rows (one row per warp's channel).
-using BwdRows = ChunkRows<K, K + 4>;
-using PackedRows = ChunkRows<K, K>;  // the backward's B/C tiles: row n at n * kScanChunk
-static_assert(kBwdWarps == 8, "token-major staging moves 8 channels per step");
-
-template <typename T>
-__device__ __forceinline__ void stage_channels(const RowTensor& t, const SeqSpan& span, int d0, int chunk_start,
-                                               float* rows) {
-  stage_vectors<T, kBwdWarps, BwdRows>(row_ptr<T>(t, span, d0), t.len_stride, span.len, chunk_start, rows);
-}
-
-// One chunk of all N rows of B or C into a packed tile: from token-major vectors when the states
-// allow it (p.states_token_major), else row by row.
-template <typename T, bool kTokenMajor>
-__device__ __forceinline__ void load_bwd_state_tile(const ScanBwdParams& p, const StateTensor& t, const SeqSpan& span,
-                                                    int g, int chunk_start, float* tile) {
-  if (kTokenMajor && p.states_token_major) {
-    for (int n0 = 0; n0 < p.dstate; n0 += kFwdStateTile) {
-      stage_vectors<T, kFwdStateTile, PackedRows>(state_row<T>(t, span, g, n0), t.len_stride, span.len, chunk_start,
-                                                  tile + n0 * kScanChunk);
-    }
-  } else {
-    load_state_tile<T>(t, span, g, 0, p.dstate, p.dstate, chunk_start, tile);
-  }
 }
 
 // Per-warp shared rows of per-state values ([rows][N]); written by the warp's lanes, then read by
@@ -680,9 +622,7 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
 
 // Pass 1: per (chunk, channel, state) the product of the chunk's decays and the adjoint the chunk
 // produces on its own; also dz, from the pre-gate output the forward kept.
-// kTokenMajor: p.rows_token_major (whole 8-channel iterations, so the CTA-wide barriers of the
-// staging are uniform).
-template <typename T, bool kReverse, bool kTokenMajor>
+template <typename T, bool kReverse>
 __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
   BwdTile tile;
@@ -690,62 +630,25 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool desc = kReverse;
   const int N = p.dstate;
-  const int chunk_start = tile.chunk * kScanChunk;
-  const int pos = chunk_start + lane * K;
+  const int pos = tile.chunk * kScanChunk + lane * K;
   // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][N]).
   float* rows = smem + warp * 3 * N;
   const float* tile_C = nullptr;
-  float* staged = smem + kBwdWarps * 3 * N;
   if (N <= kBwdTileMaxDstate) {  // every channel of the CTA reads the same C chunk
-    load_bwd_state_tile<T, kTokenMajor>(p, p.C, tile.span, tile.group, chunk_start, staged);
+    float* staged = smem + kBwdWarps * 3 * N;
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, staged);
     tile_C = staged;
-    staged += N * kScanChunk;
   }
-  // Token-major: three staged row sets [kBwdWarps][BwdRows::kRowPitch].
-  float* staged_a = staged;
-  float* staged_b = staged_a + kBwdWarps * BwdRows::kRowPitch;
-  float* staged_c = staged_b + kBwdWarps * BwdRows::kRowPitch;
-  const int row = warp * BwdRows::kRowPitch;
   __syncthreads();
   const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
   for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
     __syncwarp();  // the previous channel's rows are written out
     stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, rows);
     float gy[K];
+    if (p.z.ptr != nullptr) load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
+    else load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
     ChunkInputs in;
-    if constexpr (kTokenMajor) {
-      const int d0 = d - warp;
-      const bool gated = p.z.ptr != nullptr;
-      __syncthreads();  // the previous channels' staged rows are consumed
-      stage_channels<T>(p.dout, tile.span, d0, chunk_start, staged_a);
-      if (gated) {
-        stage_channels<T>(p.z, tile.span, d0, chunk_start, staged_b);
-        stage_channels<T>(p.out_pre, tile.span, d0, chunk_start, staged_c);
-      }
-      __syncthreads();
-      BwdRows::get(staged_a + row, lane, false, gy);
-      float y[K];
-      if (gated) {
-        float z[K];
-        BwdRows::get(staged_b + row, lane, false, z);
-        BwdRows::get(staged_c + row, lane, false, y);
-        gate_gradients(gy, z, y);
-      }
-      __syncthreads();  // every warp has read its rows
-      if (gated) BwdRows::put(staged_a + row, lane, y);
-      stage_channels<T>(p.u, tile.span, d0, chunk_start, staged_b);
-      stage_channels<T>(p.delta, tile.span, d0, chunk_start, staged_c);
-      __syncthreads();
-      if (gated) write_rows_token_major<T, kBwdWarps, BwdRows>(staged_a, p.dz, tile.span, d0, chunk_start);
-      BwdRows::get(staged_b + row, lane, false, in.u);
-      BwdRows::get(staged_c + row, lane, false, in.dt);
-      finish_chunk_inputs<kReverse>(p, d, pos, tile.span.len, in, nullptr);
-      flip_if(desc, gy);
-    } else {
-      if (p.z.ptr != nullptr) load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
-      else load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
-      load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
-    }
+    load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
     __syncwarp();
 #pragma unroll 2
     for (int n = 0; n < N; ++n) {
@@ -853,9 +756,7 @@ constexpr int kStatesPerRound = 2;
 // Per-warp rows of per-state values in the main pass: A, checkpoint, adjoint carry, dA.
 constexpr int kBwdStateRows = 4;
 
-// kTokenMajor: as in pass 1; the staged rows borrow the contributions' space, free outside the
-// state loop.
-template <typename T, bool kReverse, bool kTokenMajor>
+template <typename T, bool kReverse>
 __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
   BwdTile tile;
@@ -880,8 +781,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   const float* tile_C = nullptr;
   if (N <= kBwdTileMaxDstate) {
     float* staged = acc_smem + (acc_in_smem ? 2 * N * kScanChunk : 0);
-    load_bwd_state_tile<T, kTokenMajor>(p, p.B, tile.span, tile.group, chunk_start, staged);
-    load_bwd_state_tile<T, kTokenMajor>(p, p.C, tile.span, tile.group, chunk_start, staged + N * kScanChunk);
+    load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, chunk_start, staged);
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, chunk_start, staged + N * kScanChunk);
     tile_B = staged;
     tile_C = staged + N * kScanChunk;
   }
@@ -892,10 +793,6 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   if (acc_in_smem) {
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) acc_smem[i] = 0.f;
   }
-  float* staged_a = contrib;
-  float* staged_b = contrib + kBwdWarps * BwdRows::kRowPitch;
-  static_assert(2 * BwdRows::kRowPitch <= kContrib, "the staged rows must fit in the contributions' space");
-  const int row = warp * BwdRows::kRowPitch;
   __syncthreads();
 
   const int iterations = (tile.d_end - tile.d_begin + kBwdWarps - 1) / kBwdWarps;
@@ -906,37 +803,13 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     ChunkInputs in;
     float softplus_grad[K], gy[K], du[K], ddt[K];
     float dD = 0.f;
-    if constexpr (kTokenMajor) {  // every warp is active: whole 8-channel iterations
-      const int d0 = d - warp;
-      __syncthreads();  // the previous channels' gradients are written out
-      stage_channels<T>(p.u, tile.span, d0, chunk_start, staged_a);
-      stage_channels<T>(p.delta, tile.span, d0, chunk_start, staged_b);
-      __syncthreads();
-      BwdRows::get(staged_a + row, lane, false, in.u);
-      BwdRows::get(staged_b + row, lane, false, in.dt);
-      __syncthreads();
-      stage_channels<T>(p.dout, tile.span, d0, chunk_start, staged_a);
-      if (p.z.ptr != nullptr) stage_channels<T>(p.z, tile.span, d0, chunk_start, staged_b);
-      __syncthreads();
-      BwdRows::get(staged_a + row, lane, false, gy);
-      if (p.z.ptr != nullptr) {
-        float z[K];
-        BwdRows::get(staged_b + row, lane, false, z);
-        gate_gradient(gy, z);
-      }
-      finish_chunk_inputs<kReverse>(p, d, pos, tile.span.len, in, &softplus_grad);
-      flip_if(desc, gy);
-      __syncthreads();  // the staged rows are consumed before the state loop reuses the space
-    }
     if (active) {
       __syncwarp();  // the previous channel's dA row is written out
       stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, 1.f, N, rows);
       stage_state_row(p.checkpoints + chunk_row, 1, 1.f, N, rows + N);
       stage_state_row(p.adjoint_carry + chunk_row, 1, 1.f, N, rows + 2 * N);
-      if constexpr (!kTokenMajor) {
-        load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in, &softplus_grad);
-        load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
-      }
+      load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in, &softplus_grad);
+      load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
       const float Dd = p.D != nullptr ? p.D[d] : 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
@@ -1008,13 +881,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
       }
       flip_if(desc, du);
       flip_if(desc, ddt);
-      if constexpr (kTokenMajor) {  // the state loop's closing barrier freed the staged rows
-        BwdRows::put(staged_a + row, lane, du);
-        BwdRows::put(staged_b + row, lane, ddt);
-      } else {
-        store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.len, du);
-        store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.len, ddt);
-      }
+      store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.len, du);
+      store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.len, ddt);
       dD = warp_sum(dD);
       dbias = warp_sum(dbias);
       if (lane == 0) {
@@ -1023,12 +891,6 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
       }
       __syncwarp();
       for (int n = lane; n < N; n += 32) p.dA_partial[chunk_row + n] = rows[3 * N + n];
-    }
-    if constexpr (kTokenMajor) {
-      const int d0 = tile.d_begin + it * kBwdWarps;
-      __syncthreads();
-      write_rows_token_major<T, kBwdWarps, BwdRows>(staged_a, p.du, tile.span, d0, chunk_start);
-      write_rows_token_major<T, kBwdWarps, BwdRows>(staged_b, p.ddelta, tile.span, d0, chunk_start);
     }
   }
 
@@ -1054,10 +916,9 @@ namespace scan_detail {
 inline size_t fwd_smem(int dstate) {
   return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate);
 }
-inline size_t bwd_summary_smem(int dstate, bool token_major) {
+inline size_t bwd_summary_smem(int dstate) {
   const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * dstate * kScanChunk : 0;
-  const size_t staged = token_major ? size_t{3} * kBwdWarps * BwdRows::kRowPitch : 0;
-  return sizeof(float) * (size_t{3} * kBwdWarps * dstate + tile_C + staged);
+  return sizeof(float) * (size_t{3} * kBwdWarps * dstate + tile_C);
 }
 inline size_t bwd_main_smem(int dstate) {
   size_t floats = size_t{1} * kBwdWarps * (kStatesPerRound * 2 * kScanChunk + kBwdStateRows * dstate);
@@ -1089,14 +950,13 @@ cudaError_t launch_fwd(const ScanParams& params, cudaStream_t stream) {
                                  : launch_fwd_layout<input_t, kReverse, false>(params, stream);
 }
 
-template <typename input_t, bool kReverse, bool kTokenMajor>
-cudaError_t launch_bwd_layout(const ScanBwdParams& params, cudaStream_t stream) {
+template <typename input_t, bool kReverse>
+cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
-  const size_t summary_smem = bwd_summary_smem(params.dstate, kTokenMajor), main_smem = bwd_main_smem(params.dstate);
-  const auto summary = selective_scan_bwd_summary_kernel<input_t, kReverse, kTokenMajor>;
-  cudaError_t err = allow_smem(summary, summary_smem);
+  const size_t summary_smem = bwd_summary_smem(params.dstate), main_smem = bwd_main_smem(params.dstate);
+  cudaError_t err = allow_smem(selective_scan_bwd_summary_kernel<input_t, kReverse>, summary_smem);
   if (err != cudaSuccess) return err;
-  summary<<<grid, kBwdWarps * 32, summary_smem, stream>>>(params);
+  selective_scan_bwd_summary_kernel<input_t, kReverse><<<grid, kBwdWarps * 32, summary_smem, stream>>>(params);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
@@ -1107,17 +967,10 @@ cudaError_t launch_bwd_layout(const ScanBwdParams& params, cudaStream_t stream) 
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  const auto main = selective_scan_bwd_main_kernel<input_t, kReverse, kTokenMajor>;
-  err = allow_smem(main, main_smem);
+  err = allow_smem(selective_scan_bwd_main_kernel<input_t, kReverse>, main_smem);
   if (err != cudaSuccess) return err;
-  main<<<grid, kBwdWarps * 32, main_smem, stream>>>(params);
+  selective_scan_bwd_main_kernel<input_t, kReverse><<<grid, kBwdWarps * 32, main_smem, stream>>>(params);
   return cudaGetLastError();
-}
-
-template <typename input_t, bool kReverse>
-cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
-  return params.rows_token_major ? launch_bwd_layout<input_t, kReverse, true>(params, stream)
-                                 : launch_bwd_layout<input_t, kReverse, false>(params, stream);
 }
 
 }  // namespace scan_detail
@@ -1134,15 +987,15 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
                         : scan_detail::launch_bwd<input_t, false>(params, stream);
 }
 
-// Both directions and layouts share one occupancy (same shared memory; registers up to rounding).
+// Both directions share one occupancy (same registers and shared memory up to rounding).
 template <typename input_t>
 cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* ctas) {
   using namespace scan_detail;
   const size_t smem = bwd_main_smem(dstate);
-  const auto kernel = selective_scan_bwd_main_kernel<input_t, false, false>;
-  const cudaError_t err = allow_smem(kernel, smem);
+  const cudaError_t err = allow_smem(selective_scan_bwd_main_kernel<input_t, false>, smem);
   if (err != cudaSuccess) return err;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas, kernel, kBwdWarps * 32, smem);
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas, selective_scan_bwd_main_kernel<input_t, false>,
+                                                       kBwdWarps * 32, smem);
 }
 
 }  // namespace m4v

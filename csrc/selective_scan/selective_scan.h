@@ -53,12 +53,11 @@ struct ScanParams {
 
   // Forward outputs. out_pre (y before the z gate) is written only when set: the backward's dz.
   RowTensor out, out_pre;
-  // Token-major fast paths, chosen by each launcher. rows_token_major: the row tensors (forward: u,
-  // delta, z, out, out_pre; backward: also dout, du, ddelta, dz) have unit channel stride, 16-byte
-  // aligned rows and whole 8-channel blocks, so a CTA moves each time step's 8 channels with one
-  // vector and transposes through shared memory. states_token_major: B and C have unit state
-  // stride, aligned rows and dstate % 16 == 0 (16 states per vector load); used together with
-  // rows_token_major only.
+  // Forward fast paths, chosen by the launcher. rows_token_major: u, delta, z, out and out_pre have
+  // unit channel stride, 16-byte aligned rows and whole 8-channel blocks, so a CTA moves each time
+  // step's 8 channels with one vector and transposes through shared memory. states_token_major: B
+  // and C have unit state stride, aligned rows and dstate % 16 == 0 (16 states per vector load);
+  // used together with rows_token_major only.
   bool rows_token_major = false, states_token_major = false;
   float* last_state = nullptr;   // contiguous (num_seqs, dim, dstate)
   float* checkpoints = nullptr;  // (total_chunks, dim, dstate), or null when no backward follows
@@ -72,7 +71,7 @@ struct ScanBwdParams : ScanParams {
   RowTensor dout;                       // gradient of the gated output
   const float* dlast_state = nullptr;   // contiguous (num_seqs, dim, dstate) or null
 
-  // Gradient outputs, laid out as the forward's output (token-major when u is). dz only when z is given.
+  // Gradient outputs (contiguous). dz only when z is given.
   RowTensor du, ddelta, dz;
   float* dinitial_state = nullptr;  // (num_seqs, dim, dstate)
   // Per-chunk partial sums, reduced over chunks by the launcher in a fixed order.

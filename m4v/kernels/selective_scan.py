@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from m4v.kernels._backend import new_scan_output, resolve_backend
+from m4v.kernels._backend import new_row_output, new_scan_output, resolve_backend
 
 OP = "selective_scan"
 MAX_DSTATE = 256
@@ -336,9 +336,8 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 
 
 def _row_output(u: Tensor, backend: str) -> Tensor:
-    """A fake (batch, dim, seqlen) output (out, out_pre, du, ddelta, dz) with the strides the
-    backend's kernels return."""
-    return new_scan_output(u) if backend == "cuda" else u.new_empty(u.shape)
+    """A fake (batch, dim, seqlen) output with the strides the backend's kernels return."""
+    return new_row_output(u) if backend == "cuda" else u.new_empty(u.shape)
 
 
 @selective_scan_fwd.register_fake
@@ -349,8 +348,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
     last = u.new_empty((_num_seqs(batch, cu_seqlens), dim, A.shape[1]), dtype=state_dtype)
     rows = checkpoint_rows(backend, batch, seqlen, cu_seqlens) if save_checkpoints else 0
     keeps_pre_gate = backend == "cuda" and save_checkpoints and z is not None
-    out_pre = _row_output(u, backend) if keeps_pre_gate else u.new_empty((0,))
-    out = _row_output(u, backend)
+    out_pre = new_scan_output(u) if keeps_pre_gate else u.new_empty((0,))
+    out = new_scan_output(u) if backend == "cuda" else u.new_empty(u.shape)
     return out, last, u.new_empty((rows, dim, A.shape[1]), dtype=torch.float32), out_pre
 
 
