@@ -102,8 +102,8 @@ class DriftReport:
     attributes: list[float]      # judge's mean confidence in the caption's colour and shape
     presence: list[float]        # share of frames with an object in view
     sharpness_in_view: list[float | None]  # sharpness of the frames with an object in view (None: no such frame)
-    early: dict[str, float]
-    late: dict[str, float]
+    early: dict[str, float | None]  # None: sharpness_in_view of a span with no object in view
+    late: dict[str, float | None]
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -267,7 +267,7 @@ def _check_backend_against_reference(backend, case, dtype, layout=None):
     g_out = torch.randn_like(ref_out)
     g_last = torch.randn_like(ref_last)
     # dout in out's layout, as autograd hands it over in the model (token-major under the mixer
-    # layout on CUDA, which the backward's token-major path needs).
+    # layout on CUDA), so the backward is checked with the strides it meets there.
     dout = torch.empty_like(out).copy_(g_out)
     grads = torch.autograd.grad([out, last], _grad_leaves(leaves, kw), [dout, g_last.float()])
     ref_grads = torch.autograd.grad([ref_out, ref_last], _grad_leaves(ref_leaves, ref_kw), [g_out, g_last])
