@@ -127,15 +127,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def format_eval(results: dict) -> str:
-    """The eval table: attribute accuracy on the first frames, drift early vs late in the rollout."""
-    lines = ["| videos | colour | shape | direction | all three | critic early -> late | background error early "
-             "-> late | sharpness early -> late | sharpness in view early -> late | attribute conf. early -> late | "
-             "objects in view early -> late |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The eval table: attribute accuracy on the first frames, then each drift statistic as
+    "early -> late" in the rollout."""
+    lines = ["| videos | colour | shape | direction | all three | critic | critic in view | "
+             "background error | sharpness | sharpness in view | attribute conf. | attribute conf. in view | "
+             "objects in view |", "|---|" + "---|" * 12]
     for name, r in results.items():
         acc, early, late = r["attributes"]["accuracy"], r["drift"]["early"], r["drift"]["late"]
         drift = " | ".join(f"{_number(early.get(k))} -> {_number(late.get(k))}"
-                           for k in ("critic", "background", "sharpness", "sharpness_in_view", "attributes", "presence"))
+                           for k in ("critic", "critic_in_view", "background", "sharpness", "sharpness_in_view",
+                                     "attributes", "attributes_in_view", "presence"))
         lines.append(f"| {name} | {acc['colour']:.3f} | {acc['shape']:.3f} | {acc['direction']:.3f} | "
                      f"{r['attributes']['all_correct']:.3f} | {drift} |")
     return "\n".join(lines)

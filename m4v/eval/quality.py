@@ -1,14 +1,15 @@
 """Per-frame quality and long-rollout drift of generated shapes videos (issue 6, DESIGN.md section 5).
 
-Four per-frame statistics:
+Per-frame statistics:
 - a quality critic's probability that the frame is real. The critic learns real frames against
   generic degradations of them (blur, colour cast, noise, washed-out contrast), never against any
   model's samples, so it favours neither a base model nor its reward-tuned version;
 - background error: how far the frame's median colour is from the dataset's background (colour
   casts and noise, the usual drift of autoregressive rollouts, show up here; objects are small);
-- sharpness, the mean absolute Laplacian of the luma, as a ratio to real frames, over all frames and
-  over the frames that show an object (``object_presence``);
-- the held-out attribute judge's confidence in the caption's colour and shape, frame by frame.
+- sharpness, the mean absolute Laplacian of the luma, as a ratio to real frames;
+- the held-out attribute judge's confidence in the caption's colour and shape, frame by frame;
+- the share of frames with an object in view (``object_presence``), and the critic, sharpness and
+  judge confidence over those frames only.
 
 ``evaluate`` generates videos ``rollout_factor`` times longer than training and reports each
 statistic per latent unit, and averaged over the units within the training length ("early") and
@@ -101,8 +102,11 @@ class DriftReport:
     sharpness: list[float]       # ratio to real frames
     attributes: list[float]      # judge's mean confidence in the caption's colour and shape
     presence: list[float]        # share of frames with an object in view
-    sharpness_in_view: list[float | None]  # sharpness of the frames with an object in view (None: no such frame)
-    early: dict[str, float | None]  # None: sharpness_in_view of a span with no object in view
+    # The same three over the frames with an object in view only (None: no such frame).
+    critic_in_view: list[float | None]
+    sharpness_in_view: list[float | None]
+    attributes_in_view: list[float | None]
+    early: dict[str, float | None]  # None: an *_in_view statistic of a span with no object in view
     late: dict[str, float | None]
 
     def as_dict(self) -> dict:
@@ -135,15 +139,18 @@ def drift_report(videos: Tensor, captions: Sequence[str], critic, judge: Attribu
     series = {name: [float(values[:, a:b].mean()) for a, b in bounds] for name, values in per_frame.items()}
     early = {name: sum(v[:train_units]) / len(v[:train_units]) for name, v in series.items()}
     late = {name: sum(v[train_units:]) / max(1, len(v[train_units:])) for name, v in series.items()}
-    # Objects leave the frame late (real ones too), and an empty frame has no edges: sharpness over the
-    # frames that show an object separates blur from absence.
+    # Objects leave the frame late (real ones too) and take their edges and attributes with them:
+    # the statistics over the frames that show an object separate drift from absence.
     in_view = per_frame["presence"] > 0
     split = bounds[min(train_units, units) - 1][1]
-    series["sharpness_in_view"] = [_masked_mean(per_frame["sharpness"][:, a:b], in_view[:, a:b]) for a, b in bounds]
-    early["sharpness_in_view"] = _masked_mean(per_frame["sharpness"][:, :split], in_view[:, :split])
-    late["sharpness_in_view"] = _masked_mean(per_frame["sharpness"][:, split:], in_view[:, split:])
+    for name in ("critic", "sharpness", "attributes"):
+        values = per_frame[name]
+        series[f"{name}_in_view"] = [_masked_mean(values[:, a:b], in_view[:, a:b]) for a, b in bounds]
+        early[f"{name}_in_view"] = _masked_mean(values[:, :split], in_view[:, :split])
+        late[f"{name}_in_view"] = _masked_mean(values[:, split:], in_view[:, split:])
     return DriftReport(series["critic"], series["background"], series["sharpness"], series["attributes"],
-                       series["presence"], series["sharpness_in_view"], early, late)
+                       series["presence"], series["critic_in_view"], series["sharpness_in_view"],
+                       series["attributes_in_view"], early, late)
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> float | None:

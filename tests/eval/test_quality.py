@@ -67,9 +67,10 @@ def test_object_presence_sees_objects_that_vanish_in_place():
     assert object_presence(noisy)[:, 9:].max() == 0
 
 
-def test_sharpness_in_view_separates_blur_from_absence():
+def test_in_view_statistics_separate_blur_from_absence():
     """Objects that leave (or vanish) take their edges with them: overall sharpness falls, sharpness
-    over the frames that still show an object does not; blur lowers both."""
+    over the frames that still show an object does not; blur lowers both. A span with no object in
+    view has no in-view statistics."""
     from m4v.data.shapes import BACKGROUND
     from m4v.training.reward import in_view_speed
 
@@ -94,4 +95,6 @@ def test_sharpness_in_view_separates_blur_from_absence():
 
     empty = videos.clone()
     empty[:, 9:] = torch.tensor(BACKGROUND).view(1, 3, 1, 1)
-    assert report(empty, captions).late["sharpness_in_view"] is None
+    nothing_late = report(empty, captions)
+    assert all(nothing_late.late[f"{name}_in_view"] is None for name in ("critic", "sharpness", "attributes"))
+    assert nothing_late.critic_in_view[:3] == report(videos, captions).critic_in_view[:3]
