@@ -30,6 +30,14 @@ build_m4v() {
   python3 -c "import m4v.kernels as k; print({n: s.reason for n, s in k.available_backends().items()})"
 }
 
+# The mamba_ssm lines of the benchmarks: waits (at most 10 minutes) for a peer build started by
+# `peer-build`; without one the benchmarks run without mamba_ssm at once.
+wait_for_peer() {
+  [ -d "$PEER_DIR" ] || { echo "mamba_ssm: no peer build started, timing without it"; return 0; }
+  for _ in $(seq 120); do [ -f "$PEER_DIR/build.rc" ] && break; sleep 5; done
+  echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
+}
+
 case "${1:-check}" in
   peer-build)
     rm -rf "$PEER_DIR" && mkdir -p "$PEER_DIR" && tar xzf .peer/mamba_ssm-*.tar.gz -C "$PEER_DIR"
@@ -53,8 +61,7 @@ case "${1:-check}" in
     ;;
   bench)
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    for _ in $(seq 120); do [ -f "$PEER_DIR/build.rc" ] && break; sleep 5; done
-    echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
+    wait_for_peer
     tail -3 "$PEER_DIR/build.log" 2>/dev/null
     python3 benchmarks/bench_selective_scan.py --json "$OUT/h100-selective-scan.json" 2>&1 | tee "$OUT/bench.log"
     ;;
@@ -62,8 +69,7 @@ case "${1:-check}" in
     # Issue-4 benchmarks; the peer build (started first) supplies the mamba_ssm lines.
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     (cd benchmarks && python3 bench_model.py --no-compile --json "$OUT/bench-model-eager.json") 2>&1 | grep -v '^\[{'
-    for _ in $(seq 120); do [ -f "$PEER_DIR/build.rc" ] && break; sleep 5; done
-    echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
+    wait_for_peer
     (cd benchmarks && python3 bench_mixer_vs_attention.py --json "$OUT/h100-mixer-vs-attention.json") 2>&1 \
       | grep -v '^\[{'
     ;;
@@ -119,8 +125,7 @@ case "${1:-check}" in
     ;;
   mixer)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    for _ in $(seq 120); do [ -f "$PEER_DIR/build.rc" ] && break; sleep 5; done
-    echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
+    wait_for_peer
     (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens ${TOKENS:-15360 119040} --profile \
       --json "$OUT/h100-mixer-vs-attention.json") 2>&1 | grep -v '^\[{' | tee "$OUT/mixer.log" | tail -${TAIL:-60}
     ;;
