@@ -139,7 +139,32 @@ def format_eval(results: dict) -> str:
                                      "attributes", "attributes_in_view", "presence"))
         lines.append(f"| {name} | {acc['colour']:.3f} | {acc['shape']:.3f} | {acc['direction']:.3f} | "
                      f"{r['attributes']['all_correct']:.3f} | {drift} |")
+    reference = next((r for r in results.values() if "critic_check" in r), None)
+    if reference is not None:
+        check = reference["critic_check"]
+        lines.append(f"\nquality critic on held-out real frames: P(real) {check['real']:.3f}; on degraded copies of "
+                     f"them: {check['degraded']:.3f}")
+        lines.append("\nlate frames against the real videos' late frames (model - real):")
+        lines.append("| videos | " + " | ".join(_GAP_NAMES.values()) + " |")
+        lines.append("|---|" + "---|" * len(_GAP_NAMES))
+        real_late = reference["drift"]["late"]
+        for name, r in results.items():
+            if r is reference:
+                continue
+            late = r["drift"]["late"]
+            gaps = [None if late.get(k) is None or real_late.get(k) is None else late[k] - real_late[k]
+                    for k in _GAP_NAMES]
+            lines.append(f"| {name} | " + " | ".join(_signed(g) for g in gaps) + " |")
     return "\n".join(lines)
+
+
+_GAP_NAMES = {"critic": "critic", "critic_in_view": "critic in view", "background": "background error",
+              "sharpness_in_view": "sharpness in view", "attributes_in_view": "attribute conf. in view",
+              "presence": "objects in view"}
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
 
 
 def _number(value: float | None) -> str:

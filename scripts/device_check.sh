@@ -10,6 +10,7 @@
 #   bash scripts/device_check.sh train-more   # continue training a pipeline (BASE=dir, CONFIG=file), cosine lr
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS side by side), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
+#   bash scripts/device_check.sh patches      # scan tests + benchmark of the tree, then of each benchmarks/patches/*.patch
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
 mkdir -p "$OUT"
@@ -128,6 +129,21 @@ case "${1:-check}" in
     wait_for_peer
     (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens ${TOKENS:-15360 119040} --profile \
       --json "$OUT/h100-mixer-vs-attention.json") 2>&1 | grep -v '^\[{' | tee "$OUT/mixer.log" | tail -${TAIL:-60}
+    ;;
+  patches)
+    # Kernel versions written without a GPU wait in benchmarks/patches/ (NOTES.md has each one's
+    # prediction): the tree as it is, then each patch applied alone, same run, same peer.
+    install_wheels; wait_for_peer
+    scan_round() {  # name: build, the scan's GPU tests, the scan benchmark
+      build_m4v || return 1
+      python3 -m pytest tests/kernels/test_selective_scan.py -q -x -k "not triton" 2>&1 | tee "$OUT/tests-$1.log" | tail -3
+      python3 benchmarks/bench_selective_scan.py --json "$OUT/scan-$1.json" 2>&1 | tee "$OUT/bench-$1.log" | tail -14
+    }
+    scan_round tree
+    for patch in benchmarks/patches/*.patch; do
+      name=$(basename "$patch" .patch)
+      git apply "$patch" && { scan_round "$name"; git apply -R "$patch"; }
+    done
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

@@ -47,8 +47,22 @@ def test_two_object_captions():
     assert all(" and a " in data[i][1] for i in range(5))
 
 
+def test_longer_clips_continue_the_training_paths():
+    """path_frames: a 33-frame clip of the 17-frame scenes starts as the training clip does, then
+    keeps the motion going; without it the 33-frame scenes are drawn to fit 33 frames."""
+    short = ShapesVideoDataset(12, frames=17, seed=4)
+    continued = ShapesVideoDataset(12, frames=33, seed=4, path_frames=17)
+    refit = ShapesVideoDataset(12, frames=33, seed=4)
+    for i in range(12):
+        (video, caption), (long_video, long_caption) = short[i], continued[i]
+        assert long_caption == caption and torch.equal(long_video[:, :17], video)
+    assert any(not torch.equal(refit[i][0][:, :17], short[i][0]) for i in range(12))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="positive"):
         ShapesVideoDataset(0)
+    with pytest.raises(ValueError, match="path_frames"):
+        ShapesVideoDataset(2, path_frames=0)
     with pytest.raises(IndexError):
         ShapesVideoDataset(2).scene(2)

@@ -55,15 +55,21 @@ class ShapesVideoDataset(Dataset):
         length: number of items. frames, height, width: video size (any).
         seed: the dataset seed. two_object_fraction: share of scenes with two objects.
         speed: travel per frame as a fraction of the frame size.
+        path_frames: the clip length over which every path stays in view (default: ``frames``).
+            Longer clips of the same scenes continue their motion, so objects leave the frame as
+            they would in a longer real video: the true continuation of ``path_frames``-long
+            training clips.
     """
 
     def __init__(self, length: int = 1000, frames: int = 17, height: int = 64, width: int = 64, seed: int = 0,
-                 two_object_fraction: float = 0.25, speed: float = DEFAULT_SPEED):
-        if min(length, frames, height, width) < 1:
-            raise ValueError(f"length, frames, height and width must be positive, got "
-                             f"{(length, frames, height, width)}")
+                 two_object_fraction: float = 0.25, speed: float = DEFAULT_SPEED, path_frames: int | None = None):
+        path_frames = frames if path_frames is None else path_frames
+        if min(length, frames, height, width, path_frames) < 1:
+            raise ValueError(f"length, frames, height, width and path_frames must be positive, got "
+                             f"{(length, frames, height, width, path_frames)}")
         self.length, self.frames, self.height, self.width = length, frames, height, width
         self.seed, self.two_object_fraction, self.speed = seed, two_object_fraction, speed
+        self.path_frames = path_frames
 
     def __len__(self) -> int:
         return self.length
@@ -77,7 +83,7 @@ class ShapesVideoDataset(Dataset):
         objects = []
         for _ in range(count):
             direction = pick(tuple(DIRECTIONS))
-            travel = self.speed * (self.frames - 1)
+            travel = self.speed * (self.path_frames - 1)
             dy, dx = DIRECTIONS[direction]
             # Start so that the whole path stays inside the frame.
             low = [0.2 + max(0.0, -d * travel) for d in (dy, dx)]

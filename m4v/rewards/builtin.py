@@ -46,19 +46,25 @@ class RealismReward:
 
 
 class RealismCritic(nn.Module):
-    """frames (batch, frames, 3, H, W) in [0, 1] -> (batch, frames) logits of "real"."""
+    """frames (batch, frames, 3, H, W) in [0, 1] -> (batch, frames) logits of "real".
+
+    The features are pooled by their mean and their max over the frame: an artifact at a small
+    object's edge is a few positions of 64, which a mean alone dilutes (with mean pooling only,
+    300 full-batch steps left real and degraded held-out frames at P(real) 0.50 and 0.50; with
+    both, 0.67 and 0.31)."""
 
     def __init__(self, width: int = 32):
         super().__init__()
-        self.net = nn.Sequential(
+        self.features = nn.Sequential(
             nn.Conv2d(3, width, 4, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 1))
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU())
+        self.head = nn.Linear(4 * width, 1)
 
     def forward(self, frames: Tensor, prompts: Sequence[str] | None = None) -> Tensor:
         batch, count = frames.shape[:2]
-        return self.net(frames.flatten(0, 1) * 2 - 1).view(batch, count)
+        h = self.features(frames.flatten(0, 1) * 2 - 1)
+        return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1)).view(batch, count)
 
 
 def train_realism_critic(real: Tensor, fake: Tensor, steps: int = 200, lr: float = 1e-3, seed: int = 0) -> RealismCritic:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from m4v.eval import drift_report, sharpness, train_attribute_classifier
-from m4v.eval.quality import degrade, real_frames, train_quality_critic
+from m4v.eval.quality import critic_check, degrade, degraded_frames, real_frames, sharpen, train_quality_critic
 
 
 def test_sharpness_drops_under_blur():
@@ -16,6 +16,30 @@ def test_sharpness_drops_under_blur():
     assert sharpness(torch.full_like(real, 0.5)).abs().max() == 0
 
 
+def test_sharpen_raises_sharpness_and_is_the_identity_at_zero():
+    real, _ = real_frames(8, 3, 32, seed=3)
+    assert torch.equal(sharpen(real, 0.0), real)
+    assert (sharpness(sharpen(real, 2.0)) > 1.15 * sharpness(real)).all()
+    amounts = torch.tensor([0.0, 2.0, 0.0]).repeat(8)  # one per frame, videos first
+    mixed = sharpen(real, amounts)
+    assert torch.equal(mixed[:, 0], real[:, 0]) and (sharpness(mixed[:, 1:2]) > sharpness(real[:, 1:2])).all()
+
+
+def test_degraded_frames_leave_out_copies_that_did_not_change():
+    """Blurring or sharpening an empty frame changes nothing: such a copy labelled fake would be a
+    real frame labelled fake, so the critic never trains on it."""
+    from m4v.data.shapes import BACKGROUND
+
+    real, _ = real_frames(6, 3, 32, seed=14)
+    empty = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1).expand(6, 3, 3, 32, 32)
+    frames, degraded = degraded_frames(torch.cat([real, empty]), seed=0)
+    assert frames.shape == (36, 1, 3, 32, 32) and 0 < len(degraded) < 36
+    for copy in degraded:
+        assert ((copy - frames).abs().flatten(1).amax(1) > 1e-3).all()
+    _, degraded_empty = degraded_frames(empty, seed=0)
+    assert len(degraded_empty) < 18  # blur, contrast and sharpening leave a flat frame as it was
+
+
 def test_quality_critic_prefers_real_frames_to_degraded_ones():
     train, _ = real_frames(32, 2, 32, seed=4)
     critic = train_quality_critic(train, steps=80, seed=0)
@@ -23,6 +47,8 @@ def test_quality_critic_prefers_real_frames_to_degraded_ones():
     degraded = degrade(held_out, torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.sigmoid(critic(held_out)).mean() > torch.sigmoid(critic(degraded)).mean() + 0.15
+    check = critic_check(critic, held_out, seed=1)
+    assert check["real"] > check["degraded"] + 0.15
 
 
 def test_drift_report_flags_a_video_that_fades():

@@ -163,3 +163,19 @@ def test_critic_real_frames_keep_objects_in_view():
     in_view, _ = real_frames(16, 33, 32, seed=5, speed=in_view_speed(17, 33))
     assert object_presence(default).min() == 0  # the dataset's paths fit 17 frames, not 33
     assert object_presence(in_view).min() == 1
+
+
+def test_built_realism_critic_calls_over_sharpened_real_frames_fake():
+    """The critic's negatives include over-sharpened copies of its real frames, so the reward
+    cannot pay for realism with halos (the 240-step tuning made frames 2.7x as sharp as real)."""
+    from m4v.eval.quality import real_frames, sharpen
+    from m4v.rewards import RealismReward
+    from m4v.training.reward import RewardTuneConfig, build_rewards
+
+    config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
+                              critic_steps=120, critic_videos=4)
+    rewards = build_rewards(M4VPipeline.from_preset(seed=0), config)
+    critic = next(reward for reward, _ in rewards if isinstance(reward, RealismReward)).critic
+    held_out, _ = real_frames(8, 5, 64, seed=99)
+    with torch.no_grad():
+        assert critic(held_out).mean() > critic(sharpen(held_out, 2.0)).mean() + 1.0
