@@ -101,6 +101,7 @@ case "${1:-check}" in
   reward)
     # CONFIGS (default: configs/shapes-reward.json) tune side by side from the same base; the base is the
     # shipped model when its training run is not on this machine (it ships that run's weights in bf16).
+    # EVAL_EXTRA: more pipelines for the same eval; EVAL_ARGS: more `m4v eval` arguments.
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     configs=${CONFIGS:-configs/shapes-reward.json}
     field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
@@ -122,7 +123,8 @@ case "${1:-check}" in
       tail -2 "$OUT/reward-$name.log"; cp "$out_dir/metrics.jsonl" "$OUT/reward-$name-metrics.jsonl"
       pack "$out_dir/checkpoint/pipeline" "$name" && models+=(--model "/tmp/ship/$name")
     done
-    python3 -m m4v eval "${models[@]}" --device cuda --json "$OUT/eval.json" --quiet
+    for extra in ${EVAL_EXTRA:-}; do models+=(--model "$extra"); done   # e.g. the shipped model, same run
+    python3 -m m4v eval "${models[@]}" ${EVAL_ARGS:-} --device cuda --json "$OUT/eval.json" --quiet
     ;;
   mixer)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

@@ -67,10 +67,12 @@ class RealismCritic(nn.Module):
         return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], dim=1)).view(batch, count)
 
 
-def train_realism_critic(real: Tensor, fake: Tensor, steps: int = 200, lr: float = 1e-3, seed: int = 0) -> RealismCritic:
-    """Trains a critic to tell real frames (n, frames, 3, H, W) from generated ones (same layout)."""
+def train_realism_critic(real: Tensor, fake: Tensor, steps: int = 200, lr: float = 1e-3, seed: int = 0,
+                         critic: Optional[RealismCritic] = None) -> RealismCritic:
+    """Trains a critic to tell real frames (n, frames, 3, H, W) from generated ones (same layout),
+    full batch. ``critic``: continue training this one, in place, instead of a fresh one."""
     torch.manual_seed(seed)
-    critic = RealismCritic().to(real.device)
+    critic = (critic if critic is not None else RealismCritic()).to(real.device).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(critic.parameters(), lr=lr)
     inputs = torch.cat([real, fake.to(real.device)])
     labels = torch.cat([torch.ones(real.shape[:2]), torch.zeros(fake.shape[:2])]).to(real.device)

@@ -174,8 +174,48 @@ def test_built_realism_critic_calls_over_sharpened_real_frames_fake():
 
     config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
                               critic_steps=120, critic_videos=4)
-    rewards = build_rewards(M4VPipeline.from_preset(seed=0), config)
+    rewards, trainer = build_rewards(M4VPipeline.from_preset(seed=0), config)
     critic = next(reward for reward, _ in rewards if isinstance(reward, RealismReward)).critic
+    assert critic is trainer.critic
     held_out, _ = real_frames(8, 5, 64, seed=99)
     with torch.no_grad():
         assert critic(held_out).mean() > critic(sharpen(held_out, 2.0)).mean() + 1.0
+
+
+def test_critic_refresh_retrains_the_reward_critic_on_new_rollouts():
+    """refresh() continues training the reward's own critic (in place) on rollouts of the pipeline
+    as it is now, and reports how real it found them before and after."""
+    from m4v.rewards import RealismReward
+    from m4v.training.reward import RewardTuneConfig, build_rewards
+
+    config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
+                              critic_steps=5, critic_videos=2, critic_refresh_steps=40)
+    rewards, trainer = build_rewards(M4VPipeline.from_preset(seed=0), config)
+    reward = next(reward for reward, _ in rewards if isinstance(reward, RealismReward))
+    before = [p.detach().clone() for p in reward.critic.parameters()]
+    metrics = trainer.refresh()
+    assert reward.critic is trainer.critic and not reward.critic.training
+    assert all(not p.requires_grad for p in reward.critic.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, reward.critic.parameters()))
+    assert set(metrics) == {"critic_p_rollouts_before", "critic_p_rollouts_after", "critic_p_real"}
+    assert all(0 < v < 1 for v in metrics.values())
+    # 40 full-batch steps on 2 rollouts of a random model: it calls them fake, the real frames real.
+    assert metrics["critic_p_rollouts_after"] < metrics["critic_p_rollouts_before"]
+    assert metrics["critic_p_real"] > metrics["critic_p_rollouts_after"] + 0.2
+
+
+def test_reward_tuner_refreshes_every_n_steps(tmp_path):
+    from m4v.training import TrainConfig, Trainer
+    from m4v.training.reward import RewardTuner
+
+    trainer = Trainer(M4VPipeline.from_preset(seed=0), TrainConfig(out_dir=str(tmp_path), batch_size=1, frames=9,
+                                                            precision="fp32"))
+    calls = []
+    tuner = RewardTuner(trainer, [(RealismCritic().requires_grad_(False), 1.0)], max_unit=0,
+                        steps_per_stage=(1, 1, 1), refresh=lambda: calls.append(trainer.step) or {"refreshed": 1.0},
+                        refresh_every=2)
+    logs = [tuner.step() for _ in range(4)]
+    assert calls == [2, 4]
+    assert ["refreshed" in log for log in logs] == [False, True, False, True]
+    with pytest.raises(ValueError, match="refresh_every"):
+        RewardTuner(trainer, [], refresh=lambda: {}, refresh_every=0)
