@@ -114,7 +114,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     config = dataclasses.replace(EvalConfig(), num_videos=args.num_videos, train_frames=args.train_frames,
                                  judge_steps=args.judge_steps, critic_steps=args.judge_steps)
-    judges = Judges(config)
+    judges = Judges(config, device=args.device)
     results = {"real videos (dataset)": evaluate_real(judges)}
     for directory in args.model:
         results[directory] = evaluate(M4VPipeline.from_pretrained(directory, device=args.device), judges,

@@ -99,7 +99,7 @@ case "${1:-check}" in
       "$OUT/train-more-metrics.jsonl"
     ;;
   reward)
-    # CONFIGS (default: configs/shapes-reward.json) tune side by side from the same base; the base is the
+    # CONFIGS (default: configs/shapes-reward.json) tune one after another from the same base; the base is the
     # shipped model when its training run is not on this machine (it ships that run's weights in bf16).
     # EVAL_EXTRA: more pipelines for the same eval; EVAL_ARGS: more `m4v eval` arguments.
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
@@ -107,10 +107,10 @@ case "${1:-check}" in
     field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
     base_dir=$(field "${configs%% *}" model)
     [ -d "$base_dir" ] || { mkdir -p "$(dirname "$base_dir")" && cp -r m4v/assets/m4v-shapes "$base_dir"; }
-    for config in $configs; do
-      python3 -m m4v reward-tune --config "$config" --quiet >"$OUT/reward-$(basename "$config" .json).log" 2>&1 &
+    for config in $configs; do  # one at a time: side by side, their CPU work starved each other
+      echo "$(date +%T) reward-tune $config"
+      python3 -m m4v reward-tune --config "$config" >"$OUT/reward-$(basename "$config" .json).log" 2>&1
     done
-    wait
     pack() {  # pipeline dir, name: a bf16 copy under /tmp/ship and a tar of it in $OUT
       python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
         M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" "$1" "/tmp/ship/$2"
@@ -124,6 +124,7 @@ case "${1:-check}" in
       pack "$out_dir/checkpoint/pipeline" "$name" && models+=(--model "/tmp/ship/$name")
     done
     for extra in ${EVAL_EXTRA:-}; do models+=(--model "$extra"); done   # e.g. the shipped model, same run
+    echo "$(date +%T) eval"
     python3 -m m4v eval "${models[@]}" ${EVAL_ARGS:-} --device cuda --json "$OUT/eval.json" --quiet
     ;;
   mixer)

@@ -216,10 +216,11 @@ class Judges:
     """The held-out attribute judge, the quality critic and the real-data sharpness (of frames with
     the object in view), built once."""
 
-    def __init__(self, config: EvalConfig):
+    def __init__(self, config: EvalConfig, device: torch.device | str = "cpu"):
+        """``device``: where the attribute judge trains (it scores on the CPU, like the critic)."""
         self.config = config
-        self.judge = train_attribute_classifier(config.judge_seed, steps=config.judge_steps,
-                                                frames=config.judge_frames, size=config.judge_size)
+        self.judge = train_attribute_classifier(config.judge_seed, steps=config.judge_steps, frames=config.judge_frames,
+                                                size=config.judge_size, device=device).cpu()
         # Real frames across the whole rollout length (every 4th), objects leaving the frame included.
         real = continued_real_frames(config, 64, config.judge_size, seed=config.judge_seed + 100)[0][:, ::4]
         self.critic = train_quality_critic(real, steps=config.critic_steps, seed=config.judge_seed)

@@ -225,7 +225,7 @@ def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tup
                                                                         RealismCriticTrainer]:
     """The built-in rewards (the attribute classifier, the realism critic), and the critic's trainer
     (for ``refresh``)."""
-    classifier = train_attribute_classifier(seed=0, steps=config.classifier_steps).to(pipe.device)
+    classifier = train_attribute_classifier(seed=0, steps=config.classifier_steps, device=pipe.device)
     critic = RealismCriticTrainer(pipe, config)
     return [(AttributeReward(classifier, size=32), config.attribute_weight),
             (RealismReward(critic.critic), config.realism_weight)], critic
