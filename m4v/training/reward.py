@@ -222,13 +222,19 @@ class RealismCriticTrainer:
 
 
 def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tuple[Reward, float]],
-                                                                        RealismCriticTrainer]:
-    """The built-in rewards (the attribute classifier, the realism critic), and the critic's trainer
-    (for ``refresh``)."""
-    classifier = train_attribute_classifier(seed=0, steps=config.classifier_steps, device=pipe.device)
-    critic = RealismCriticTrainer(pipe, config)
-    return [(AttributeReward(classifier, size=32), config.attribute_weight),
-            (RealismReward(critic.critic), config.realism_weight)], critic
+                                                                        Optional[RealismCriticTrainer]]:
+    """The built-in rewards of nonzero weight (the attribute classifier, the realism critic), and
+    the critic's trainer (for ``refresh``; None without a realism reward)."""
+    if config.critic_refresh_every > 0 and config.realism_weight == 0:
+        raise ValueError("critic_refresh_every > 0 needs a realism reward (realism_weight != 0)")
+    rewards, critic = [], None
+    if config.attribute_weight != 0:
+        classifier = train_attribute_classifier(seed=0, steps=config.classifier_steps, device=pipe.device)
+        rewards.append((AttributeReward(classifier, size=32), config.attribute_weight))
+    if config.realism_weight != 0:
+        critic = RealismCriticTrainer(pipe, config)
+        rewards.append((RealismReward(critic.critic), config.realism_weight))
+    return rewards, critic
 
 
 def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[Trainer, list[dict]]:
@@ -244,7 +250,7 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
     train_config = TrainConfig(**{name: getattr(config, name) for name in shared})
     trainer = Trainer(pipe, train_config)
     tuner = RewardTuner(trainer, rewards, config.flow_weight, config.max_unit, config.steps_per_stage,
-                        config.guidance, refresh=critic.refresh if config.critic_refresh_every > 0 else None,
+                        config.guidance, refresh=critic.refresh if critic is not None and config.critic_refresh_every > 0 else None,
                         refresh_every=config.critic_refresh_every)
     trainer.load_checkpoint()
     return trainer, trainer.run(progress=progress, step_fn=tuner.step)
