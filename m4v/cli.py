@@ -109,16 +109,18 @@ def _eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from m4v.eval import EvalConfig, Judges, evaluate
-    from m4v.eval.quality import evaluate_real
+    from m4v.eval.quality import evaluate_real, evaluate_reconstruction
     from m4v.pipelines import M4VPipeline
 
     config = dataclasses.replace(EvalConfig(), num_videos=args.num_videos, train_frames=args.train_frames,
                                  judge_steps=args.judge_steps, critic_steps=args.judge_steps)
     judges = Judges(config, device=args.device)
     results = {"real videos (dataset)": evaluate_real(judges)}
-    for directory in args.model:
-        results[directory] = evaluate(M4VPipeline.from_pretrained(directory, device=args.device), judges,
-                                      progress=not args.quiet)
+    for index, directory in enumerate(args.model):
+        pipe = M4VPipeline.from_pretrained(directory, device=args.device)
+        if index == 0:  # the ceiling the (first model's) autoencoder sets
+            results["real videos through the autoencoder"] = evaluate_reconstruction(judges, pipe.autoencoder)
+        results[directory] = evaluate(pipe, judges, progress=not args.quiet)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

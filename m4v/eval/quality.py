@@ -18,7 +18,8 @@ beyond it ("late"). ``evaluate_real`` scores real videos of the same captions an
 reference: their scenes are drawn as for training clips and continue past them
 (``continued_real_frames``), so objects leave the frame late, as the motion the model learned
 would take them out, and real sharpness and attribute confidence fall late too; the background
-error does not depend on where (or whether) the object is.
+error does not depend on where (or whether) the object is. ``evaluate_reconstruction`` scores
+the same real videos after an autoencoder round trip: the best a model on those latents can do.
 """
 
 from __future__ import annotations
@@ -288,6 +289,23 @@ def evaluate_real(judges: Judges, temporal_factor: int = 4) -> dict:
     return {**scores, "critic_check": judges.critic_check}
 
 
+def evaluate_reconstruction(judges: Judges, autoencoder) -> dict:
+    """The same scores for the real videos after a round trip through ``autoencoder``: what a
+    model that sampled the data's latents exactly would score, the ceiling its autoencoder sets
+    (the shipped one keeps shape: the judge's shape accuracy on its round trips is that of the
+    real videos)."""
+    config = judges.config
+    videos, captions = continued_real_frames(config, config.num_videos, config.size, seed=config.seed)
+    weight = next(autoencoder.parameters())
+    with torch.no_grad():
+        clips = videos.permute(0, 2, 1, 3, 4).to(weight.device, weight.dtype) * 2 - 1  # (batch, 3, frames, H, W)
+        decoded = autoencoder.decode(autoencoder.encode(clips)).float().clamp(-1, 1)
+    round_trip = ((decoded + 1) / 2).permute(0, 2, 1, 3, 4).cpu()
+    return score_videos(round_trip, captions, judges, autoencoder.temporal_factor,
+                        autoencoder.latent_frames(config.train_frames))
+
+
 __all__ = ["sharpness", "background_error", "object_presence", "degrade", "sharpen", "train_quality_critic",
            "critic_check", "degraded_frames", "drift_report", "DriftReport", "EvalConfig", "Judges", "evaluate", "evaluate_real",
+           "evaluate_reconstruction",
            "score_videos", "eval_captions", "real_frames", "continued_real_frames"]

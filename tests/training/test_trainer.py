@@ -128,6 +128,7 @@ def test_reward_tune_and_eval_commands(tmp_path, capsys):
                  "--json", str(out), "--quiet"]) == 0
     table = capsys.readouterr().out
     assert "| real videos (dataset) |" in table and f"| {tuned} |" in table
+    assert "| real videos through the autoencoder |" in table
     results = json.loads(out.read_text())
     drift = results[str(tuned)]["drift"]
     assert results[str(tuned)]["frames"] == 17 and len(drift["critic"]) == 3  # 2x the 9-frame clips: 3 units
