@@ -144,6 +144,7 @@ case "${1:-check}" in
     }
     scan_round tree
     for patch in benchmarks/patches/*.patch; do
+      [ -e "$patch" ] || continue  # none waiting
       name=$(basename "$patch" .patch)
       git apply "$patch" && { scan_round "$name"; git apply -R "$patch"; }
     done

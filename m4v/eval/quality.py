@@ -128,7 +128,8 @@ def critic_check(critic, real: Tensor, seed: int) -> dict[str, float]:
     """The critic's mean P(real) on held-out real frames and on their ``degraded_frames``: how far
     apart it keeps them says how much its scores can be read."""
     frames, degraded = degraded_frames(real, seed)
-    return {"real": float(torch.sigmoid(critic(frames)).mean()), "degraded": float(torch.sigmoid(critic(degraded)).mean())}
+    return {"real": float(torch.sigmoid(critic(frames)).mean()),
+            "degraded": float(torch.sigmoid(critic(degraded)).mean())}
 
 
 @dataclass
@@ -306,6 +307,6 @@ def evaluate_reconstruction(judges: Judges, autoencoder) -> dict:
 
 
 __all__ = ["sharpness", "background_error", "object_presence", "degrade", "sharpen", "train_quality_critic",
-           "critic_check", "degraded_frames", "drift_report", "DriftReport", "EvalConfig", "Judges", "evaluate", "evaluate_real",
-           "evaluate_reconstruction",
-           "score_videos", "eval_captions", "real_frames", "continued_real_frames"]
+           "critic_check", "degraded_frames", "drift_report", "DriftReport", "EvalConfig", "Judges", "evaluate",
+           "evaluate_real", "evaluate_reconstruction", "score_videos", "eval_captions", "real_frames",
+           "continued_real_frames"]

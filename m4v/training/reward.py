@@ -175,9 +175,10 @@ class RealismCriticTrainer:
     ``refresh()`` rolls the pipeline out again, as it is now, and continues training the critic on
     those rollouts: a critic fixed at the base model's rollouts judges frames unlike any it was
     shown once tuning has moved the model (a 50-step tuning against a fixed critic widened the
-    late-frame gap to real on the eval's held-out critic, -0.50 -> -0.72). The critic is not
-    checkpointed: a resumed run starts again from the critic of the model it loads and catches up
-    at the next refresh.
+    late-frame gap to real on the eval's held-out critic, -0.50 -> -0.72). Refreshing did not cure
+    that on the shapes model (every 10 of 100 steps: -0.81, and a colour cast; README), so it is
+    off by default. The critic is not checkpointed: a resumed run starts again from the critic of
+    the model it loads and catches up at the next refresh.
     """
 
     def __init__(self, pipe: M4VPipeline, config: RewardTuneConfig):
@@ -249,13 +250,12 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
     shared = [f.name for f in fields(TrainConfig) if hasattr(config, f.name)]
     train_config = TrainConfig(**{name: getattr(config, name) for name in shared})
     trainer = Trainer(pipe, train_config)
+    refresh = critic.refresh if critic is not None and config.critic_refresh_every > 0 else None
     tuner = RewardTuner(trainer, rewards, config.flow_weight, config.max_unit, config.steps_per_stage,
-                        config.guidance, refresh=critic.refresh if critic is not None and config.critic_refresh_every > 0 else None,
-                        refresh_every=config.critic_refresh_every)
+                        config.guidance, refresh=refresh, refresh_every=config.critic_refresh_every)
     trainer.load_checkpoint()
     return trainer, trainer.run(progress=progress, step_fn=tuner.step)
 
 
-__all__ = ["rollout_estimate", "reward_loss", "RewardTuner", "RewardTuneConfig", "RealismCriticTrainer", "build_rewards",
-           "in_view_speed",
-           "run_reward_tuning"]
+__all__ = ["rollout_estimate", "reward_loss", "RewardTuner", "RewardTuneConfig", "RealismCriticTrainer",
+           "build_rewards", "in_view_speed", "run_reward_tuning"]
