@@ -219,3 +219,15 @@ def test_reward_tuner_refreshes_every_n_steps(tmp_path):
     assert ["refreshed" in log for log in logs] == [False, True, False, True]
     with pytest.raises(ValueError, match="refresh_every"):
         RewardTuner(trainer, [], refresh=lambda: {}, refresh_every=0)
+
+
+def test_build_rewards_skips_zero_weight_rewards():
+    from m4v.rewards import AttributeReward
+    from m4v.training.reward import RewardTuneConfig, build_rewards
+
+    config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
+                              realism_weight=0.0)
+    rewards, critic = build_rewards(M4VPipeline.from_preset(seed=0), config)
+    assert critic is None and [type(reward) for reward, _ in rewards] == [AttributeReward]
+    with pytest.raises(ValueError, match="critic_refresh_every"):
+        build_rewards(M4VPipeline.from_preset(seed=0), RewardTuneConfig(realism_weight=0.0, critic_refresh_every=5))
