@@ -11,6 +11,7 @@
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS side by side), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
 #   bash scripts/device_check.sh patches      # scan tests + benchmark of the tree, then of each benchmarks/patches/*.patch
+#   bash scripts/device_check.sh profile      # ncu of the scan forward: stalls, and executed counts per SASS line
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
 mkdir -p "$OUT"
@@ -148,6 +149,18 @@ case "${1:-check}" in
       name=$(basename "$patch" .patch)
       git apply "$patch" && { scan_round "$name"; git apply -R "$patch"; }
     done
+    ;;
+  profile)
+    # Executed instructions per SASS line (SourceCounters), to see where the issue slots go.
+    python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    ncu --kernel-name regex:selective_scan_fwd --launch-skip 2 --launch-count 1 --section SourceCounters \
+      --section InstructionStats --section WarpStateStats --section SchedulerStats --section LaunchStats \
+      -o "$OUT/scan-fwd" -f python3 scripts/profile_scan_fwd.py >"$OUT/ncu.log" 2>&1 || tail -20 "$OUT/ncu.log"
+    ncu -i "$OUT/scan-fwd.ncu-rep" --page details >"$OUT/scan-fwd-details.txt" 2>&1
+    ncu -i "$OUT/scan-fwd.ncu-rep" --page source --csv --print-source sass >"$OUT/scan-fwd-sass.csv" 2>&1 \
+      || head -5 "$OUT/scan-fwd-sass.csv"
+    grep -E "Executed Instructions|Issue Slots Busy|Eligible Warps|Active Warps|Registers|Duration" \
+      "$OUT/scan-fwd-details.txt" | head -20
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

@@ -107,19 +107,28 @@ __device__ __forceinline__ void flip_if(bool flip, V (&v)[kN]) {
   }
 }
 
-__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
-__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
+__device__ __forceinline__ float fast_lg2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// MUFU ex2 and rcp (__fdividef: 2 ulp): IEEE division and __expf's denormal fix-ups cost ~8
+// instructions per item in code that runs once per element.
+__device__ __forceinline__ float sigmoid(float x) { return __fdividef(1.f, 1.f + fast_exp2(-x * kLog2e)); }
+__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.f + fast_exp2(-x * kLog2e)); }
 // Same threshold as torch.nn.functional.softplus and mamba_ssm. For 16-bit inputs (whose own
 // rounding is 2^-9 to 2^-12 relative) log(1 + e^x) comes from MUFU lg2, with a series where 1 + e^x
-// would round: ~8 instructions instead of log1pf's ~27, at most ~5e-5 relative error in dt.
+// would round, selected without branches: ~13 instructions instead of log1pf's ~27, at most ~5e-5
+// relative error in dt.
 template <typename T>
 __device__ __forceinline__ float softplus(float x) {
   if constexpr (std::is_same_v<T, float>) {
     return x <= 20.f ? log1pf(__expf(x)) : x;
   } else {
-    const float e = __expf(x);
-    if (x > 20.f) return x;
-    return x < -5.f ? e * fmaf(-e, fmaf(-e, 1.f / 3.f, 0.5f), 1.f) : __logf(1.f + e);
+    const float e = fast_exp2(x * kLog2e);
+    const float series = e * fmaf(-e, fmaf(-e, 1.f / 3.f, 0.5f), 1.f);
+    const float log1p_e = x < -5.f ? series : fast_lg2(1.f + e) * 0.6931471805599453f;
+    return x > 20.f ? x : log1p_e;
   }
 }
 
@@ -254,26 +263,24 @@ __device__ __forceinline__ void load_state_items(const StateTensor& t, const Seq
   flip_if(reverse, v);
 }
 
-// Rows [n0, n0 + rows) of one chunk of B or C, as float, into a tile (memory order, zero past the
-// sequence or past dstate): row r's segment of kItems steps l starts at r * kRowPitch + l * kSegPitch
-// (the backward packs them, the forward pads them). Cooperative over the CTA; the caller
-// synchronises.
-template <typename T, int kItems = K, int kSegPitch = K, int kRowPitch = kScanChunk>
+// Rows [n0, n0 + rows) of one chunk of B or C, as float, into a packed tile [row][step] (zero past
+// the sequence or past dstate). Cooperative over the CTA; the caller synchronises.
+template <typename T>
 __device__ __forceinline__ void load_state_tile(const StateTensor& t, const SeqSpan& span, int g, int n0, int rows,
                                                 int dstate, int chunk_start, float* tile) {
-  constexpr int kSegments = kScanChunk / kItems;
+  constexpr int kSegments = kScanChunk / K;
   for (int i = threadIdx.x; i < rows * kSegments; i += blockDim.x) {
     const int r = i / kSegments, l = i % kSegments;
-    float v[kItems];
+    float v[K];
     if (n0 + r < dstate) {
-      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + l * kItems, span.len, v);
+      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + l * K, span.len, v);
     } else {
 #pragma unroll
-      for (int k = 0; k < kItems; ++k) v[k] = 0.f;
+      for (int k = 0; k < K; ++k) v[k] = 0.f;
     }
-    float4* dst = reinterpret_cast<float4*>(tile + r * kRowPitch + l * kSegPitch);
+    float4* dst = reinterpret_cast<float4*>(tile + r * kScanChunk + l * K);
 #pragma unroll
-    for (int j = 0; j < kItems / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+    for (int j = 0; j < K / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
   }
 }
 
@@ -383,6 +390,75 @@ __device__ __forceinline__ void fwd_tile_items(const float* row, int sub_lane, b
   flip_if(reverse, v);
 }
 
+// Rows [0, rows) of one chunk of B or C into padded rows (see padded_step), zero past the sequence
+// and from `rows` to kFwdStateTile; `first` is the tile's first state row at the sequence's start.
+// Each thread stages two fixed 16-step segments, so the addressing is a few integer ops per row.
+template <typename T>
+__device__ __forceinline__ void stage_state_tile(const T* first, int64_t state_stride, int64_t len_stride, int rows,
+                                                 int len, int chunk_start, float* tile) {
+  constexpr int kThreads = kFwdWarps * 32, kSegments = kFwdStateTile * kFwdLanes;
+  static_assert(kSegments % kThreads == 0, "whole segments per thread");
+#pragma unroll
+  for (int j = 0; j < kSegments / kThreads; ++j) {
+    const int segment = threadIdx.x + j * kThreads;
+    const int r = segment / kFwdLanes, l = segment % kFwdLanes;
+    float v[kFwdItems];
+    if (r < rows) {
+      load_items(first + r * state_stride, len_stride, chunk_start + l * kFwdItems, len, v);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kFwdItems; ++k) v[k] = 0.f;
+    }
+    put_fwd_tile_items(tile + r * kFwdRowPitch, l, v);
+  }
+}
+
+// The contiguous forward prefetches each lane's next-chunk items of u, delta and z with cp.async into
+// its own shared slots ([tensor][vector][thread] uint4s, so a lane reads only what it copied and no
+// barrier is needed); the global latency then overlaps a whole state loop instead of stalling the
+// chunk's first use.
+enum PrefetchTensor { kPrefetchU = 0, kPrefetchDelta = 1, kPrefetchZ = 2, kPrefetchTensors = 3 };
+template <typename T>
+constexpr int kPrefetchVectors = kFwdItems * sizeof(T) / 16;  // per lane and tensor
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Every group but the newest has landed (each chunk commits two groups, possibly empty).
+__device__ __forceinline__ void cp_async_wait_older() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+// Whether a lane's kFwdItems items of a row at `pos` can be copied as whole 16-byte vectors.
+template <typename T>
+__device__ __forceinline__ bool vector_items(const T* row, int64_t stride, int pos, int len) {
+  return stride == 1 && pos + kFwdItems <= len && reinterpret_cast<uintptr_t>(row + pos) % 16 == 0;
+}
+
+template <typename T>
+__device__ __forceinline__ uint4* prefetch_slots(float* base, PrefetchTensor tensor) {
+  return reinterpret_cast<uint4*>(base) + tensor * kPrefetchVectors<T> * kFwdWarps * 32 + threadIdx.x;
+}
+
+template <typename T>
+__device__ __forceinline__ void prefetch_items(const T* row, int pos, uint4* slots) {
+  const uint4* src = reinterpret_cast<const uint4*>(row + pos);
+#pragma unroll
+  for (int i = 0; i < kPrefetchVectors<T>; ++i) cp_async_16(slots + i * kFwdWarps * 32, src + i);
+}
+
+template <typename T>
+__device__ __forceinline__ void prefetched_items(const uint4* slots, float (&v)[kFwdItems]) {
+  constexpr int kVec = 16 / sizeof(T);
+#pragma unroll
+  for (int i = 0; i < kPrefetchVectors<T>; ++i) {
+    const uint4 raw = slots[i * kFwdWarps * 32];
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
+  }
+}
+
 // Inclusive scan, over the 16 lanes of each half-warp, of the affine maps x -> decay * x + value
 // composed in scan order; `rank` is the lane's position in scan order within its half.
 __device__ __forceinline__ void half_warp_scan(float& decay, float& value, int rank, bool descending) {
@@ -429,6 +505,9 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
   static_assert(2 * kFwdChannels <= kFwdStateTile, "the staged rows must fit in tile_B");
   float* A2 = tile_C + kFwdStateTile * kFwdRowPitch + half * 2 * N;  // [N] per channel: A * log2(e)
   float* carry = A2 + N;                                               // [N] per channel
+  // 16-bit contiguous inputs only: fp32 slots would cost an SM a fourth CTA's shared memory.
+  constexpr bool kPrefetch = !kTokenMajor && sizeof(T) == 2;
+  float* prefetch = tile_C + kFwdStateTile * kFwdRowPitch + 2 * kFwdChannels * N;
   const int s = blockIdx.x;
   const SeqSpan span = seq_span(p, s);
   const int64_t state_row_offset = (static_cast<int64_t>(s) * p.dim + d) * N;
@@ -440,10 +519,34 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
 
   const float Dd = p.D != nullptr ? p.D[d] : 0.f;
   const float bias = p.delta_bias != nullptr ? p.delta_bias[d] : 0.f;
+  const T* u_row = row_ptr<T>(p.u, span, d);
+  const T* delta_row = row_ptr<T>(p.delta, span, d);
+  const T* z_row = p.z.ptr != nullptr ? row_ptr<T>(p.z, span, d) : nullptr;
+  const T* B_first = state_row<T>(p.B, span, g, 0);
+  const T* C_first = state_row<T>(p.C, span, g, 0);
+  // The lane's items of chunk q (in visiting order) start here.
+  const auto lane_pos = [&](int q) { return (desc ? span.num_chunks - 1 - q : q) * kScanChunk + sub_lane * kFwdItems; };
+  // Prefetch state: which of the next chunk's rows are on their way to the lane's slots.
+  bool ud_ready = false, z_ready = false;
+  if constexpr (kPrefetch) {
+    const int pos = lane_pos(0);
+    ud_ready = span.num_chunks > 0 && vector_items(u_row, p.u.len_stride, pos, span.len) &&
+               vector_items(delta_row, p.delta.len_stride, pos, span.len);
+    if (ud_ready) {
+      prefetch_items(u_row, pos, prefetch_slots<T>(prefetch, kPrefetchU));
+      prefetch_items(delta_row, pos, prefetch_slots<T>(prefetch, kPrefetchDelta));
+    }
+    cp_async_commit();
+    z_ready = span.num_chunks > 0 && z_row != nullptr && vector_items(z_row, p.z.len_stride, pos, span.len);
+    if (z_ready) prefetch_items(z_row, pos, prefetch_slots<T>(prefetch, kPrefetchZ));
+    cp_async_commit();
+  }
   for (int q = 0; q < span.num_chunks; ++q) {
     const int c = desc ? span.num_chunks - 1 - q : q;
     const int chunk_start = c * kScanChunk;
     const int pos = chunk_start + sub_lane * kFwdItems;
+    const bool has_next = q + 1 < span.num_chunks;
+    const int next_pos = has_next ? lane_pos(q + 1) : 0;
     if (active && p.checkpoints != nullptr) {
       float* ck = p.checkpoints + (static_cast<int64_t>(span.first_chunk + c) * p.dim + d) * N;
       for (int n = sub_lane; n < N; n += kFwdLanes) ck[n] = carry[n];
@@ -458,15 +561,35 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       __syncthreads();
       fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, dtu);
       fwd_tile_items(staged_b + half * kFwdRowPitch, sub_lane, false, dt);
+    } else if (kPrefetch && ud_ready) {
+      cp_async_wait_older();
+      prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchU), dtu);
+      prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchDelta), dt);
     } else {
-      load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, dtu);
-      load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, dt);
+      load_items(u_row, p.u.len_stride, pos, span.len, dtu);
+      load_items(delta_row, p.delta.len_stride, pos, span.len, dt);
+    }
+    if constexpr (kPrefetch) {  // the slots are read: start the next chunk's
+      ud_ready = has_next && vector_items(u_row, p.u.len_stride, next_pos, span.len) &&
+                 vector_items(delta_row, p.delta.len_stride, next_pos, span.len);
+      if (ud_ready) {
+        prefetch_items(u_row, next_pos, prefetch_slots<T>(prefetch, kPrefetchU));
+        prefetch_items(delta_row, next_pos, prefetch_slots<T>(prefetch, kPrefetchDelta));
+      }
+      cp_async_commit();
+    }
+    // Softplus runs on whole lanes, past the sequence too (those items read as 0), so that the
+    // uniform flag is tested once rather than per item.
+#pragma unroll
+    for (int k = 0; k < kFwdItems; ++k) dt[k] += bias;
+    if (p.delta_softplus) {
+#pragma unroll
+      for (int k = 0; k < kFwdItems; ++k) dt[k] = softplus<T>(dt[k]);
     }
     float dt_sum = 0.f;
 #pragma unroll
     for (int k = 0; k < kFwdItems; ++k) {
-      const float pre = dt[k] + bias;
-      dt[k] = pos + k < span.len ? (p.delta_softplus ? softplus<T>(pre) : pre) : 0.f;
+      dt[k] = pos + k < span.len ? dt[k] : 0.f;
       dt_sum += dt[k];
       y[k] = Dd * dtu[k];
       dtu[k] *= dt[k];
@@ -481,8 +604,10 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
         stage_vectors<T, kFwdStateTile>(state_row<T>(p.B, span, g, n0), p.B.len_stride, span.len, chunk_start, tile_B);
         stage_vectors<T, kFwdStateTile>(state_row<T>(p.C, span, g, n0), p.C.len_stride, span.len, chunk_start, tile_C);
       } else {
-        load_state_tile<T, kFwdItems, kFwdLanePitch, kFwdRowPitch>(p.B, span, g, n0, rows, N, chunk_start, tile_B);
-        load_state_tile<T, kFwdItems, kFwdLanePitch, kFwdRowPitch>(p.C, span, g, n0, rows, N, chunk_start, tile_C);
+        stage_state_tile(B_first + n0 * p.B.state_stride, p.B.state_stride, p.B.len_stride, rows, span.len,
+                         chunk_start, tile_B);
+        stage_state_tile(C_first + n0 * p.C.state_stride, p.C.state_stride, p.C.len_stride, rows, span.len,
+                         chunk_start, tile_C);
       }
       __syncthreads();
 #pragma unroll 2
@@ -543,9 +668,19 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
           store_items(row_ptr_mut<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
         }
         float z[kFwdItems];
-        load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
+        if (kPrefetch && z_ready) {
+          cp_async_wait_older();
+          prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchZ), z);
+        } else {
+          load_items(z_row, p.z.len_stride, pos, span.len, z);
+        }
 #pragma unroll
         for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
+      }
+      if constexpr (kPrefetch) {  // committed even without z: every chunk commits two groups
+        z_ready = has_next && z_row != nullptr && vector_items(z_row, p.z.len_stride, next_pos, span.len);
+        if (z_ready) prefetch_items(z_row, next_pos, prefetch_slots<T>(prefetch, kPrefetchZ));
+        cp_async_commit();
       }
       if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
     }
@@ -943,8 +1078,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
 namespace scan_detail {
 
 // Dynamic shared memory of each kernel.
-inline size_t fwd_smem(int dstate) {
-  return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate);
+template <typename T, bool kTokenMajor>
+size_t fwd_smem(int dstate) {
+  const size_t prefetch = !kTokenMajor && sizeof(T) == 2 ? size_t{16} * kPrefetchTensors * kPrefetchVectors<T> * kFwdWarps * 32 : 0;
+  return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate) + prefetch;
 }
 inline size_t bwd_summary_smem(int dstate) {
   const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * dstate * kScanChunk : 0;
@@ -966,7 +1103,7 @@ template <typename input_t, bool kReverse, bool kTokenMajor>
 cudaError_t launch_fwd_layout(const ScanParams& params, cudaStream_t stream) {
   const int blocks_per_group = (params.channels_per_group + kFwdChannels - 1) / kFwdChannels;
   const dim3 grid(params.num_seqs, params.groups * blocks_per_group);
-  const size_t smem = fwd_smem(params.dstate);
+  const size_t smem = fwd_smem<input_t, kTokenMajor>(params.dstate);
   const auto kernel = selective_scan_fwd_kernel<input_t, kReverse, kTokenMajor>;
   const cudaError_t err = allow_smem(kernel, smem);
   if (err != cudaSuccess) return err;
