@@ -54,15 +54,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 // kN items of a strided row, starting at `pos`; items at or past `len` read as 0. 16-byte loads
-// when the row is contiguous, aligned and fully in range.
-template <typename T, int kN>
+// when the row is contiguous, aligned and fully in range. kNoL1: cached in L2 only, for data a CTA
+// reads once, which then does not evict what the kernel keeps in L1 (its register spills).
+template <typename T, int kN, bool kNoL1 = false>
 __device__ __forceinline__ void load_items(const T* row, int64_t stride, int pos, int len, float (&v)[kN]) {
   const T* p = row + pos * stride;
   constexpr int kVec = 16 / sizeof(T);
   if (stride == 1 && pos + kN <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
 #pragma unroll
     for (int i = 0; i < kN / kVec; ++i) {
-      uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      const uint4* src = reinterpret_cast<const uint4*>(p) + i;
+      const uint4 raw = kNoL1 ? __ldcg(src) : __ldg(src);
       const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
@@ -404,7 +406,7 @@ __device__ __forceinline__ void stage_state_tile(const T* first, int64_t state_s
     const int r = segment / kFwdLanes, l = segment % kFwdLanes;
     float v[kFwdItems];
     if (r < rows) {
-      load_items(first + r * state_stride, len_stride, chunk_start + l * kFwdItems, len, v);
+      load_items<T, kFwdItems, true>(first + r * state_stride, len_stride, chunk_start + l * kFwdItems, len, v);
     } else {
 #pragma unroll
       for (int k = 0; k < kFwdItems; ++k) v[k] = 0.f;
@@ -519,26 +521,26 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
 
   const float Dd = p.D != nullptr ? p.D[d] : 0.f;
   const float bias = p.delta_bias != nullptr ? p.delta_bias[d] : 0.f;
-  const T* u_row = row_ptr<T>(p.u, span, d);
-  const T* delta_row = row_ptr<T>(p.delta, span, d);
-  const T* z_row = p.z.ptr != nullptr ? row_ptr<T>(p.z, span, d) : nullptr;
-  const T* B_first = state_row<T>(p.B, span, g, 0);
-  const T* C_first = state_row<T>(p.C, span, g, 0);
+  // Row pointers are recomputed where they are used: held in registers across the state loop they
+  // spill, and at this kernel's shared-memory use the spills miss L1.
+  const auto u_row = [&p, span, d] { return row_ptr<T>(p.u, span, d); };
+  const auto delta_row = [&p, span, d] { return row_ptr<T>(p.delta, span, d); };
+  const auto z_row = [&p, span, d] { return row_ptr<T>(p.z, span, d); };
   // The lane's items of chunk q (in visiting order) start here.
   const auto lane_pos = [&](int q) { return (desc ? span.num_chunks - 1 - q : q) * kScanChunk + sub_lane * kFwdItems; };
   // Prefetch state: which of the next chunk's rows are on their way to the lane's slots.
   bool ud_ready = false, z_ready = false;
   if constexpr (kPrefetch) {
     const int pos = lane_pos(0);
-    ud_ready = span.num_chunks > 0 && vector_items(u_row, p.u.len_stride, pos, span.len) &&
-               vector_items(delta_row, p.delta.len_stride, pos, span.len);
+    ud_ready = span.num_chunks > 0 && vector_items(u_row(), p.u.len_stride, pos, span.len) &&
+               vector_items(delta_row(), p.delta.len_stride, pos, span.len);
     if (ud_ready) {
-      prefetch_items(u_row, pos, prefetch_slots<T>(prefetch, kPrefetchU));
-      prefetch_items(delta_row, pos, prefetch_slots<T>(prefetch, kPrefetchDelta));
+      prefetch_items(u_row(), pos, prefetch_slots<T>(prefetch, kPrefetchU));
+      prefetch_items(delta_row(), pos, prefetch_slots<T>(prefetch, kPrefetchDelta));
     }
     cp_async_commit();
-    z_ready = span.num_chunks > 0 && z_row != nullptr && vector_items(z_row, p.z.len_stride, pos, span.len);
-    if (z_ready) prefetch_items(z_row, pos, prefetch_slots<T>(prefetch, kPrefetchZ));
+    z_ready = span.num_chunks > 0 && p.z.ptr != nullptr && vector_items(z_row(), p.z.len_stride, pos, span.len);
+    if (z_ready) prefetch_items(z_row(), pos, prefetch_slots<T>(prefetch, kPrefetchZ));
     cp_async_commit();
   }
   for (int q = 0; q < span.num_chunks; ++q) {
@@ -566,15 +568,15 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchU), dtu);
       prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchDelta), dt);
     } else {
-      load_items(u_row, p.u.len_stride, pos, span.len, dtu);
-      load_items(delta_row, p.delta.len_stride, pos, span.len, dt);
+      load_items(u_row(), p.u.len_stride, pos, span.len, dtu);
+      load_items(delta_row(), p.delta.len_stride, pos, span.len, dt);
     }
     if constexpr (kPrefetch) {  // the slots are read: start the next chunk's
-      ud_ready = has_next && vector_items(u_row, p.u.len_stride, next_pos, span.len) &&
-                 vector_items(delta_row, p.delta.len_stride, next_pos, span.len);
+      ud_ready = has_next && vector_items(u_row(), p.u.len_stride, next_pos, span.len) &&
+                 vector_items(delta_row(), p.delta.len_stride, next_pos, span.len);
       if (ud_ready) {
-        prefetch_items(u_row, next_pos, prefetch_slots<T>(prefetch, kPrefetchU));
-        prefetch_items(delta_row, next_pos, prefetch_slots<T>(prefetch, kPrefetchDelta));
+        prefetch_items(u_row(), next_pos, prefetch_slots<T>(prefetch, kPrefetchU));
+        prefetch_items(delta_row(), next_pos, prefetch_slots<T>(prefetch, kPrefetchDelta));
       }
       cp_async_commit();
     }
@@ -604,9 +606,9 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
         stage_vectors<T, kFwdStateTile>(state_row<T>(p.B, span, g, n0), p.B.len_stride, span.len, chunk_start, tile_B);
         stage_vectors<T, kFwdStateTile>(state_row<T>(p.C, span, g, n0), p.C.len_stride, span.len, chunk_start, tile_C);
       } else {
-        stage_state_tile(B_first + n0 * p.B.state_stride, p.B.state_stride, p.B.len_stride, rows, span.len,
+        stage_state_tile(state_row<T>(p.B, span, g, 0) + n0 * p.B.state_stride, p.B.state_stride, p.B.len_stride, rows, span.len,
                          chunk_start, tile_B);
-        stage_state_tile(C_first + n0 * p.C.state_stride, p.C.state_stride, p.C.len_stride, rows, span.len,
+        stage_state_tile(state_row<T>(p.C, span, g, 0) + n0 * p.C.state_stride, p.C.state_stride, p.C.len_stride, rows, span.len,
                          chunk_start, tile_C);
       }
       __syncthreads();
@@ -672,14 +674,14 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
           cp_async_wait_older();
           prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchZ), z);
         } else {
-          load_items(z_row, p.z.len_stride, pos, span.len, z);
+          load_items(z_row(), p.z.len_stride, pos, span.len, z);
         }
 #pragma unroll
         for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
       }
       if constexpr (kPrefetch) {  // committed even without z: every chunk commits two groups
-        z_ready = has_next && z_row != nullptr && vector_items(z_row, p.z.len_stride, next_pos, span.len);
-        if (z_ready) prefetch_items(z_row, next_pos, prefetch_slots<T>(prefetch, kPrefetchZ));
+        z_ready = has_next && p.z.ptr != nullptr && vector_items(z_row(), p.z.len_stride, next_pos, span.len);
+        if (z_ready) prefetch_items(z_row(), next_pos, prefetch_slots<T>(prefetch, kPrefetchZ));
         cp_async_commit();
       }
       if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
