@@ -20,6 +20,16 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guidance_pair(text: str) -> tuple[float, float]:
+    try:
+        first, later = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"guidance must be FIRST,LATER (two numbers), got {text!r}") from None
+    if first < 1 or later < 1:
+        raise argparse.ArgumentTypeError(f"guidance scales must be >= 1 (1 = off), got {text!r}")
+    return first, later
+
+
 def _steps(text: str) -> tuple[int, ...]:
     try:
         steps = tuple(int(v) for v in text.split(","))
@@ -116,11 +126,14 @@ def _eval(args: argparse.Namespace) -> int:
                                  judge_steps=args.judge_steps, critic_steps=args.judge_steps)
     judges = Judges(config, device=args.device)
     results = {"real videos (dataset)": evaluate_real(judges)}
+    scales = args.guidance or [(config.guidance, config.video_guidance)]
     for index, directory in enumerate(args.model):
         pipe = M4VPipeline.from_pretrained(directory, device=args.device)
         if index == 0:  # the ceiling the (first model's) autoencoder sets
             results["real videos through the autoencoder"] = evaluate_reconstruction(judges, pipe.autoencoder)
-        results[directory] = evaluate(pipe, judges, progress=not args.quiet)
+        for first, later in scales:
+            name = f"{directory} @ cfg {first:g}/{later:g}" if args.guidance else directory
+            results[name] = evaluate(pipe, judges, guidance=(first, later), progress=not args.quiet)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -228,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--num-videos", type=int, default=48)
     evaluate.add_argument("--train-frames", type=int, default=17, help="rollouts run twice this long")
     evaluate.add_argument("--judge-steps", type=int, default=900, help="training steps of the judge and the critic")
+    evaluate.add_argument("--guidance", type=_guidance_pair, action="append", default=None, metavar="FIRST,LATER",
+                          help="CFG scales of the first / later frames (repeatable: each model at each; "
+                               "default 4,3 as `m4v generate`)")
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     evaluate.add_argument("--json", default=None, help="also write the results here")
     evaluate.add_argument("--quiet", action="store_true")

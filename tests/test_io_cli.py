@@ -90,3 +90,28 @@ def test_eval_table_prints_the_late_gap_to_real_videos():
     assert "P(real) 0.900; on degraded copies of them: 0.100" in table
     gap_row = table.splitlines()[-1]
     assert gap_row.startswith("| model |") and "-0.300" in gap_row and "+0.500" in gap_row and "n/a" in gap_row
+
+
+def test_eval_at_several_guidance_scales(tmp_path, capsys, monkeypatch):
+    """`m4v eval --guidance` evaluates each model at each (first, later) CFG pair, passed through to
+    the sampler, in rows named by the pair."""
+    import m4v.pipelines.pipeline as pipeline_module
+
+    assert cli_main(["create-tiny", str(tmp_path / "tiny")]) == 0
+    seen = []
+    sample = pipeline_module.M4VPipeline.__call__
+
+    def recording_call(self, *args, **kwargs):
+        seen.append((kwargs["guidance_scale"], kwargs["video_guidance_scale"]))
+        return sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module.M4VPipeline, "__call__", recording_call)
+    model = str(tmp_path / "tiny")
+    assert cli_main(["eval", "--model", model, "--guidance", "6,4.5", "--guidance", "1,1", "--num-videos", "2",
+                     "--train-frames", "9", "--judge-steps", "2", "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert f"| {model} @ cfg 6/4.5 |" in table and f"| {model} @ cfg 1/1 |" in table
+    assert seen == [(6.0, 4.5), (1.0, 1.0)]
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--model", model, "--guidance", "0.5,1"])
+    assert "guidance scales must be >= 1" in capsys.readouterr().err

@@ -264,17 +264,19 @@ def score_videos(videos: Tensor, captions: Sequence[str], judges: Judges, tempor
             "drift": drift.as_dict()}
 
 
-def evaluate(pipe, judges: Judges, progress: bool = False) -> dict:
+def evaluate(pipe, judges: Judges, guidance: tuple[float, float] | None = None, progress: bool = False) -> dict:
     """Attribute accuracy and drift of ``pipe`` on the held-out captions, generated
-    ``rollout_factor`` times longer than training."""
+    ``rollout_factor`` times longer than training. ``guidance``: the CFG scales of the first and the
+    later frames (default: the config's, those of ``m4v generate``)."""
     config = judges.config
+    first_guidance, later_guidance = guidance or (config.guidance, config.video_guidance)
     captions, frames = eval_captions(config), rollout_frames(config)
     generator = torch.Generator(device=pipe.device).manual_seed(config.seed)
     videos = []
     for start in range(0, len(captions), 16):
         out = pipe(captions[start:start + 16], num_frames=frames, height=config.size, width=config.size,
                    num_inference_steps=config.steps, video_num_inference_steps=config.video_steps,
-                   guidance_scale=config.guidance, video_guidance_scale=config.video_guidance,
+                   guidance_scale=first_guidance, video_guidance_scale=later_guidance,
                    generator=generator, progress=progress)
         videos.append(torch.from_numpy(out).permute(0, 1, 4, 2, 3))  # (batch, frames, 3, H, W)
     ae = pipe.autoencoder
