@@ -419,6 +419,9 @@ __device__ __forceinline__ void stage_state_tile(const T* first, int64_t state_s
 // its own shared slots ([tensor][vector][thread] uint4s, so a lane reads only what it copied and no
 // barrier is needed); the global latency then overlaps a whole state loop instead of stalling the
 // chunk's first use.
+// 16-bit contiguous inputs only: fp32 slots would cost an SM a fourth CTA's shared memory.
+template <typename T, bool kTokenMajor>
+constexpr bool kFwdPrefetch = !kTokenMajor && sizeof(T) == 2;
 enum PrefetchTensor { kPrefetchU = 0, kPrefetchDelta = 1, kPrefetchZ = 2, kPrefetchTensors = 3 };
 template <typename T>
 constexpr int kPrefetchVectors = kFwdItems * sizeof(T) / 16;  // per lane and tensor
@@ -507,8 +510,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
   static_assert(2 * kFwdChannels <= kFwdStateTile, "the staged rows must fit in tile_B");
   float* A2 = tile_C + kFwdStateTile * kFwdRowPitch + half * 2 * N;  // [N] per channel: A * log2(e)
   float* carry = A2 + N;                                               // [N] per channel
-  // 16-bit contiguous inputs only: fp32 slots would cost an SM a fourth CTA's shared memory.
-  constexpr bool kPrefetch = !kTokenMajor && sizeof(T) == 2;
+  constexpr bool kPrefetch = kFwdPrefetch<T, kTokenMajor>;
   float* prefetch = tile_C + kFwdStateTile * kFwdRowPitch + 2 * kFwdChannels * N;
   const int s = blockIdx.x;
   const SeqSpan span = seq_span(p, s);
@@ -527,7 +529,9 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
   const auto delta_row = [&p, span, d] { return row_ptr<T>(p.delta, span, d); };
   const auto z_row = [&p, span, d] { return row_ptr<T>(p.z, span, d); };
   // The lane's items of chunk q (in visiting order) start here.
-  const auto lane_pos = [&](int q) { return (desc ? span.num_chunks - 1 - q : q) * kScanChunk + sub_lane * kFwdItems; };
+  const auto lane_pos = [&](int q) {
+    return (desc ? span.num_chunks - 1 - q : q) * kScanChunk + sub_lane * kFwdItems;
+  };
   // Prefetch state: which of the next chunk's rows are on their way to the lane's slots.
   bool ud_ready = false, z_ready = false;
   if constexpr (kPrefetch) {
@@ -606,10 +610,11 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
         stage_vectors<T, kFwdStateTile>(state_row<T>(p.B, span, g, n0), p.B.len_stride, span.len, chunk_start, tile_B);
         stage_vectors<T, kFwdStateTile>(state_row<T>(p.C, span, g, n0), p.C.len_stride, span.len, chunk_start, tile_C);
       } else {
-        stage_state_tile(state_row<T>(p.B, span, g, 0) + n0 * p.B.state_stride, p.B.state_stride, p.B.len_stride, rows, span.len,
-                         chunk_start, tile_B);
-        stage_state_tile(state_row<T>(p.C, span, g, 0) + n0 * p.C.state_stride, p.C.state_stride, p.C.len_stride, rows, span.len,
-                         chunk_start, tile_C);
+        // state n0's row as state 0's plus an offset: state_row(..., n0) here spilled 42 bytes, not 10
+        stage_state_tile(state_row<T>(p.B, span, g, 0) + n0 * p.B.state_stride, p.B.state_stride, p.B.len_stride,
+                         rows, span.len, chunk_start, tile_B);
+        stage_state_tile(state_row<T>(p.C, span, g, 0) + n0 * p.C.state_stride, p.C.state_stride, p.C.len_stride,
+                         rows, span.len, chunk_start, tile_C);
       }
       __syncthreads();
 #pragma unroll 2
@@ -1082,7 +1087,8 @@ namespace scan_detail {
 // Dynamic shared memory of each kernel.
 template <typename T, bool kTokenMajor>
 size_t fwd_smem(int dstate) {
-  const size_t prefetch = !kTokenMajor && sizeof(T) == 2 ? size_t{16} * kPrefetchTensors * kPrefetchVectors<T> * kFwdWarps * 32 : 0;
+  const size_t prefetch =
+      kFwdPrefetch<T, kTokenMajor> ? size_t{16} * kPrefetchTensors * kPrefetchVectors<T> * kFwdWarps * 32 : 0;
   return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate) + prefetch;
 }
 inline size_t bwd_summary_smem(int dstate) {
