@@ -138,10 +138,13 @@ case "${1:-check}" in
     # Kernel versions written without a GPU wait in benchmarks/patches/ (NOTES.md has each one's
     # prediction): the tree as it is, then each patch applied alone, same run, same peer.
     install_wheels; wait_for_peer
-    scan_round() {  # name: build, the scan's GPU tests, the scan benchmark
+    scan_round() {  # name: build, the scan's GPU tests, the scan benchmark, the mixer (token-major scan)
       build_m4v || return 1
       python3 -m pytest tests/kernels/test_selective_scan.py -q -x -k "not triton" 2>&1 | tee "$OUT/tests-$1.log" | tail -3
       python3 benchmarks/bench_selective_scan.py --json "$OUT/scan-$1.json" 2>&1 | tee "$OUT/bench-$1.log" | tail -14
+      (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens 15360 --json "$OUT/mixer-$1.json" >/dev/null 2>&1)
+      python3 -c "import json, sys; [print('mixer', r['mixer'], r['scope'], r['pass'], r['ms']) for r in \
+        json.load(open(sys.argv[1])) if r['mixer'] == 'mmdim']" "$OUT/mixer-$1.json"
     }
     scan_round tree
     for patch in benchmarks/patches/*.patch; do
