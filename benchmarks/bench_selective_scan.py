@@ -10,7 +10,13 @@ forward+backward adds reading u, delta, z, dout and writing du, ddelta, dz (14 B
 backward recomputes the forward's exps at least once, so forward+backward needs 2 * dstate exps
 per element.
 
-    python benchmarks/bench_selective_scan.py [--shapes 1,3072,16384,16 ...] [--json out.json]
+``--variants reverse varlen`` adds m4v's reverse scan and a varlen run (the shape's batch packed
+into one row of unequal sequences, boundaries off the chunk grid), each with its cost over the
+plain scan of the same run; mamba_ssm has neither, so those rows have no peer. Their records carry
+a "variant" key; plain records keep the format above.
+
+    python benchmarks/bench_selective_scan.py [--shapes 1,3072,16384,16 ...] [--variants plain reverse varlen]
+                                              [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from _report import emit_records
 COPY_BYTES_PER_S = 3.0e12
 EXPS_PER_S = 3.94e12
 DEFAULT_SHAPES = [(1, 3072, 16384, 16), (1, 3072, 65536, 16), (2, 2048, 32768, 16)]
+VARIANTS = ("plain", "reverse", "varlen")
+# Where a varlen run cuts each packed sequence (fractions of its length): unequal pieces whose
+# boundaries do not fall on the 256-step chunk grid.
+VARLEN_CUTS = (0.0, 0.137, 0.402, 0.551, 0.813, 1.0)
 
 
 def floor_ms(shape, pass_name, bytes_per_element=2):
@@ -35,8 +45,19 @@ def floor_ms(shape, pass_name, bytes_per_element=2):
     return 1e3 * max(bytes_moved / COPY_BYTES_PER_S, exps / EXPS_PER_S), bytes_moved
 
 
-def make_inputs(shape, dtype, requires_grad):
+def varlen_cu_seqlens(batch: int, seqlen: int) -> torch.Tensor:
+    """cu_seqlens for ``batch`` sequences of ``seqlen`` packed into one row, each cut at VARLEN_CUTS."""
+    bounds = sorted({b * seqlen + round(f * seqlen) for b in range(batch) for f in VARLEN_CUTS})
+    return torch.tensor(bounds, dtype=torch.int32, device="cuda")
+
+
+def make_inputs(shape, dtype, requires_grad, variant="plain"):
+    """u, delta, A, B, C, D, z and the scan's keyword arguments for ``variant``."""
     batch, dim, seqlen, dstate = shape
+    kwargs = {"reverse": True} if variant == "reverse" else {}
+    if variant == "varlen":
+        kwargs = {"cu_seqlens": varlen_cu_seqlens(batch, seqlen)}
+        batch, seqlen = 1, batch * seqlen
     dev = "cuda"
     g = requires_grad
     u = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=g)
@@ -46,7 +67,7 @@ def make_inputs(shape, dtype, requires_grad):
     C = torch.randn(batch, dstate, seqlen, device=dev, dtype=dtype, requires_grad=g)
     D = torch.randn(dim, device=dev, requires_grad=g)
     z = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=g)
-    return u, delta, A, B, C, D, z
+    return (u, delta, A, B, C, D, z), kwargs
 
 
 def scan_functions():
@@ -57,7 +78,8 @@ def scan_functions():
     for backend in ("cuda", "triton"):
         status = available_backends()[backend]
         if status.usable:
-            fns[backend] = (lambda b: lambda *a: selective_scan(*a, delta_softplus=True, backend=b))(backend)
+            fns[backend] = (lambda b: lambda *a, **kw: selective_scan(*a, delta_softplus=True, backend=b, **kw))(
+                backend)
         else:
             print(f"# skipping m4v backend {backend}: {status.reason}", file=sys.stderr)
     try:
@@ -69,18 +91,18 @@ def scan_functions():
     return fns
 
 
-def time_ms(fn, pass_name, shape, dtype):
+def time_ms(fn, pass_name, shape, dtype, variant="plain"):
     from triton.testing import do_bench
 
-    inputs = make_inputs(shape, dtype, requires_grad=(pass_name == "fwd_bwd"))
+    inputs, kwargs = make_inputs(shape, dtype, requires_grad=(pass_name == "fwd_bwd"), variant=variant)
     if pass_name == "fwd":
         with torch.no_grad():
-            return do_bench(lambda: fn(*inputs), warmup=50, rep=300, return_mode="median")
+            return do_bench(lambda: fn(*inputs, **kwargs), warmup=50, rep=300, return_mode="median")
     dout = torch.randn_like(inputs[0])
     leaves = [t for t in inputs if t.requires_grad]
 
     def step():
-        out = fn(*inputs)
+        out = fn(*inputs, **kwargs)
         torch.autograd.grad(out, leaves, dout)
 
     return do_bench(step, warmup=50, rep=300, return_mode="median")
@@ -90,6 +112,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="*", default=None, help="batch,dim,seqlen,dstate ...")
     parser.add_argument("--passes", nargs="*", default=["fwd", "fwd_bwd"])
+    parser.add_argument("--variants", nargs="*", default=["plain"], choices=VARIANTS,
+                        help="plain, and m4v's reverse and varlen scans (timed against plain)")
     parser.add_argument("--json", default=None, help="write the records here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -100,23 +124,34 @@ def main(argv=None):
     fns = scan_functions()
     records = []
     rows = []
+    variants = ["plain"] + [v for v in args.variants if v != "plain"]  # the others are timed against it
     for shape in shapes:
         for pass_name in args.passes:
-            times = {}
-            for name, fn in fns.items():
-                ms = time_ms(fn, pass_name, shape, dtype)
-                times[name] = ms
-                records.append({"backend": name, "shape": list(shape), "dtype": "bfloat16", "pass": pass_name,
-                                "ms": round(ms, 4)})
-                torch.cuda.empty_cache()
             floor, bytes_moved = floor_ms(shape, pass_name)
-            for name, ms in times.items():
-                peer = times.get("mamba_ssm")
-                rows.append((str(shape), pass_name, name, ms, bytes_moved / ms / 1e6, ms / floor,
-                             f"{peer / ms:.2f}x" if peer else "-"))
-    print(f"{'shape (b, d, L, N)':24} {'pass':8} {'backend':10} {'ms':>8} {'GB/s':>7} {'/floor':>7} {'speedup vs mamba_ssm':>21}")
-    for shape, pass_name, name, ms, gbps, vs_floor, vs_peer in rows:
-        print(f"{shape:24} {pass_name:8} {name:10} {ms:8.3f} {gbps:7.0f} {vs_floor:7.2f} {vs_peer:>21}")
+            plain = {}
+            for variant in variants:
+                times = {}
+                for name, fn in fns.items():
+                    if variant != "plain" and name == "mamba_ssm":
+                        continue
+                    ms = time_ms(fn, pass_name, shape, dtype, variant)
+                    times[name] = ms
+                    record = {"backend": name, "shape": list(shape), "dtype": "bfloat16", "pass": pass_name,
+                              "ms": round(ms, 4)}
+                    records.append(record if variant == "plain" else {**record, "variant": variant})
+                    torch.cuda.empty_cache()
+                if variant == "plain":
+                    plain = times
+                for name, ms in times.items():
+                    peer = times.get("mamba_ssm")
+                    rows.append((str(shape), pass_name, name, variant, ms, bytes_moved / ms / 1e6, ms / floor,
+                                 f"{peer / ms:.2f}x" if peer else "-",
+                                 f"{ms / plain[name] - 1:+.1%}" if variant != "plain" else "-"))
+    print(f"{'shape (b, d, L, N)':24} {'pass':8} {'backend':10} {'variant':8} {'ms':>8} {'GB/s':>7} {'/floor':>7} "
+          f"{'speedup vs mamba_ssm':>21} {'vs plain':>9}")
+    for shape, pass_name, name, variant, ms, gbps, vs_floor, vs_peer, vs_plain in rows:
+        print(f"{shape:24} {pass_name:8} {name:10} {variant:8} {ms:8.3f} {gbps:7.0f} {vs_floor:7.2f} {vs_peer:>21} "
+              f"{vs_plain:>9}")
     emit_records(records, args.json)
     return 0
 
