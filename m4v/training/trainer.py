@@ -60,6 +60,9 @@ class TrainConfig:
     dataset_size: int = 100_000
     history_noise_max: float = 1.0 / 3.0
     caption_dropout: float = 0.1       # share of captions replaced by "" (the CFG unconditional branch)
+    # Relative frequency of each pyramid stage in the batches (coarse first); empty = uniform. The
+    # coarse stages decide where an object is and what its outline is.
+    stage_weights: tuple[float, ...] = ()
     precision: str = "bf16"            # "bf16" (autocast on CUDA) or "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 200
@@ -87,12 +90,23 @@ class FlowMatchingLoss(nn.Module):
     """The training objective as a module (so DistributedDataParallel can wrap it): the trainable
     transformer and text encoder, the frozen autoencoder and the scheduler."""
 
-    def __init__(self, pipe: M4VPipeline, history_noise_max: float, bf16: bool, caption_dropout: float = 0.0):
+    def __init__(self, pipe: M4VPipeline, history_noise_max: float, bf16: bool, caption_dropout: float = 0.0,
+                 stage_weights: tuple[float, ...] = ()):
         super().__init__()
         self.transformer, self.text_encoder, self.autoencoder = pipe.transformer, pipe.text_encoder, pipe.autoencoder
         self.autoencoder.requires_grad_(False)
         self.scheduler, self.history_noise_max, self.bf16 = pipe.scheduler, history_noise_max, bf16
         self.caption_dropout = caption_dropout
+        stages = self.scheduler.num_stages
+        if stage_weights and (len(stage_weights) != stages or min(stage_weights) < 0 or sum(stage_weights) <= 0):
+            raise ValueError(f"stage_weights must be {stages} non-negative numbers, not all 0, got {stage_weights}")
+        self.stage_weights = torch.tensor(stage_weights, dtype=torch.float64) if stage_weights else None
+
+    def draw_stage(self, generator: torch.Generator) -> int:
+        """The batch's pyramid stage: uniform, or by ``stage_weights``."""
+        if self.stage_weights is None:
+            return int(torch.randint(self.scheduler.num_stages, (1,), generator=generator))
+        return int(torch.multinomial(self.stage_weights, 1, generator=generator))
 
     def forward(self, video: Tensor, captions: list[str], generator: torch.Generator) -> Tensor:
         """One random unit and stage per batch (one batched model call), a flow time and a history
@@ -104,7 +118,7 @@ class FlowMatchingLoss(nn.Module):
         keep = torch.rand(batch, generator=generator) >= self.caption_dropout
         text = self.text_encoder.encode([c if k else "" for c, k in zip(captions, keep.tolist())], device)
         unit = int(torch.randint(latents.shape[2], (1,), generator=generator))
-        stage = int(torch.randint(stages, (1,), generator=generator))
+        stage = self.draw_stage(generator)
         u = torch.rand(batch, generator=generator)
         current = downsample(latents[:, :, unit], 2 ** (stages - 1 - stage))
         x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(device), generator)
@@ -135,7 +149,7 @@ class Trainer:
         self.ema = [p.detach().clone() for p in self.params]
         self.data = ShapesVideoDataset(config.dataset_size, config.frames, config.height, config.width, config.seed)
         self.objective = FlowMatchingLoss(pipe, config.history_noise_max, config.precision == "bf16",
-                                          config.caption_dropout)
+                                          config.caption_dropout, tuple(config.stage_weights))
         # Several processes (torchrun): DDP averages the gradients; each rank draws its own batches.
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.wrapped = (DistributedDataParallel(self.objective, find_unused_parameters=True) if self.world > 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from m4v.pipelines import M4VPipeline
@@ -34,6 +35,19 @@ def test_loss_falls_on_a_fixed_batch(tmp_path):
         loss.backward()
         trainer.optimizer.step()
     assert fixed_loss() < 0.8 * before
+
+
+def test_stage_weights_choose_the_pyramid_stages(tmp_path):
+    """stage_weights sets how often each pyramid stage is trained; a zero weight never draws it."""
+    objective = make_trainer(tmp_path, stage_weights=(3.0, 1.0, 0.0)).objective
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.tensor([objective.draw_stage(generator) for _ in range(400)]), minlength=3)
+    assert counts[2] == 0 and 2.2 < counts[0] / counts[1] < 4.0
+    uniform = make_trainer(tmp_path / "uniform").objective
+    assert set(uniform.draw_stage(generator) for _ in range(60)) == {0, 1, 2}
+    for bad in [(1.0, 1.0), (1.0, -1.0, 1.0), (0.0, 0.0, 0.0)]:
+        with pytest.raises(ValueError, match="stage_weights must be 3 non-negative numbers"):
+            make_trainer(tmp_path / "bad", stage_weights=bad)
 
 
 def test_resume_after_a_kill_is_bit_identical(tmp_path):
