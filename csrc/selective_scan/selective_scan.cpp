@@ -276,10 +276,16 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   p.dout = row_tensor(dout);
 
   const auto f32 = u.options().dtype(at::kFloat);
-  Tensor du = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
-  Tensor ddelta = new_row_output(u.size(0), u.size(1), u.size(2), u.options());
-  Tensor dz = z.has_value() ? new_row_output(u.size(0), u.size(1), u.size(2), u.options())
-                            : at::empty({0}, u.options());
+  // The gradients follow u's layout rule (token-major when u is), so autograd hands them to a
+  // token-major producer without a transpose.
+  const bool token_major = token_major_input(u);
+  auto new_gradient = [&] {
+    return token_major ? new_token_major_output(u.size(0), u.size(1), u.size(2), u.options())
+                       : new_row_output(u.size(0), u.size(1), u.size(2), u.options());
+  };
+  Tensor du = new_gradient();
+  Tensor ddelta = new_gradient();
+  Tensor dz = z.has_value() ? new_gradient() : at::empty({0}, u.options());
   Tensor dinitial_state = new_output({p.num_seqs, p.dim, p.dstate}, f32);
   // Chunk slots past the last real chunk (varlen upper bound) stay zero and drop out of the sums.
   Tensor dA_partial = at::zeros({rows, p.dim, p.dstate}, f32);
@@ -294,6 +300,8 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   p.du = row_tensor(du);
   p.ddelta = row_tensor(ddelta);
   if (z.has_value()) p.dz = row_tensor(dz);
+  p.grads_token_major = token_major && p.channels_per_group % kScanBwdWarps == 0 && vector_rows(du) &&
+                        vector_rows(ddelta) && (!z.has_value() || vector_rows(dz));
   p.dinitial_state = dinitial_state.data_ptr<float>();
   p.dA_partial = dA_partial.data_ptr<float>();
   p.dD_partial = dD_partial.data_ptr<float>();

@@ -322,6 +322,13 @@ static_assert(kFwdLanes == 16 && kFwdChannels == 8, "the launcher's grid assumes
 // Position of chunk step t in a padded staged row.
 __device__ __forceinline__ int padded_step(int t) { return (t / kFwdItems) * kFwdLanePitch + t % kFwdItems; }
 
+// Time step `step`'s kRows values into padded rows [row][step].
+template <int kRows>
+__device__ __forceinline__ void put_step(float* rows, int step, const float (&v)[kRows]) {
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) rows[r * kFwdRowPitch + padded_step(step)] = v[r];
+}
+
 // One chunk of kRows adjacent unit-stride values per time step (B/C states, or a CTA's channels)
 // into padded rows [row][step], zero past the sequence: one thread per time step loads them with
 // 16-byte vectors and scatters them. `first` points at the sequence's first step.
@@ -346,8 +353,7 @@ __device__ __forceinline__ void stage_vectors(const T* first, int64_t len_stride
 #pragma unroll
       for (int r = 0; r < kRows; ++r) v[r] = 0.f;
     }
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) rows[r * kFwdRowPitch + padded_step(step)] = v[r];
+    put_step(rows, step, v);
   }
 }
 
@@ -419,9 +425,10 @@ __device__ __forceinline__ void stage_state_tile(const T* first, int64_t state_s
 // its own shared slots ([tensor][vector][thread] uint4s, so a lane reads only what it copied and no
 // barrier is needed); the global latency then overlaps a whole state loop instead of stalling the
 // chunk's first use.
-// 16-bit contiguous inputs only: fp32 slots would cost an SM a fourth CTA's shared memory.
+// 16-bit inputs only: fp32 slots would cost an SM a fourth CTA's shared memory. The token-major
+// kernel prefetches whole time steps instead (see prefetch_steps).
 template <typename T, bool kTokenMajor>
-constexpr bool kFwdPrefetch = !kTokenMajor && sizeof(T) == 2;
+constexpr bool kFwdPrefetch = sizeof(T) == 2;
 enum PrefetchTensor { kPrefetchU = 0, kPrefetchDelta = 1, kPrefetchZ = 2, kPrefetchTensors = 3 };
 template <typename T>
 constexpr int kPrefetchVectors = kFwdItems * sizeof(T) / 16;  // per lane and tensor
@@ -461,6 +468,41 @@ __device__ __forceinline__ void prefetched_items(const uint4* slots, float (&v)[
     const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
     for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
+  }
+}
+
+// Token-major prefetch: the CTA's 8 channels at one time step are one 16-byte vector, copied into
+// slot [step] of the tensor's kScanChunk slots; a thread copies, and later unpacks, the steps it
+// stages (as stage_vectors walks them), so it again reads only its own copies.
+__device__ __forceinline__ uint4* step_slots(float* base, PrefetchTensor tensor) {
+  return reinterpret_cast<uint4*>(base) + tensor * kScanChunk;
+}
+
+template <typename T>
+__device__ __forceinline__ void prefetch_steps(const T* first, int64_t len_stride, int len, int chunk_start,
+                                               uint4* slots) {
+  static_assert(kFwdChannels * sizeof(T) == 16, "one vector per time step");
+  for (int step = threadIdx.x; step < kScanChunk; step += kFwdWarps * 32) {
+    const int pos = chunk_start + step;
+    if (pos < len) cp_async_16(slots + step, first + static_cast<int64_t>(pos) * len_stride);
+  }
+}
+
+// stage_vectors from the prefetched steps (after cp_async_wait_older).
+template <typename T>
+__device__ __forceinline__ void stage_prefetched_steps(const uint4* slots, int len, int chunk_start, float* rows) {
+  for (int step = threadIdx.x; step < kScanChunk; step += kFwdWarps * 32) {
+    float v[kFwdChannels];
+    if (chunk_start + step < len) {
+      const uint4 raw = slots[step];
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int r = 0; r < kFwdChannels; ++r) v[r] = to_float(e[r]);
+    } else {
+#pragma unroll
+      for (int r = 0; r < kFwdChannels; ++r) v[r] = 0.f;
+    }
+    put_step(rows, step, v);
   }
 }
 
@@ -534,7 +576,19 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
   };
   // Prefetch state: which of the next chunk's rows are on their way to the lane's slots.
   bool ud_ready = false, z_ready = false;
-  if constexpr (kPrefetch) {
+  if constexpr (kPrefetch && kTokenMajor) {
+    const int start = (desc ? span.num_chunks - 1 : 0) * kScanChunk;
+    if (span.num_chunks > 0) {
+      prefetch_steps(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, start, step_slots(prefetch, kPrefetchU));
+      prefetch_steps(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, start,
+                     step_slots(prefetch, kPrefetchDelta));
+    }
+    cp_async_commit();
+    if (span.num_chunks > 0 && p.z.ptr != nullptr) {
+      prefetch_steps(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, start, step_slots(prefetch, kPrefetchZ));
+    }
+    cp_async_commit();
+  } else if constexpr (kPrefetch) {
     const int pos = lane_pos(0);
     ud_ready = span.num_chunks > 0 && vector_items(u_row(), p.u.len_stride, pos, span.len) &&
                vector_items(delta_row(), p.delta.len_stride, pos, span.len);
@@ -553,6 +607,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
     const int pos = chunk_start + sub_lane * kFwdItems;
     const bool has_next = q + 1 < span.num_chunks;
     const int next_pos = has_next ? lane_pos(q + 1) : 0;
+    const int next_start = (desc ? c - 1 : c + 1) * kScanChunk;
     if (active && p.checkpoints != nullptr) {
       float* ck = p.checkpoints + (static_cast<int64_t>(span.first_chunk + c) * p.dim + d) * N;
       for (int n = sub_lane; n < N; n += kFwdLanes) ck[n] = carry[n];
@@ -561,9 +616,22 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
     float dt[kFwdItems], dtu[kFwdItems], y[kFwdItems];
     if constexpr (kTokenMajor) {
       __syncthreads();  // the previous chunk's staged rows are consumed
-      stage_vectors<T, kFwdChannels>(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, chunk_start, staged_a);
-      stage_vectors<T, kFwdChannels>(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, chunk_start,
-                                     staged_b);
+      if constexpr (kPrefetch) {
+        cp_async_wait_older();
+        stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchU), span.len, chunk_start, staged_a);
+        stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchDelta), span.len, chunk_start, staged_b);
+        if (has_next) {  // the slots are read: start the next chunk's
+          prefetch_steps(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, next_start,
+                         step_slots(prefetch, kPrefetchU));
+          prefetch_steps(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, next_start,
+                         step_slots(prefetch, kPrefetchDelta));
+        }
+        cp_async_commit();
+      } else {
+        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, chunk_start, staged_a);
+        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, chunk_start,
+                                       staged_b);
+      }
       __syncthreads();
       fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, dtu);
       fwd_tile_items(staged_b + half * kFwdRowPitch, sub_lane, false, dt);
@@ -575,7 +643,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       load_items(u_row(), p.u.len_stride, pos, span.len, dtu);
       load_items(delta_row(), p.delta.len_stride, pos, span.len, dt);
     }
-    if constexpr (kPrefetch) {  // the slots are read: start the next chunk's
+    if constexpr (kPrefetch && !kTokenMajor) {  // the slots are read: start the next chunk's
       ud_ready = has_next && vector_items(u_row(), p.u.len_stride, next_pos, span.len) &&
                  vector_items(delta_row(), p.delta.len_stride, next_pos, span.len);
       if (ud_ready) {
@@ -655,7 +723,16 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       __syncthreads();  // the state loop's tiles are consumed
       const bool keep_pre = p.z.ptr != nullptr && p.out_pre.ptr != nullptr;
       if (p.z.ptr != nullptr) {
-        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, chunk_start, staged_a);
+        if constexpr (kPrefetch) {
+          cp_async_wait_older();
+          stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchZ), span.len, chunk_start, staged_a);
+          if (has_next) {
+            prefetch_steps(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, next_start,
+                           step_slots(prefetch, kPrefetchZ));
+          }
+        } else {
+          stage_vectors<T, kFwdChannels>(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, chunk_start, staged_a);
+        }
         __syncthreads();
         float z[kFwdItems];
         fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, z);
@@ -664,6 +741,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
         for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
         __syncthreads();  // every lane has read its z
       }
+      if constexpr (kPrefetch) cp_async_commit();  // committed even without z: two groups per chunk
       put_fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, y);
       __syncthreads();
       write_rows_token_major<T>(staged_a, p.out, span, d0, chunk_start);
@@ -719,21 +797,60 @@ __device__ __forceinline__ void load_output_gradient(const ScanBwdParams& p, con
 // The gradient reaching y (before the gate) in scan order, and dz = dout * y * silu'(z) written
 // from the pre-gate output the forward saved. All loads are issued together, so a channel costs
 // one memory latency.
-template <typename T, bool kReverse>
-__device__ __forceinline__ void load_gradient_and_write_dz(const ScanBwdParams& p, const SeqSpan& span, int d,
-                                                           int pos, float (&gy)[K]) {
+// dz (memory order) and, in gy, the gradient reaching y before the gate (still in memory order).
+// All loads are issued together, so a channel costs one memory latency.
+template <typename T>
+__device__ __forceinline__ void load_gate_gradients(const ScanBwdParams& p, const SeqSpan& span, int d, int pos,
+                                                    float (&gy)[K], float (&dz)[K]) {
   load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, gy);
-  float z[K], y[K];
+  float z[K];
   load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
-  load_items(row_ptr<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
+  load_items(row_ptr<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, dz);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const float sg = sigmoid(z[k]);
-    y[k] = gy[k] * y[k] * sg * (1.f + z[k] * (1.f - sg));
+    dz[k] = gy[k] * dz[k] * sg * (1.f + z[k] * (1.f - sg));
     gy[k] *= z[k] * sg;
   }
-  store_items(row_ptr_mut<T>(p.dz, span, d), p.dz.len_stride, pos, span.len, y);
+}
+
+template <typename T, bool kReverse>
+__device__ __forceinline__ void load_gradient_and_write_dz(const ScanBwdParams& p, const SeqSpan& span, int d,
+                                                           int pos, float (&gy)[K]) {
+  float dz[K];
+  load_gate_gradients<T>(p, span, d, pos, gy, dz);
+  store_items(row_ptr_mut<T>(p.dz, span, d), p.dz.len_stride, pos, span.len, dz);
   flip_if(kReverse, gy);
+}
+
+// Token-major gradients: the CTA's kBwdWarps channels of one tensor, staged as rows
+// [channel][kScanChunk] (memory order), out to `t` as one or two vectors per time step; steps past
+// the sequence are not written (they belong to the next packed sequence, or to no one).
+template <typename T>
+__device__ __forceinline__ void write_gradient_steps(const float* staged, const RowTensor& t, const SeqSpan& span,
+                                                     int d0, int chunk_start) {
+  constexpr int kVec = 16 / sizeof(T);
+  static_assert(kBwdWarps % kVec == 0, "whole vectors of channels");
+  for (int step = threadIdx.x; step < kScanChunk; step += kBwdWarps * 32) {
+    const int pos = chunk_start + step;
+    if (pos >= span.len) continue;
+    T* dst = row_ptr_mut<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride;
+#pragma unroll
+    for (int i = 0; i < kBwdWarps / kVec; ++i) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(staged[(i * kVec + j) * kScanChunk + step]);
+      reinterpret_cast<uint4*>(dst)[i] = raw;
+    }
+  }
+}
+
+// A lane's K items (memory order) into its place of a staged row.
+__device__ __forceinline__ void put_row_items(float* row, const float (&v)[K]) {
+  float4* dst = reinterpret_cast<float4*>(row + (threadIdx.x & 31) * K);
+  dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+  dst[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
 // Per-warp shared rows of per-state values ([rows][N]); written by the warp's lanes, then read by
@@ -787,8 +904,11 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
     __syncwarp();  // the previous channel's rows are written out
     stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, rows);
     float gy[K];
-    if (p.z.ptr != nullptr) load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
-    else load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
+    if (p.z.ptr != nullptr && !p.grads_token_major) {  // else the main pass writes dz
+      load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
+    } else {
+      load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
+    }
     ChunkInputs in;
     load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
     __syncwarp();
@@ -938,6 +1058,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   // channels [2][N][kScanChunk] (dstate <= kSmemAccMaxDstate), then the chunk's B and C
   // [2][N][kScanChunk] (dstate <= kBwdTileMaxDstate).
   constexpr int kContrib = kStatesPerRound * 2 * kScanChunk;
+  static_assert(kContrib >= 3 * kScanChunk, "du, ddelta and dz rows fit in the contributions' space");
   float* contrib = smem;
   float* rows = smem + kBwdWarps * kContrib + warp * kBwdStateRows * N;
   const bool acc_in_smem = N <= kSmemAccMaxDstate;
@@ -964,6 +1085,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   for (int it = 0; it < iterations; ++it) {
     const int d = tile.d_begin + it * kBwdWarps + warp;
     const bool active = d < tile.d_end;  // uniform within the warp; idle warps still meet the barriers
+    // Token-major gradients leave through shared memory. The launcher sets grads_token_major only
+    // when channels_per_group is a multiple of kBwdWarps (channels_per_block always is), so every
+    // round has all its warps active.
+    const bool vector_out = p.grads_token_major;
     const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
     ChunkInputs in;
     float gy[K], dtu[K], S[K], Tsum[K];
@@ -1053,8 +1178,19 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         if (pos + k >= tile.span.len) ddt[k] = 0.f;  // past the sequence: no delta, no bias gradient
         dbias += ddt[k];
       }
-      store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.len, du);
-      store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.len, ddt);
+      if (vector_out) {  // the last state round's sums are read (the barrier above): contrib is free
+        float* staged = contrib + warp * kScanChunk;
+        put_row_items(staged, du);
+        put_row_items(staged + kBwdWarps * kScanChunk, ddt);
+        if (p.z.ptr != nullptr) {
+          float gate[K], dz[K];
+          load_gate_gradients<T>(p, tile.span, d, pos, gate, dz);
+          put_row_items(staged + 2 * kBwdWarps * kScanChunk, dz);
+        }
+      } else {
+        store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.len, du);
+        store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.len, ddt);
+      }
       dD = warp_sum(dD);
       dbias = warp_sum(dbias);
       if (lane == 0) {
@@ -1063,6 +1199,16 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
       }
       __syncwarp();
       for (int n = lane; n < N; n += 32) p.dA_partial[chunk_row + n] = rows[3 * N + n];
+    }
+    if (vector_out) {  // uniform over the CTA
+      const int d0 = tile.d_begin + it * kBwdWarps;
+      __syncthreads();
+      write_gradient_steps<T>(contrib, p.du, tile.span, d0, chunk_start);
+      write_gradient_steps<T>(contrib + kBwdWarps * kScanChunk, p.ddelta, tile.span, d0, chunk_start);
+      if (p.z.ptr != nullptr) {
+        write_gradient_steps<T>(contrib + 2 * kBwdWarps * kScanChunk, p.dz, tile.span, d0, chunk_start);
+      }
+      __syncthreads();  // the next channels' contributions overwrite the staged rows
     }
   }
 

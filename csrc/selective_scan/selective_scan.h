@@ -71,8 +71,12 @@ struct ScanBwdParams : ScanParams {
   RowTensor dout;                       // gradient of the gated output
   const float* dlast_state = nullptr;   // contiguous (num_seqs, dim, dstate) or null
 
-  // Gradient outputs (contiguous). dz only when z is given.
+  // Gradient outputs, in u's layout (token-major when u is). dz only when z is given.
   RowTensor du, ddelta, dz;
+  // du, ddelta and dz have unit channel stride, 16-byte aligned rows and whole 8-channel blocks: the
+  // main pass then writes each time step's 8 channels as one vector through shared memory, and
+  // computes dz itself (the summary pass does otherwise).
+  bool grads_token_major = false;
   float* dinitial_state = nullptr;  // (num_seqs, dim, dstate)
   // Per-chunk partial sums, reduced over chunks by the launcher in a fixed order.
   float* dA_partial = nullptr;          // (total_chunks, dim, dstate)

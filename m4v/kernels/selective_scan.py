@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from m4v.kernels._backend import new_row_output, new_scan_output, resolve_backend
+from m4v.kernels._backend import new_scan_output, resolve_backend
 
 OP = "selective_scan"
 MAX_DSTATE = 256
@@ -337,7 +337,7 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 
 def _row_output(u: Tensor, backend: str) -> Tensor:
     """A fake (batch, dim, seqlen) output with the strides the backend's kernels return."""
-    return new_row_output(u) if backend == "cuda" else u.new_empty(u.shape)
+    return new_scan_output(u) if backend == "cuda" else u.new_empty(u.shape)
 
 
 @selective_scan_fwd.register_fake
