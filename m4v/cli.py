@@ -141,6 +141,20 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_text(args: argparse.Namespace) -> int:
+    from m4v.eval.conditioning import caption_sensitivity, format_sensitivity
+    from m4v.pipelines import M4VPipeline
+
+    reports = {directory: caption_sensitivity(M4VPipeline.from_pretrained(directory, device=args.device),
+                                              num_scenes=args.num_scenes)
+               for directory in args.model}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(reports, f, indent=1)
+    print(format_sensitivity(reports))
+    return 0
+
+
 def format_eval(results: dict) -> str:
     """The eval table: attribute accuracy on the first frames, then each drift statistic as
     "early -> late" in the rollout."""
@@ -248,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--json", default=None, help="also write the results here")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(run=_eval)
+    probe = commands.add_parser("probe-text", help="per pyramid stage: how far each caption word moves the "
+                                                   "model's estimate, against what the attribute is worth")
+    probe.add_argument("--model", action="append", required=True, help="a pipeline directory (repeatable)")
+    probe.add_argument("--num-scenes", type=int, default=8)
+    probe.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    probe.add_argument("--json", default=None, help="also write the results here")
+    probe.set_defaults(run=_probe_text)
     info = commands.add_parser("info", help="version, kernel backends and devices")
     info.set_defaults(run=_info)
     flops = commands.add_parser("flops", help="mixer FLOPs of M4V vs attention (the paper's Table 4), on CPU")

@@ -8,9 +8,12 @@
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
 #   bash scripts/device_check.sh ship         # the shipped m4v-shapes model's whole recipe, then its evaluation
 #   bash scripts/device_check.sh train-more   # continue training a pipeline (BASE=dir, CONFIG=file), cosine lr
-#   bash scripts/device_check.sh reward       # reward-tune (CONFIGS side by side), pack (bf16 tars), evaluate with the base
+#   bash scripts/device_check.sh train-many   # CONFIGS side by side from BASE (each one CPU share), bf16 tars in $OUT
+#   bash scripts/device_check.sh eval         # `m4v eval` of MODELS (pipeline dirs) in one run, EVAL_ARGS added
+#   bash scripts/device_check.sh reward       # reward-tune (CONFIGS one after another), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
-#   bash scripts/device_check.sh patches      # scan tests + benchmark of the tree, then of each benchmarks/patches/*.patch
+#   bash scripts/device_check.sh patches      # scan tests + benchmark (SCAN_ARGS) + mixer of the tree, then of each
+#                                             # benchmarks/patches/*.patch
 #   bash scripts/device_check.sh profile      # ncu of the scan forward: stalls, and executed counts per SASS line
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
@@ -30,6 +33,13 @@ build_m4v() {
     || { tail -40 "$OUT/build.log"; return 1; }
   echo "m4v build: $((SECONDS - start)) s"
   python3 -c "import m4v.kernels as k; print({n: s.reason for n, s in k.available_backends().items()})"
+}
+
+# Pipeline dir, name: a bf16 copy under /tmp/ship/NAME (as it ships) and a tar of it in $OUT.
+pack_bf16() {
+  python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
+    M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" "$1" "/tmp/ship/$2" \
+    && tar cf "$OUT/$2.tar" -C /tmp/ship "$2"
 }
 
 # The mamba_ssm lines of the benchmarks: waits (at most 10 minutes) for a peer build started by
@@ -99,6 +109,29 @@ case "${1:-check}" in
     cp "$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['out_dir'])" "$config")/metrics.jsonl" \
       "$OUT/train-more-metrics.jsonl"
     ;;
+  train-many)
+    # The tiny model leaves the GPU mostly idle (its steps wait on the CPU), so several runs side by
+    # side each get about one run's speed; each gets its share of the CPU threads.
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    configs=(${CONFIGS:?CONFIGS=\"a.json b.json\"}) pids=()
+    threads=$(( $(nproc) / ${#configs[@]} ))
+    for config in "${configs[@]}"; do
+      OMP_NUM_THREADS=$threads python3 -m m4v train --model "${BASE:?BASE=pipeline dir}" --config "$config" --quiet \
+        >"$OUT/train-$(basename "$config" .json).log" 2>&1 & pids+=($!)
+    done
+    wait "${pids[@]}"
+    for config in "${configs[@]}"; do
+      name=$(basename "$config" .json)
+      out_dir=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['out_dir'])" "$config")
+      tail -2 "$OUT/train-$name.log"; tail -1 "$out_dir/metrics.jsonl"; cp "$out_dir/metrics.jsonl" "$OUT/$name-metrics.jsonl"
+      pack_bf16 "$out_dir/checkpoint/pipeline" "$name"
+    done
+    ;;
+  eval)
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    models=(); for model in ${MODELS:?MODELS=\"dir dir\"}; do models+=(--model "$model"); done
+    python3 -m m4v eval "${models[@]}" ${EVAL_ARGS:-} --device cuda --json "$OUT/eval.json" --quiet
+    ;;
   reward)
     # CONFIGS (default: configs/shapes-reward.json) tune one after another from the same base; the base is the
     # shipped model when its training run is not on this machine (it ships that run's weights in bf16).
@@ -112,17 +145,12 @@ case "${1:-check}" in
       echo "$(date +%T) reward-tune $config"
       python3 -m m4v reward-tune --config "$config" >"$OUT/reward-$(basename "$config" .json).log" 2>&1
     done
-    pack() {  # pipeline dir, name: a bf16 copy under /tmp/ship and a tar of it in $OUT
-      python3 -c "import sys, torch; from m4v.pipelines import M4VPipeline; \
-        M4VPipeline.from_pretrained(sys.argv[1], dtype=torch.bfloat16).save_pretrained(sys.argv[2])" "$1" "/tmp/ship/$2"
-      tar cf "$OUT/$2.tar" -C /tmp/ship "$2"
-    }
     models=()
-    pack "$base_dir" base && models+=(--model /tmp/ship/base)
+    pack_bf16 "$base_dir" base && models+=(--model /tmp/ship/base)
     for config in $configs; do
       name=$(basename "$config" .json) out_dir=$(field "$config" out_dir)
       tail -2 "$OUT/reward-$name.log"; cp "$out_dir/metrics.jsonl" "$OUT/reward-$name-metrics.jsonl"
-      pack "$out_dir/checkpoint/pipeline" "$name" && models+=(--model "/tmp/ship/$name")
+      pack_bf16 "$out_dir/checkpoint/pipeline" "$name" && models+=(--model "/tmp/ship/$name")
     done
     for extra in ${EVAL_EXTRA:-}; do models+=(--model "$extra"); done   # e.g. the shipped model, same run
     echo "$(date +%T) eval"
@@ -141,7 +169,7 @@ case "${1:-check}" in
     scan_round() {  # name: build, the scan's GPU tests, the scan benchmark, the mixer (token-major scan)
       build_m4v || return 1
       python3 -m pytest tests/kernels/test_selective_scan.py -q -x -k "not triton" 2>&1 | tee "$OUT/tests-$1.log" | tail -3
-      python3 benchmarks/bench_selective_scan.py --json "$OUT/scan-$1.json" 2>&1 | tee "$OUT/bench-$1.log" | tail -14
+      python3 benchmarks/bench_selective_scan.py ${SCAN_ARGS:-} --json "$OUT/scan-$1.json" 2>&1 | tee "$OUT/bench-$1.log" | tail -14
       (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens 15360 --json "$OUT/mixer-$1.json" >/dev/null 2>&1)
       python3 -c "import json, sys; [print('mixer', r['mixer'], r['scope'], r['pass'], r['ms']) for r in \
         json.load(open(sys.argv[1])) if r['mixer'] == 'mmdim']" "$OUT/mixer-$1.json"

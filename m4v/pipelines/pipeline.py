@@ -98,6 +98,8 @@ class M4VPipeline:
             with open(scheduler_path) as f:
                 values = json.load(f)
             values["stage_range"] = tuple(values["stage_range"])
+            if isinstance(values.get("renoise_sigma"), list):
+                values["renoise_sigma"] = tuple(values["renoise_sigma"])
             scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(**values))
         return cls(transformer, text, autoencoder, scheduler)
 
@@ -172,7 +174,7 @@ class M4VPipeline:
         x = self.scheduler.initial_noise((batch, channels, height // scale, width // scale), generator, self.device)
         for stage in range(stages):
             if stage:
-                x = self.scheduler.jump(x, generator)
+                x = self.scheduler.jump(x, stage, generator)
             pyramid = history_pyramid(history, stage, stages)
             for step, (tau, u, u_next) in enumerate(self.scheduler.steps(stage, steps[stage])):
                 if stage == stages - 1 and step == stop_before:

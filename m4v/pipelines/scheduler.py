@@ -15,7 +15,10 @@ the same ones):
   any point is ``x_end_hat = x + (1 - u) v``.
 - At a stage jump the end latent is upsampled 2x (nearest) and re-noised::
 
-      x_start = (1 - sigma) * up(x_end) + sigma * n,    n = sqrt(rho) up(n_low) + sqrt(1 - rho) n_high
+      x_start = (1 - sigma_s) * up(x_end) + sigma_s * n,    n = sqrt(rho) up(n_low) + sqrt(1 - rho) n_high
+
+  with one ``sigma_s`` for every jump or one per jump into stage s: a larger sigma lets stage s
+  redraw more of what the coarser stage decided.
 
   where ``n_low`` is noise at the coarse resolution (so each 2x2 block shares that part) and
   ``n_high`` is independent at the fine resolution: ``n`` has unit variance and correlation
@@ -37,12 +40,15 @@ from m4v.models import history_stages
 @dataclass
 class PyramidFlowSchedulerConfig:
     stage_range: tuple[float, ...] = (0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0)
-    renoise_sigma: float = 1.0 / 3.0       # noise level at which stages 1, 2 start
+    # The noise level at which stages 1, 2, ... start: one number for all, or one per stage from 1.
+    renoise_sigma: float | tuple[float, ...] = 1.0 / 3.0
     block_correlation: float = 0.5         # rho: correlation of the re-noise inside a 2x2 block
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["stage_range"] = list(self.stage_range)
+        if not isinstance(self.renoise_sigma, (int, float)):
+            out["renoise_sigma"] = list(self.renoise_sigma)
         return out
 
 
@@ -66,8 +72,12 @@ class PyramidFlowScheduler:
             raise ValueError(f"stage_range must rise strictly from 0 to 1, got {bounds}")
         if not 0 <= self.config.block_correlation <= 1:
             raise ValueError(f"block_correlation must be in [0, 1], got {self.config.block_correlation}")
-        if not 0 < self.config.renoise_sigma <= 1:
-            raise ValueError(f"renoise_sigma must be in (0, 1], got {self.config.renoise_sigma}")
+        sigma = self.config.renoise_sigma
+        sigmas = (sigma,) * (len(bounds) - 2) if isinstance(sigma, (int, float)) else tuple(sigma)
+        if len(sigmas) != len(bounds) - 2 or not all(0 < value <= 1 for value in sigmas):
+            raise ValueError(f"renoise_sigma must be one number or {len(bounds) - 2} (one per stage from 1), "
+                             f"each in (0, 1], got {sigma}")
+        self.renoise_sigmas = sigmas
 
     @property
     def num_stages(self) -> int:
@@ -106,20 +116,28 @@ class PyramidFlowScheduler:
         fine = randn(shape, generator, device, dtype)
         return rho ** 0.5 * upsample(coarse) + (1 - rho) ** 0.5 * fine
 
-    def jump(self, x_end: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The start point of the next stage from the end of this one (2x nearest + re-noise)."""
+    def jump(self, x_end: Tensor, stage: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The start point of ``stage`` (>= 1) from the end of the one before (2x nearest + re-noise)."""
+        if not 1 <= stage < self.num_stages:
+            raise ValueError(f"stage must be in [1, {self.num_stages - 1}] for a jump, got {stage}")
         up = upsample(x_end)
-        sigma = self.config.renoise_sigma
+        sigma = self.renoise_sigmas[stage - 1]
         return (1 - sigma) * up + sigma * self.block_noise(up.shape, generator, up.device, up.dtype)
 
-    def training_sample(self, x_end: Tensor, stage: int, u: Tensor, generator: Optional[torch.Generator] = None
-                        ) -> tuple[Tensor, Tensor, Tensor]:
+    def training_sample(self, x_end: Tensor, stage: int, u: Tensor, generator: Optional[torch.Generator] = None,
+                        coarse: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
         """(x_u, tau, target velocity) for flow-matching training at ``stage`` and local times u
-        (batch,): the start point is noise for stage 0 and a re-noised coarser copy otherwise."""
+        (batch,): the start point is noise for stage 0 and a re-noised coarser copy otherwise, of
+        ``x_end`` or of ``coarse`` (at half ``x_end``'s size) where given."""
         if stage == 0:
             x_start = randn(x_end.shape, generator, x_end.device, x_end.dtype)
         else:
-            x_start = self.jump(downsample(x_end), generator)
+            if coarse is None:
+                coarse = downsample(x_end)
+            elif coarse.shape != (*x_end.shape[:-2], x_end.shape[-2] // 2, x_end.shape[-1] // 2):
+                raise ValueError(f"coarse must be x_end at half size, got {tuple(coarse.shape)} for "
+                                 f"{tuple(x_end.shape)}")
+            x_start = self.jump(coarse, stage, generator)
         u_ = u.view(-1, *([1] * (x_end.dim() - 1))).to(x_end.dtype)
         a, b = self.window(stage)
         return (1 - u_) * x_start + u_ * x_end, a + (b - a) * u, x_end - x_start

@@ -32,9 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from m4v.data import ShapesVideoDataset
+from m4v.data.shapes import SHAPES, ShapeScene
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
-from m4v.pipelines.scheduler import downsample, history_pyramid, randn
+from m4v.pipelines.scheduler import PyramidFlowScheduler, downsample, history_pyramid, randn
 from m4v.training.lora import has_lora, merged_copy
 
 
@@ -63,6 +64,14 @@ class TrainConfig:
     # Relative frequency of each pyramid stage in the batches (coarse first); empty = uniform. The
     # coarse stages decide where an object is and what its outline is.
     stage_weights: tuple[float, ...] = ()
+    # Empty: keep the pipeline's scheduler. Otherwise its re-noise level at each jump (stages 1, 2,
+    # ...; see m4v/pipelines/scheduler.py), saved with the trained pipeline.
+    renoise_sigma: tuple[float, ...] = ()
+    # Share of batches whose stage >= 1 start point is the coarse copy of the same scene drawn with
+    # every object's shape changed (colour, place, size and motion kept). At sampling time the
+    # coarse stages cannot carry a shape (an object is about one 4 x 4 cell), so a model trained
+    # only on true coarse copies learns to copy shape from them and never reads the shape word.
+    coarse_shape_swap: float = 0.0
     precision: str = "bf16"            # "bf16" (autocast on CUDA) or "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 200
@@ -84,6 +93,15 @@ def initial_pipeline(config: TrainConfig) -> M4VPipeline:
                               seed=config.seed + 7919)  # not the training items themselves
     pipe.autoencoder.fit_pca(torch.stack([data[i][0] for i in range(len(data))]))
     return pipe
+
+
+def other_shapes(scene: ShapeScene, generator: torch.Generator) -> ShapeScene:
+    """``scene`` with each object's shape replaced by one of the other shapes, drawn uniformly."""
+    objects = []
+    for obj in scene.objects:
+        others = [s for s in SHAPES if s != obj.shape]
+        objects.append(dataclasses.replace(obj, shape=others[int(torch.randint(len(others), (1,), generator=generator))]))
+    return dataclasses.replace(scene, objects=tuple(objects))
 
 
 class FlowMatchingLoss(nn.Module):
@@ -108,10 +126,13 @@ class FlowMatchingLoss(nn.Module):
             return int(torch.randint(self.scheduler.num_stages, (1,), generator=generator))
         return int(torch.multinomial(self.stage_weights, 1, generator=generator))
 
-    def forward(self, video: Tensor, captions: list[str], generator: torch.Generator) -> Tensor:
+    def forward(self, video: Tensor, captions: list[str], generator: torch.Generator,
+                coarse_video: Optional[Tensor] = None) -> Tensor:
         """One random unit and stage per batch (one batched model call), a flow time and a history
         noise level per sample; all draws from ``generator`` (CPU). Captions are dropped to "" with
-        probability ``caption_dropout``, which teaches the unconditional branch of CFG."""
+        probability ``caption_dropout``, which teaches the unconditional branch of CFG.
+        ``coarse_video`` (same shape as ``video``): where a stage >= 1 starts from, in place of
+        ``video`` itself (the history is always ``video``'s)."""
         with torch.no_grad():
             latents = self.autoencoder.encode(video)  # (batch, C, frames, h, w)
         batch, stages, device = video.shape[0], self.scheduler.num_stages, video.device
@@ -121,7 +142,11 @@ class FlowMatchingLoss(nn.Module):
         stage = self.draw_stage(generator)
         u = torch.rand(batch, generator=generator)
         current = downsample(latents[:, :, unit], 2 ** (stages - 1 - stage))
-        x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(device), generator)
+        coarse = None
+        if coarse_video is not None and stage > 0:
+            with torch.no_grad():
+                coarse = downsample(self.autoencoder.encode(coarse_video)[:, :, unit], 2 ** (stages - stage))
+        x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(device), generator, coarse)
         history = []
         for clean in history_pyramid([latents[:, :, frame] for frame in range(unit)], stage, stages):
             sigma = (torch.rand(batch, generator=generator) * self.history_noise_max).to(device).view(-1, 1, 1, 1)
@@ -141,6 +166,11 @@ class Trainer:
         if config.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
         self.pipe, self.config = pipe.to(config.device), config
+        if not 0 <= config.coarse_shape_swap <= 1:
+            raise ValueError(f"coarse_shape_swap must be in [0, 1], got {config.coarse_shape_swap}")
+        if config.renoise_sigma:
+            pipe.scheduler = PyramidFlowScheduler(dataclasses.replace(pipe.scheduler.config,
+                                                                      renoise_sigma=tuple(config.renoise_sigma)))
         self.model = pipe.transformer
         self.model.gradient_checkpointing = config.gradient_checkpointing
         # The trainable weights only: with LoRA adapters (m4v.training.lora) the rest is frozen.
@@ -159,15 +189,21 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------
 
-    def batch(self) -> tuple[Tensor, list[str]]:
-        index = torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)
-        items = [self.data[int(i)] for i in index]
-        video = torch.stack([v for v, _ in items]).to(self.config.device)
-        return video, [c for _, c in items]
+    def batch(self) -> tuple[Tensor, list[str], Optional[Tensor]]:
+        """(videos, captions, the coarse stages' videos or None): see ``coarse_shape_swap``."""
+        index = [int(i) for i in torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)]
+        scenes = [self.data.scene(i) for i in index]
+        video = torch.stack([self.data.render(s) for s in scenes]).to(self.config.device)
+        coarse = None
+        if self.config.coarse_shape_swap > 0 and float(torch.rand((), generator=self.generator)) < \
+                self.config.coarse_shape_swap:
+            coarse = torch.stack([self.data.render(other_shapes(s, self.generator)) for s in scenes])
+            coarse = coarse.to(self.config.device)
+        return video, [s.caption for s in scenes], coarse
 
-    def loss(self, video: Tensor, captions: list[str]) -> Tensor:
+    def loss(self, video: Tensor, captions: list[str], coarse_video: Optional[Tensor] = None) -> Tensor:
         """The flow-matching loss of one batch (through DDP when several processes train)."""
-        return self.wrapped(video, captions, self.generator)
+        return self.wrapped(video, captions, self.generator, coarse_video)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based); a function of the step alone, so a
@@ -217,8 +253,8 @@ class Trainer:
                 self.pipe.save_pretrained(directory)
 
     def train_step(self) -> dict:
-        video, captions = self.batch()
-        loss = self.loss(video, captions)
+        video, captions, coarse = self.batch()
+        loss = self.loss(video, captions, coarse)
         self.optimize(loss)
         return {"loss": float(loss.detach())}
 
@@ -238,7 +274,8 @@ class Trainer:
             metrics = step_fn()
             bar.update(1)
             if self.rank == 0 and (self.step % self.config.log_every == 0 or self.step == self.config.steps):
-                record = {"step": self.step, **metrics, "lr": self.optimizer.param_groups[0]["lr"]}
+                record = {"step": self.step, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
+                          "elapsed_s": round(time.monotonic() - start, 1)}
                 records.append(record)
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")

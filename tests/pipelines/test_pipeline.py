@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from m4v.pipelines import M4VPipeline
+from m4v.pipelines.scheduler import PyramidFlowScheduler, PyramidFlowSchedulerConfig
 
 KWARGS = dict(num_frames=17, height=64, width=64, num_inference_steps=(2, 1, 1), video_num_inference_steps=(1, 1, 1),
               progress=False)
@@ -84,8 +85,10 @@ def test_argument_errors(pipe, kwargs, message):
 
 
 def test_save_and_load(pipe, tmp_path):
+    pipe.scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=(0.5, 0.25)))
     pipe.save_pretrained(tmp_path)
     loaded = M4VPipeline.from_pretrained(tmp_path)
+    assert loaded.scheduler.config == pipe.scheduler.config
     a = pipe("same", generator=torch.Generator().manual_seed(0), output_type="latent", **KWARGS)
     b = loaded("same", generator=torch.Generator().manual_seed(0), output_type="latent", **KWARGS)
     assert torch.equal(a, b)

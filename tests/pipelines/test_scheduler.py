@@ -37,7 +37,7 @@ def test_jump_upsamples_and_renoises_with_block_correlation():
     scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=0.25, block_correlation=0.5))
     generator = torch.Generator().manual_seed(0)
     end = torch.full((64, 4, 16, 16), 2.0)
-    start = scheduler.jump(end, generator)
+    start = scheduler.jump(end, 1, generator)
     assert start.shape == (64, 4, 32, 32)
     noise = (start - 0.75 * 2.0) / 0.25          # x_start = (1 - sigma) up(x_end) + sigma n
     assert abs(noise.mean().item()) < 0.02
@@ -48,6 +48,25 @@ def test_jump_upsamples_and_renoises_with_block_correlation():
     right_of_block, left_of_next = noise[..., 1:-1:2].flatten(), noise[..., 2::2].flatten()
     across = torch.corrcoef(torch.stack([right_of_block, left_of_next]))[0, 1]
     assert abs(across.item()) < 0.03  # neighbouring blocks are independent
+
+
+def test_per_stage_renoise_sigma():
+    scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=(0.6, 0.2)))
+    end = torch.full((16, 4, 16, 16), 2.0)
+    for stage, sigma in ((1, 0.6), (2, 0.2)):
+        noise = (scheduler.jump(end, stage, torch.Generator().manual_seed(stage)) - (1 - sigma) * 2.0) / sigma
+        assert abs(noise.mean().item()) < 0.03 and abs(noise.std().item() - 1.0) < 0.03
+    # The training start of stage s re-noises by the same sigma_s: at u = 0 the sample is the start.
+    x_u, _, velocity = scheduler.training_sample(end, 1, torch.zeros(16), torch.Generator().manual_seed(3))
+    assert abs((end - x_u).mean().item() - 0.6 * 2.0) < 0.03  # E[x_start] = (1 - sigma_1) * 2
+    torch.testing.assert_close(velocity, end - x_u)
+    assert scheduler.config.to_dict()["renoise_sigma"] == [0.6, 0.2]
+    # A given coarse copy replaces downsample(x_end) as the start's source.
+    coarse = torch.full((16, 4, 8, 8), -1.0)
+    x_u, _, _ = scheduler.training_sample(end, 1, torch.zeros(16), torch.Generator().manual_seed(3), coarse)
+    assert abs(x_u.mean().item() - 0.4 * -1.0) < 0.03
+    with pytest.raises(ValueError, match="half size"):
+        scheduler.training_sample(end, 1, torch.zeros(16), coarse=torch.zeros(16, 4, 16, 16))
 
 
 def test_upsample_and_downsample():
@@ -72,3 +91,9 @@ def test_bad_configs():
         PyramidFlowScheduler(PyramidFlowSchedulerConfig(stage_range=(0.0, 0.5, 0.4, 1.0)))
     with pytest.raises(ValueError, match="block_correlation"):
         PyramidFlowScheduler(PyramidFlowSchedulerConfig(block_correlation=1.5))
+    with pytest.raises(ValueError, match="renoise_sigma"):
+        PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=(0.5,)))  # 2 jumps in 3 stages
+    with pytest.raises(ValueError, match="renoise_sigma"):
+        PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=(0.5, 0.0)))
+    with pytest.raises(ValueError, match="stage"):
+        PyramidFlowScheduler().jump(torch.zeros(1, 1, 2, 2), 0)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 
 import pytest
 import torch
 
+from m4v.data import ShapesVideoDataset
 from m4v.pipelines import M4VPipeline
 from m4v.training import TrainConfig, Trainer
+from m4v.training.trainer import other_shapes
 
 
 def make_trainer(tmp_path, **overrides):
@@ -19,7 +23,7 @@ def make_trainer(tmp_path, **overrides):
 
 def test_loss_falls_on_a_fixed_batch(tmp_path):
     trainer = make_trainer(tmp_path)
-    video, captions = trainer.batch()
+    video, captions, _ = trainer.batch()
     draws = trainer.generator.get_state()
 
     def fixed_loss():
@@ -48,6 +52,28 @@ def test_stage_weights_choose_the_pyramid_stages(tmp_path):
     for bad in [(1.0, 1.0), (1.0, -1.0, 1.0), (0.0, 0.0, 0.0)]:
         with pytest.raises(ValueError, match="stage_weights must be 3 non-negative numbers"):
             make_trainer(tmp_path / "bad", stage_weights=bad)
+
+
+def test_coarse_shape_swap_changes_only_the_coarse_stages_shapes(tmp_path):
+    scene = ShapesVideoDataset(10, seed=0).scene(3)
+    swapped = other_shapes(scene, torch.Generator().manual_seed(0))
+    for before, after in zip(scene.objects, swapped.objects):  # another shape, everything else kept
+        assert after.shape != before.shape and dataclasses.replace(after, shape=before.shape) == before
+    for stage_weights, differs in (((0.0, 0.0, 1.0), True), ((1.0, 0.0, 0.0), False)):
+        trainer = make_trainer(tmp_path / str(differs), coarse_shape_swap=1.0, stage_weights=stage_weights)
+        video, captions, coarse = trainer.batch()
+        assert coarse is not None and coarse.shape == video.shape and not torch.equal(coarse, video)
+        draws = trainer.generator.get_state()
+        losses = []
+        for source in (None, coarse):  # the same draws; only the start point's source differs
+            trainer.generator.set_state(draws)
+            with torch.no_grad():
+                losses.append(float(trainer.loss(video, captions, source)))
+        # Stage 2 starts from the swapped copy; stage 0 starts from noise, which no copy changes.
+        assert (losses[0] != losses[1]) == differs and all(math.isfinite(v) for v in losses)
+    assert make_trainer(tmp_path / "off").batch()[2] is None
+    with pytest.raises(ValueError, match="coarse_shape_swap"):
+        make_trainer(tmp_path / "bad", coarse_shape_swap=1.5)
 
 
 def test_resume_after_a_kill_is_bit_identical(tmp_path):
@@ -84,9 +110,12 @@ def test_cosine_schedule_resumes_on_the_same_curve(tmp_path):
 
 
 def test_checkpoint_holds_a_loadable_pipeline(tmp_path):
-    trainer = make_trainer(tmp_path, steps=1)
-    trainer.run(progress=False)
+    trainer = make_trainer(tmp_path, steps=1, renoise_sigma=(0.6, 0.3))
+    records = trainer.run(progress=False)
+    assert records[-1]["elapsed_s"] >= 0
     pipe = M4VPipeline.from_pretrained(os.path.join(tmp_path, "checkpoint", "pipeline"))
+    # The run's re-noise levels replace the starting pipeline's and ship with the weights.
+    assert trainer.pipe.scheduler.renoise_sigmas == pipe.scheduler.renoise_sigmas == (0.6, 0.3)
     saved = list(pipe.transformer.parameters()) + list(pipe.text_encoder.parameters())
     assert len(saved) == len(trainer.ema)
     for a, b in zip(saved, trainer.ema):  # the pipeline users sample from holds the EMA weights
@@ -98,7 +127,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     grads = []
     for flag in (False, True):
         trainer = make_trainer(tmp_path / str(flag), gradient_checkpointing=flag)
-        video, captions = trainer.batch()
+        video, captions, _ = trainer.batch()
         trainer.loss(video, captions).backward()
         grads.append([p.grad.clone() for p in trainer.model.parameters() if p.grad is not None])
     for a, b in zip(*grads):
