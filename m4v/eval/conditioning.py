@@ -31,7 +31,8 @@ PROBED = {"colour": tuple(COLOURS), "shape": SHAPES}
 
 def _pairwise_rms(tensors: list[Tensor]) -> float:
     """Root mean square difference over all pairs of same-shaped tensors."""
-    return torch.stack([(a - b).float().pow(2).mean() for a, b in itertools.combinations(tensors, 2)]).mean().sqrt().item()
+    squares = [(a - b).float().pow(2).mean() for a, b in itertools.combinations(tensors, 2)]
+    return torch.stack(squares).mean().sqrt().item()
 
 
 @torch.no_grad()

@@ -17,12 +17,11 @@ the same ones):
 
       x_start = (1 - sigma_s) * up(x_end) + sigma_s * n,    n = sqrt(rho) up(n_low) + sqrt(1 - rho) n_high
 
-  with one ``sigma_s`` for every jump or one per jump into stage s: a larger sigma lets stage s
-  redraw more of what the coarser stage decided.
-
   where ``n_low`` is noise at the coarse resolution (so each 2x2 block shares that part) and
   ``n_high`` is independent at the fine resolution: ``n`` has unit variance and correlation
-  ``rho`` inside a block, which keeps the re-noised field from looking blocky.
+  ``rho`` inside a block, which keeps the re-noised field from looking blocky. ``sigma_s`` is one
+  value for every jump or one per jump into stage s: a larger one lets stage s redraw more of what
+  the coarser stage decided.
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def other_shapes(scene: ShapeScene, generator: torch.Generator) -> ShapeScene:
     objects = []
     for obj in scene.objects:
         others = [s for s in SHAPES if s != obj.shape]
-        objects.append(dataclasses.replace(obj, shape=others[int(torch.randint(len(others), (1,), generator=generator))]))
+        pick = int(torch.randint(len(others), (1,), generator=generator))
+        objects.append(dataclasses.replace(obj, shape=others[pick]))
     return dataclasses.replace(scene, objects=tuple(objects))
 
 
