@@ -119,8 +119,10 @@ std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& de
     TORCH_CHECK(batch == 1, "selective_scan: cu_seqlens needs batch == 1, got batch ", num(batch));
     num_seqs = cu.size(0) - 1;
     Tensor cu_c = cu.contiguous();
-    Tensor lens = cu_c.slice(0, 1) - cu_c.slice(0, 0, num_seqs);
-    Tensor chunks = at::floor_divide(lens + (kScanChunk - 1), kScanChunk);
+    // Each sequence's steps on its chunk grid: its length plus the lead below its first step.
+    Tensor firsts = cu_c.slice(0, 0, num_seqs);
+    Tensor grid_lens = cu_c.slice(0, 1) - firsts + at::remainder(firsts, kSeqAlign);
+    Tensor chunks = at::floor_divide(grid_lens + (kScanChunk - 1), kScanChunk);
     Tensor offsets = at::cat({at::zeros({1}, cu_c.options()), at::cumsum(chunks, 0, at::kInt)});
     keep.push_back(cu_c);
     keep.push_back(offsets);
@@ -171,10 +173,12 @@ bool vector_states(const Tensor& t) {
 // Output layout rule (mirrored by the fake kernel): token-major when u is.
 bool token_major_input(const Tensor& u) { return u.stride(1) == 1 && u.stride(2) != 1; }
 
-// Rows of the checkpoint buffer: a static upper bound, so no host sync is needed for varlen.
+// Rows of the checkpoint buffer: a static upper bound, so no host sync is needed for varlen (each
+// sequence's grid adds at most kSeqAlign - 1 lead steps and one partial chunk).
 int64_t checkpoint_rows(const ScanParams& p) {
-  return p.cu_seqlens != nullptr ? ceil_div(p.seqlen, kScanChunk) + p.num_seqs
-                                 : static_cast<int64_t>(p.num_seqs) * p.chunks_per_seq;
+  return p.cu_seqlens != nullptr
+             ? ceil_div(p.seqlen + static_cast<int64_t>(kSeqAlign - 1) * p.num_seqs, kScanChunk) + p.num_seqs
+             : static_cast<int64_t>(p.num_seqs) * p.chunks_per_seq;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor& u, const Tensor& delta, const Tensor& A,

@@ -53,14 +53,14 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// kN items of a strided row, starting at `pos`; items at or past `len` read as 0. 16-byte loads
+// kN items of a strided row, starting at `pos`; items outside [lo, len) read as 0. 16-byte loads
 // when the row is contiguous, aligned and fully in range. kNoL1: cached in L2 only, for data a CTA
 // reads once, which then does not evict what the kernel keeps in L1 (its register spills).
 template <typename T, int kN, bool kNoL1 = false>
-__device__ __forceinline__ void load_items(const T* row, int64_t stride, int pos, int len, float (&v)[kN]) {
+__device__ __forceinline__ void load_items(const T* row, int64_t stride, int pos, int lo, int len, float (&v)[kN]) {
   const T* p = row + pos * stride;
   constexpr int kVec = 16 / sizeof(T);
-  if (stride == 1 && pos + kN <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
+  if (stride == 1 && pos >= lo && pos + kN <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
 #pragma unroll
     for (int i = 0; i < kN / kVec; ++i) {
       const uint4* src = reinterpret_cast<const uint4*>(p) + i;
@@ -71,15 +71,15 @@ __device__ __forceinline__ void load_items(const T* row, int64_t stride, int pos
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < kN; ++k) v[k] = pos + k < len ? to_float(p[k * stride]) : 0.f;
+    for (int k = 0; k < kN; ++k) v[k] = pos + k >= lo && pos + k < len ? to_float(p[k * stride]) : 0.f;
   }
 }
 
 template <typename T, int kN>
-__device__ __forceinline__ void store_items(T* row, int64_t stride, int pos, int len, const float (&v)[kN]) {
+__device__ __forceinline__ void store_items(T* row, int64_t stride, int pos, int lo, int len, const float (&v)[kN]) {
   T* p = row + pos * stride;
   constexpr int kVec = 16 / sizeof(T);
-  if (stride == 1 && pos + kN <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
+  if (stride == 1 && pos >= lo && pos + kN <= len && (reinterpret_cast<uintptr_t>(p) % 16) == 0) {
 #pragma unroll
     for (int i = 0; i < kN / kVec; ++i) {
       uint4 raw;
@@ -91,7 +91,7 @@ __device__ __forceinline__ void store_items(T* row, int64_t stride, int pos, int
   } else {
 #pragma unroll
     for (int k = 0; k < kN; ++k)
-      if (pos + k < len) p[k * stride] = from_float<T>(v[k]);
+      if (pos + k >= lo && pos + k < len) p[k * stride] = from_float<T>(v[k]);
   }
 }
 
@@ -180,22 +180,28 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Where one sequence lives: its batch row, first position, length and first global chunk.
+// Where one sequence lives: its batch row, where its chunk grid starts, the range [lo, len) of its
+// steps on that grid, and its first global chunk. A packed sequence's grid starts at the
+// kSeqAlign boundary at or below its first step, so that every chunk's rows are as aligned as the
+// tensor's (the 16-byte vector and cp.async paths); the lo lead steps belong to the sequence
+// before it and read as outside, like steps at or past len.
 struct SeqSpan {
-  int batch, start, len, first_chunk, num_chunks;
+  int batch, start, lo, len, first_chunk, num_chunks;
 };
 
 __device__ __forceinline__ SeqSpan seq_span(const ScanParams& p, int s) {
   SeqSpan span;
   if (p.cu_seqlens != nullptr) {
     span.batch = 0;
-    span.start = p.cu_seqlens[s];
+    span.lo = p.cu_seqlens[s] % kSeqAlign;
+    span.start = p.cu_seqlens[s] - span.lo;
     span.len = p.cu_seqlens[s + 1] - span.start;
     span.first_chunk = p.chunk_offsets[s];
     span.num_chunks = p.chunk_offsets[s + 1] - span.first_chunk;
   } else {
     span.batch = s;
     span.start = 0;
+    span.lo = 0;
     span.len = p.seqlen;
     span.first_chunk = s * p.chunks_per_seq;
     span.num_chunks = p.chunks_per_seq;
@@ -238,14 +244,14 @@ struct ChunkInputs {
 template <typename T, bool kReverse>
 __device__ __forceinline__ void load_chunk_inputs(const ScanParams& p, const SeqSpan& span, int d, int pos,
                                                   ChunkInputs& in) {
-  load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.len, in.u);
-  load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.len, in.dt);
+  load_items(row_ptr<T>(p.u, span, d), p.u.len_stride, pos, span.lo, span.len, in.u);
+  load_items(row_ptr<T>(p.delta, span, d), p.delta.len_stride, pos, span.lo, span.len, in.dt);
   const float bias = p.delta_bias != nullptr ? p.delta_bias[d] : 0.f;
   in.dt_sum = 0.f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const float pre = in.dt[k] + bias;
-    in.dt[k] = pos + k < span.len ? (p.delta_softplus ? softplus<T>(pre) : pre) : 0.f;
+    in.dt[k] = pos + k >= span.lo && pos + k < span.len ? (p.delta_softplus ? softplus<T>(pre) : pre) : 0.f;
     in.dt_sum += in.dt[k];
   }
   flip_if(kReverse, in.u);
@@ -261,7 +267,7 @@ __device__ __forceinline__ float delta_grad_scale(bool delta_softplus, float dt)
 template <typename T>
 __device__ __forceinline__ void load_state_items(const StateTensor& t, const SeqSpan& span, int g, int n, int pos,
                                                  bool reverse, float (&v)[K]) {
-  load_items(state_row<T>(t, span, g, n), t.len_stride, pos, span.len, v);
+  load_items(state_row<T>(t, span, g, n), t.len_stride, pos, span.lo, span.len, v);
   flip_if(reverse, v);
 }
 
@@ -275,7 +281,7 @@ __device__ __forceinline__ void load_state_tile(const StateTensor& t, const SeqS
     const int r = i / kSegments, l = i % kSegments;
     float v[K];
     if (n0 + r < dstate) {
-      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + l * K, span.len, v);
+      load_items(state_row<T>(t, span, g, n0 + r), t.len_stride, chunk_start + l * K, span.lo, span.len, v);
     } else {
 #pragma unroll
       for (int k = 0; k < K; ++k) v[k] = 0.f;
@@ -333,14 +339,14 @@ __device__ __forceinline__ void put_step(float* rows, int step, const float (&v)
 // into padded rows [row][step], zero past the sequence: one thread per time step loads them with
 // 16-byte vectors and scatters them. `first` points at the sequence's first step.
 template <typename T, int kRows>
-__device__ __forceinline__ void stage_vectors(const T* first, int64_t len_stride, int len, int chunk_start,
+__device__ __forceinline__ void stage_vectors(const T* first, int64_t len_stride, int lo, int len, int chunk_start,
                                               float* rows) {
   constexpr int kVec = 16 / sizeof(T);
   static_assert(kRows % kVec == 0, "whole vectors only");
   for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
     const int pos = chunk_start + step;
     float v[kRows];
-    if (pos < len) {
+    if (pos >= lo && pos < len) {
       const T* src = first + static_cast<int64_t>(pos) * len_stride;
 #pragma unroll
       for (int i = 0; i < kRows / kVec; ++i) {
@@ -360,11 +366,11 @@ __device__ __forceinline__ void stage_vectors(const T* first, int64_t len_stride
 // The reverse: padded rows [channel][step] out to a token-major row tensor, in range steps only.
 template <typename T>
 __device__ __forceinline__ void write_rows_token_major(const float* rows, const RowTensor& t, const SeqSpan& span,
-                                                       int d0, int chunk_start) {
+                                                       int lo, int d0, int chunk_start) {
   constexpr int kVec = 16 / sizeof(T);
   for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
     const int pos = chunk_start + step;
-    if (pos >= span.len) continue;
+    if (pos < lo || pos >= span.len) continue;
     T* dst = row_ptr_mut<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride;
 #pragma unroll
     for (int i = 0; i < kFwdChannels / kVec; ++i) {
@@ -403,7 +409,7 @@ __device__ __forceinline__ void fwd_tile_items(const float* row, int sub_lane, b
 // Each thread stages two fixed 16-step segments, so the addressing is a few integer ops per row.
 template <typename T>
 __device__ __forceinline__ void stage_state_tile(const T* first, int64_t state_stride, int64_t len_stride, int rows,
-                                                 int len, int chunk_start, float* tile) {
+                                                 int lo, int len, int chunk_start, float* tile) {
   constexpr int kThreads = kFwdWarps * 32, kSegments = kFwdStateTile * kFwdLanes;
   static_assert(kSegments % kThreads == 0, "whole segments per thread");
 #pragma unroll
@@ -412,7 +418,7 @@ __device__ __forceinline__ void stage_state_tile(const T* first, int64_t state_s
     const int r = segment / kFwdLanes, l = segment % kFwdLanes;
     float v[kFwdItems];
     if (r < rows) {
-      load_items<T, kFwdItems, true>(first + r * state_stride, len_stride, chunk_start + l * kFwdItems, len, v);
+      load_items<T, kFwdItems, true>(first + r * state_stride, len_stride, chunk_start + l * kFwdItems, lo, len, v);
     } else {
 #pragma unroll
       for (int k = 0; k < kFwdItems; ++k) v[k] = 0.f;
@@ -443,8 +449,8 @@ __device__ __forceinline__ void cp_async_wait_older() { asm volatile("cp.async.w
 
 // Whether a lane's kFwdItems items of a row at `pos` can be copied as whole 16-byte vectors.
 template <typename T>
-__device__ __forceinline__ bool vector_items(const T* row, int64_t stride, int pos, int len) {
-  return stride == 1 && pos + kFwdItems <= len && reinterpret_cast<uintptr_t>(row + pos) % 16 == 0;
+__device__ __forceinline__ bool vector_items(const T* row, int64_t stride, int pos, int lo, int len) {
+  return stride == 1 && pos >= lo && pos + kFwdItems <= len && reinterpret_cast<uintptr_t>(row + pos) % 16 == 0;
 }
 
 template <typename T>
@@ -479,21 +485,22 @@ __device__ __forceinline__ uint4* step_slots(float* base, PrefetchTensor tensor)
 }
 
 template <typename T>
-__device__ __forceinline__ void prefetch_steps(const T* first, int64_t len_stride, int len, int chunk_start,
+__device__ __forceinline__ void prefetch_steps(const T* first, int64_t len_stride, int lo, int len, int chunk_start,
                                                uint4* slots) {
   static_assert(kFwdChannels * sizeof(T) == 16, "one vector per time step");
   for (int step = threadIdx.x; step < kScanChunk; step += kFwdWarps * 32) {
     const int pos = chunk_start + step;
-    if (pos < len) cp_async_16(slots + step, first + static_cast<int64_t>(pos) * len_stride);
+    if (pos >= lo && pos < len) cp_async_16(slots + step, first + static_cast<int64_t>(pos) * len_stride);
   }
 }
 
 // stage_vectors from the prefetched steps (after cp_async_wait_older).
 template <typename T>
-__device__ __forceinline__ void stage_prefetched_steps(const uint4* slots, int len, int chunk_start, float* rows) {
+__device__ __forceinline__ void stage_prefetched_steps(const uint4* slots, int lo, int len, int chunk_start,
+                                                       float* rows) {
   for (int step = threadIdx.x; step < kScanChunk; step += kFwdWarps * 32) {
     float v[kFwdChannels];
-    if (chunk_start + step < len) {
+    if (chunk_start + step >= lo && chunk_start + step < len) {
       const uint4 raw = slots[step];
       const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
@@ -556,6 +563,8 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
   float* prefetch = tile_C + kFwdStateTile * kFwdRowPitch + 2 * kFwdChannels * N;
   const int s = blockIdx.x;
   const SeqSpan span = seq_span(p, s);
+  // The lead (SeqSpan) is re-read where it is used: kept in a register it spills.
+  const auto seq_lo = [&p, s] { return p.cu_seqlens != nullptr ? __ldg(p.cu_seqlens + s) % kSeqAlign : 0; };
   const int64_t state_row_offset = (static_cast<int64_t>(s) * p.dim + d) * N;
   for (int n = sub_lane; n < N; n += kFwdLanes) {
     A2[n] = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLog2e;
@@ -579,25 +588,28 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
   if constexpr (kPrefetch && kTokenMajor) {
     const int start = (desc ? span.num_chunks - 1 : 0) * kScanChunk;
     if (span.num_chunks > 0) {
-      prefetch_steps(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, start, step_slots(prefetch, kPrefetchU));
-      prefetch_steps(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, start,
+      prefetch_steps(row_ptr<T>(p.u, span, d0), p.u.len_stride, seq_lo(), span.len, start,
+                     step_slots(prefetch, kPrefetchU));
+      prefetch_steps(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, seq_lo(), span.len, start,
                      step_slots(prefetch, kPrefetchDelta));
     }
     cp_async_commit();
     if (span.num_chunks > 0 && p.z.ptr != nullptr) {
-      prefetch_steps(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, start, step_slots(prefetch, kPrefetchZ));
+      prefetch_steps(row_ptr<T>(p.z, span, d0), p.z.len_stride, seq_lo(), span.len, start,
+                     step_slots(prefetch, kPrefetchZ));
     }
     cp_async_commit();
   } else if constexpr (kPrefetch) {
     const int pos = lane_pos(0);
-    ud_ready = span.num_chunks > 0 && vector_items(u_row(), p.u.len_stride, pos, span.len) &&
-               vector_items(delta_row(), p.delta.len_stride, pos, span.len);
+    ud_ready = span.num_chunks > 0 && vector_items(u_row(), p.u.len_stride, pos, seq_lo(), span.len) &&
+               vector_items(delta_row(), p.delta.len_stride, pos, seq_lo(), span.len);
     if (ud_ready) {
       prefetch_items(u_row(), pos, prefetch_slots<T>(prefetch, kPrefetchU));
       prefetch_items(delta_row(), pos, prefetch_slots<T>(prefetch, kPrefetchDelta));
     }
     cp_async_commit();
-    z_ready = span.num_chunks > 0 && p.z.ptr != nullptr && vector_items(z_row(), p.z.len_stride, pos, span.len);
+    z_ready = span.num_chunks > 0 && p.z.ptr != nullptr &&
+              vector_items(z_row(), p.z.len_stride, pos, seq_lo(), span.len);
     if (z_ready) prefetch_items(z_row(), pos, prefetch_slots<T>(prefetch, kPrefetchZ));
     cp_async_commit();
   }
@@ -618,19 +630,20 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       __syncthreads();  // the previous chunk's staged rows are consumed
       if constexpr (kPrefetch) {
         cp_async_wait_older();
-        stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchU), span.len, chunk_start, staged_a);
-        stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchDelta), span.len, chunk_start, staged_b);
+        stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchU), seq_lo(), span.len, chunk_start, staged_a);
+        stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchDelta), seq_lo(), span.len, chunk_start, staged_b);
         if (has_next) {  // the slots are read: start the next chunk's
-          prefetch_steps(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, next_start,
+          prefetch_steps(row_ptr<T>(p.u, span, d0), p.u.len_stride, seq_lo(), span.len, next_start,
                          step_slots(prefetch, kPrefetchU));
-          prefetch_steps(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, next_start,
+          prefetch_steps(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, seq_lo(), span.len, next_start,
                          step_slots(prefetch, kPrefetchDelta));
         }
         cp_async_commit();
       } else {
-        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.u, span, d0), p.u.len_stride, span.len, chunk_start, staged_a);
-        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, span.len, chunk_start,
-                                       staged_b);
+        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.u, span, d0), p.u.len_stride, seq_lo(), span.len, chunk_start,
+                                       staged_a);
+        stage_vectors<T, kFwdChannels>(row_ptr<T>(p.delta, span, d0), p.delta.len_stride, seq_lo(), span.len,
+                                       chunk_start, staged_b);
       }
       __syncthreads();
       fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, false, dtu);
@@ -640,12 +653,12 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchU), dtu);
       prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchDelta), dt);
     } else {
-      load_items(u_row(), p.u.len_stride, pos, span.len, dtu);
-      load_items(delta_row(), p.delta.len_stride, pos, span.len, dt);
+      load_items(u_row(), p.u.len_stride, pos, seq_lo(), span.len, dtu);
+      load_items(delta_row(), p.delta.len_stride, pos, seq_lo(), span.len, dt);
     }
     if constexpr (kPrefetch && !kTokenMajor) {  // the slots are read: start the next chunk's
-      ud_ready = has_next && vector_items(u_row(), p.u.len_stride, next_pos, span.len) &&
-                 vector_items(delta_row(), p.delta.len_stride, next_pos, span.len);
+      ud_ready = has_next && vector_items(u_row(), p.u.len_stride, next_pos, seq_lo(), span.len) &&
+                 vector_items(delta_row(), p.delta.len_stride, next_pos, seq_lo(), span.len);
       if (ud_ready) {
         prefetch_items(u_row(), next_pos, prefetch_slots<T>(prefetch, kPrefetchU));
         prefetch_items(delta_row(), next_pos, prefetch_slots<T>(prefetch, kPrefetchDelta));
@@ -663,7 +676,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
     float dt_sum = 0.f;
 #pragma unroll
     for (int k = 0; k < kFwdItems; ++k) {
-      dt[k] = pos + k < span.len ? dt[k] : 0.f;
+      dt[k] = pos + k >= seq_lo() && pos + k < span.len ? dt[k] : 0.f;
       dt_sum += dt[k];
       y[k] = Dd * dtu[k];
       dtu[k] *= dt[k];
@@ -675,14 +688,16 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       const int rows = min(kFwdStateTile, N - n0);
       __syncthreads();  // the previous tile is consumed
       if (kTokenMajor && p.states_token_major) {
-        stage_vectors<T, kFwdStateTile>(state_row<T>(p.B, span, g, n0), p.B.len_stride, span.len, chunk_start, tile_B);
-        stage_vectors<T, kFwdStateTile>(state_row<T>(p.C, span, g, n0), p.C.len_stride, span.len, chunk_start, tile_C);
+        stage_vectors<T, kFwdStateTile>(state_row<T>(p.B, span, g, n0), p.B.len_stride, seq_lo(), span.len,
+                                        chunk_start, tile_B);
+        stage_vectors<T, kFwdStateTile>(state_row<T>(p.C, span, g, n0), p.C.len_stride, seq_lo(), span.len,
+                                        chunk_start, tile_C);
       } else {
         // state n0's row as state 0's plus an offset: state_row(..., n0) here spilled 42 bytes, not 10
         stage_state_tile(state_row<T>(p.B, span, g, 0) + n0 * p.B.state_stride, p.B.state_stride, p.B.len_stride,
-                         rows, span.len, chunk_start, tile_B);
+                         rows, seq_lo(), span.len, chunk_start, tile_B);
         stage_state_tile(state_row<T>(p.C, span, g, 0) + n0 * p.C.state_stride, p.C.state_stride, p.C.len_stride,
-                         rows, span.len, chunk_start, tile_C);
+                         rows, seq_lo(), span.len, chunk_start, tile_C);
       }
       __syncthreads();
 #pragma unroll 2
@@ -725,13 +740,14 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       if (p.z.ptr != nullptr) {
         if constexpr (kPrefetch) {
           cp_async_wait_older();
-          stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchZ), span.len, chunk_start, staged_a);
+          stage_prefetched_steps<T>(step_slots(prefetch, kPrefetchZ), seq_lo(), span.len, chunk_start, staged_a);
           if (has_next) {
-            prefetch_steps(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, next_start,
+            prefetch_steps(row_ptr<T>(p.z, span, d0), p.z.len_stride, seq_lo(), span.len, next_start,
                            step_slots(prefetch, kPrefetchZ));
           }
         } else {
-          stage_vectors<T, kFwdChannels>(row_ptr<T>(p.z, span, d0), p.z.len_stride, span.len, chunk_start, staged_a);
+          stage_vectors<T, kFwdChannels>(row_ptr<T>(p.z, span, d0), p.z.len_stride, seq_lo(), span.len, chunk_start,
+                                         staged_a);
         }
         __syncthreads();
         float z[kFwdItems];
@@ -744,30 +760,30 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
       if constexpr (kPrefetch) cp_async_commit();  // committed even without z: two groups per chunk
       put_fwd_tile_items(staged_a + half * kFwdRowPitch, sub_lane, y);
       __syncthreads();
-      write_rows_token_major<T>(staged_a, p.out, span, d0, chunk_start);
-      if (keep_pre) write_rows_token_major<T>(staged_b, p.out_pre, span, d0, chunk_start);
+      write_rows_token_major<T>(staged_a, p.out, span, seq_lo(), d0, chunk_start);
+      if (keep_pre) write_rows_token_major<T>(staged_b, p.out_pre, span, seq_lo(), d0, chunk_start);
     } else {
       if (p.z.ptr != nullptr) {
         // The backward's dz needs y before the gate; keeping it costs one write instead of a replay.
         if (active && p.out_pre.ptr != nullptr) {
-          store_items(row_ptr_mut<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, y);
+          store_items(row_ptr_mut<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, seq_lo(), span.len, y);
         }
         float z[kFwdItems];
         if (kPrefetch && z_ready) {
           cp_async_wait_older();
           prefetched_items<T>(prefetch_slots<T>(prefetch, kPrefetchZ), z);
         } else {
-          load_items(z_row(), p.z.len_stride, pos, span.len, z);
+          load_items(z_row(), p.z.len_stride, pos, seq_lo(), span.len, z);
         }
 #pragma unroll
         for (int k = 0; k < kFwdItems; ++k) y[k] *= silu(z[k]);
       }
       if constexpr (kPrefetch) {  // committed even without z: every chunk commits two groups
-        z_ready = has_next && p.z.ptr != nullptr && vector_items(z_row(), p.z.len_stride, next_pos, span.len);
+        z_ready = has_next && p.z.ptr != nullptr && vector_items(z_row(), p.z.len_stride, next_pos, seq_lo(), span.len);
         if (z_ready) prefetch_items(z_row(), next_pos, prefetch_slots<T>(prefetch, kPrefetchZ));
         cp_async_commit();
       }
-      if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, span.len, y);
+      if (active) store_items(row_ptr_mut<T>(p.out, span, d), p.out.len_stride, pos, seq_lo(), span.len, y);
     }
   }
   if (active) {
@@ -783,11 +799,11 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 4) selective_scan_fwd_kernel(S
 template <typename T, bool kReverse>
 __device__ __forceinline__ void load_output_gradient(const ScanBwdParams& p, const SeqSpan& span, int d, int pos,
                                                      float (&gy)[K]) {
-  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, gy);
+  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.lo, span.len, gy);
   flip_if(kReverse, gy);
   if (p.z.ptr != nullptr) {
     float z[K];
-    load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
+    load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.lo, span.len, z);
     flip_if(kReverse, z);
 #pragma unroll
     for (int k = 0; k < K; ++k) gy[k] *= silu(z[k]);
@@ -802,10 +818,10 @@ __device__ __forceinline__ void load_output_gradient(const ScanBwdParams& p, con
 template <typename T>
 __device__ __forceinline__ void load_gate_gradients(const ScanBwdParams& p, const SeqSpan& span, int d, int pos,
                                                     float (&gy)[K], float (&dz)[K]) {
-  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.len, gy);
+  load_items(row_ptr<T>(p.dout, span, d), p.dout.len_stride, pos, span.lo, span.len, gy);
   float z[K];
-  load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.len, z);
-  load_items(row_ptr<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.len, dz);
+  load_items(row_ptr<T>(p.z, span, d), p.z.len_stride, pos, span.lo, span.len, z);
+  load_items(row_ptr<T>(p.out_pre, span, d), p.out_pre.len_stride, pos, span.lo, span.len, dz);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const float sg = sigmoid(z[k]);
@@ -819,7 +835,7 @@ __device__ __forceinline__ void load_gradient_and_write_dz(const ScanBwdParams& 
                                                            int pos, float (&gy)[K]) {
   float dz[K];
   load_gate_gradients<T>(p, span, d, pos, gy, dz);
-  store_items(row_ptr_mut<T>(p.dz, span, d), p.dz.len_stride, pos, span.len, dz);
+  store_items(row_ptr_mut<T>(p.dz, span, d), p.dz.len_stride, pos, span.lo, span.len, dz);
   flip_if(kReverse, gy);
 }
 
@@ -833,7 +849,7 @@ __device__ __forceinline__ void write_gradient_steps(const float* staged, const 
   static_assert(kBwdWarps % kVec == 0, "whole vectors of channels");
   for (int step = threadIdx.x; step < kScanChunk; step += kBwdWarps * 32) {
     const int pos = chunk_start + step;
-    if (pos >= span.len) continue;
+    if (pos < span.lo || pos >= span.len) continue;
     T* dst = row_ptr_mut<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride;
 #pragma unroll
     for (int i = 0; i < kBwdWarps / kVec; ++i) {
@@ -1052,6 +1068,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   const int pos = tile.chunk * kScanChunk + lane * K;
   const int chunk_start = tile.chunk * kScanChunk;
   const int chunk_len = min(kScanChunk, tile.span.len - chunk_start);
+  // Steps [0, chunk_lo) of a packed sequence's first chunk are the previous sequence's lead.
+  const int chunk_lo = max(tile.span.lo - chunk_start, 0);
 
   // Shared memory: per-warp contributions [kBwdWarps][kStatesPerRound][2][kScanChunk], per-warp
   // state rows [kBwdWarps][4][N] (A, checkpoint, adjoint carry, dA), then the block's sums over
@@ -1156,7 +1174,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
           const float sums[4] = {sum.x, sum.y, sum.z, sum.w};
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            if (at + e < chunk_len) partial[e] += sums[e];
+            if (at + e >= chunk_lo && at + e < chunk_len) partial[e] += sums[e];
         }
       }
       __syncthreads();
@@ -1175,7 +1193,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
       flip_if(desc, ddt);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        if (pos + k >= tile.span.len) ddt[k] = 0.f;  // past the sequence: no delta, no bias gradient
+        // outside the sequence: no delta, no bias gradient
+        if (pos + k < tile.span.lo || pos + k >= tile.span.len) ddt[k] = 0.f;
         dbias += ddt[k];
       }
       if (vector_out) {  // the last state round's sums are read (the barrier above): contrib is free
@@ -1188,8 +1207,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
           put_row_items(staged + 2 * kBwdWarps * kScanChunk, dz);
         }
       } else {
-        store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.len, du);
-        store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.len, ddt);
+        store_items(row_ptr_mut<T>(p.du, tile.span, d), p.du.len_stride, pos, tile.span.lo, tile.span.len, du);
+        store_items(row_ptr_mut<T>(p.ddelta, tile.span, d), p.ddelta.len_stride, pos, tile.span.lo, tile.span.len, ddt);
       }
       dD = warp_sum(dD);
       dbias = warp_sum(dbias);
@@ -1215,7 +1234,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   if (acc_in_smem) {
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) {
       const int at = i % kScanChunk;
-      if (at >= chunk_len) continue;
+      if (at < chunk_lo || at >= chunk_len) continue;
       const int which = i / (N * kScanChunk), n = (i / kScanChunk) % N;
       (which == 0 ? p.dB_partial : p.dC_partial)[partial_row + n * L + at] = acc_smem[i];
     }

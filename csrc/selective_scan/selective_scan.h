@@ -14,6 +14,10 @@ namespace m4v {
 // that the backward can recompute any chunk independently.
 constexpr int kScanItems = 8;
 constexpr int kScanChunk = 32 * kScanItems;
+// A packed (varlen) sequence's chunk grid starts at the multiple of kSeqAlign steps at or below its
+// first step (16 bytes of 16-bit data), so its chunks are as aligned as the tensor's rows; the lead
+// steps before its first one are masked. Mirrored by SEQ_ALIGN in m4v/kernels/selective_scan.py.
+constexpr int kSeqAlign = 8;
 constexpr int kScanMaxDstate = 256;
 // Warps per backward CTA (each takes its own channels).
 constexpr int kScanBwdWarps = 8;

@@ -31,6 +31,7 @@ MAX_DSTATE = 256
 # Time steps between the states the forward saves for the backward, per backend. The CUDA value
 # mirrors kScanChunk in csrc/selective_scan/selective_scan.h.
 CHECKPOINT_CHUNK = {"cuda": 256, "triton": 64}
+SEQ_ALIGN = 8  # kSeqAlign in csrc/selective_scan/selective_scan.h
 
 
 def _fail(message: str) -> None:
@@ -42,12 +43,16 @@ def _num_seqs(batch: int, cu_seqlens: Optional[Tensor]) -> int:
 
 
 def checkpoint_rows(backend: str, batch: int, seqlen: int, cu_seqlens: Optional[Tensor]) -> int:
-    """Rows of the saved-state buffer: chunks per sequence, or a static bound for packed input."""
+    """Rows of the saved-state buffer: chunks per sequence, or a static bound for packed input (the
+    CUDA kernels start each packed sequence's chunk grid up to SEQ_ALIGN - 1 steps early)."""
     chunk = CHECKPOINT_CHUNK.get(backend)
     if chunk is None:
         return 0
-    per_seq = -(-seqlen // chunk)
-    return batch * per_seq if cu_seqlens is None else per_seq + cu_seqlens.shape[0] - 1
+    if cu_seqlens is None:
+        return batch * -(-seqlen // chunk)
+    num_seqs = cu_seqlens.shape[0] - 1
+    lead = (SEQ_ALIGN - 1) * num_seqs if backend == "cuda" else 0
+    return -(-(seqlen + lead) // chunk) + num_seqs
 
 
 # ------------------------------------------------------------------------------------------------

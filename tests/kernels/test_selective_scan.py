@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from m4v.kernels import available_backends, selective_scan, selective_scan_flops, selective_scan_ref
+from m4v.kernels.selective_scan import CHECKPOINT_CHUNK, SEQ_ALIGN, checkpoint_rows
 
 HAS_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_GPU else "cpu"
@@ -292,6 +293,8 @@ def test_backend_matches_reference_fp32(backend, case, poison_outputs):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("case", [Case(seqlen=2049), Case(seq_lens=(100, 257, 3), reverse=True, with_init=True),
+                                  # packed starts off the 8-step grid; the second one's lead adds a chunk
+                                  Case(seq_lens=(251, 262, 7, 512), dim=8, with_init=True),
                                   Case(dim=64, seqlen=4096, dstate=16, groups=1)], ids=repr)
 def test_backend_matches_reference_low_precision(backend, dtype, case, poison_outputs):
     _check_backend_against_reference(backend, case, dtype)
@@ -304,6 +307,7 @@ def test_backend_matches_reference_low_precision(backend, dtype, case, poison_ou
     Case(dim=16, seqlen=1000, dstate=16, groups=1),                            # both fast paths
     Case(dim=24, seqlen=777, dstate=32, groups=3, reverse=True),                # 8 channels per group
     Case(seq_lens=(300, 1, 0, 513), dim=16, dstate=16, groups=2, with_init=True),
+    Case(seq_lens=(251, 262, 7, 512), dim=16, dstate=16, groups=1, reverse=True),
     # seqlen 1 from an initial state: from a zero state dA is exactly 0 and a relative error undefined
     Case(dim=16, seqlen=1, dstate=16, groups=1, with_init=True),
     Case(dim=12, seqlen=300, dstate=16, groups=1),                              # rows: generic path
@@ -372,6 +376,19 @@ def _op_args(backend, device, token_major=False):
     if token_major:  # (batch, dim, seqlen) views of (batch, seqlen, dim) storage, as MambaMixer passes them
         u, delta, z = (t.mT.contiguous().mT for t in (u, delta, z))
     return (u, delta, A, B, C, D, z, kwargs["delta_bias"], kwargs["initial_state"], None, True, False, backend, True)
+
+
+@pytest.mark.parametrize("seq_lens", [(7, 250, 1, 0, 300), (1,) * 40, (249, 263) * 5, (256, 255, 257, 9)])
+def test_checkpoint_rows_cover_the_aligned_chunk_grids(seq_lens):
+    """The CUDA kernels start a packed sequence's chunk grid at the SEQ_ALIGN boundary at or below
+    its first step; the static checkpoint bound must cover every grid's chunks."""
+    starts = [0, *torch.tensor(seq_lens).cumsum(0).tolist()]
+    chunk = CHECKPOINT_CHUNK["cuda"]
+    grids = sum(-(-(end - start + start % SEQ_ALIGN) // chunk) for start, end in zip(starts, starts[1:]))
+    cu = torch.tensor(starts, dtype=torch.int32)
+    assert grids <= checkpoint_rows("cuda", 1, starts[-1], cu)
+    # Fixed-length batches have no lead: rows are exactly the chunks.
+    assert checkpoint_rows("cuda", 3, 2 * chunk + 1, None) == 9
 
 
 @pytest.mark.parametrize("token_major", [False, True], ids=["contiguous", "token_major"])
