@@ -140,7 +140,8 @@ case "${1:-check}" in
     configs=${CONFIGS:-configs/shapes-reward.json}
     field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
     base_dir=$(field "${configs%% *}" model)
-    [ -d "$base_dir" ] || { mkdir -p "$(dirname "$base_dir")" && cp -r m4v/assets/m4v-shapes "$base_dir"; }
+    [ -d "$base_dir" ] || { echo "reward: $base_dir is not here, tuning from a copy of the shipped model"
+      mkdir -p "$(dirname "$base_dir")" && cp -r m4v/assets/m4v-shapes "$base_dir"; }
     for config in $configs; do  # one at a time: side by side, their CPU work starved each other
       echo "$(date +%T) reward-tune $config"
       python3 -m m4v reward-tune --config "$config" >"$OUT/reward-$(basename "$config" .json).log" 2>&1
