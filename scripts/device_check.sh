@@ -12,8 +12,9 @@
 #   bash scripts/device_check.sh eval         # `m4v eval` of MODELS (pipeline dirs) in one run, EVAL_ARGS added
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS one after another), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
-#   bash scripts/device_check.sh patches      # scan tests + benchmark (SCAN_ARGS) + mixer of the tree, then of each
-#                                             # benchmarks/patches/*.patch
+#   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
+#                                             # tests compile every shape and outlast a call) + benchmark (SCAN_ARGS)
+#                                             # + mixer of the tree, then of each benchmarks/patches/*.patch
 #   bash scripts/device_check.sh profile      # ncu of the scan forward: stalls, and executed counts per SASS line
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
@@ -169,7 +170,7 @@ case "${1:-check}" in
     install_wheels; wait_for_peer
     scan_round() {  # name: build, the scan's GPU tests, the scan benchmark, the mixer (token-major scan)
       build_m4v || return 1
-      python3 -m pytest tests/kernels/test_selective_scan.py -q -x -k "not triton" 2>&1 | tee "$OUT/tests-$1.log" | tail -3
+      python3 -m pytest tests/kernels/test_selective_scan.py -q -x -k "${SCAN_TESTS:-not triton}" 2>&1 | tee "$OUT/tests-$1.log" | tail -3
       python3 benchmarks/bench_selective_scan.py ${SCAN_ARGS:-} --json "$OUT/scan-$1.json" 2>&1 | tee "$OUT/bench-$1.log" | tail -14
       (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens 15360 --json "$OUT/mixer-$1.json" >/dev/null 2>&1)
       python3 -c "import json, sys; [print('mixer', r['mixer'], r['scope'], r['pass'], r['ms']) for r in \
