@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from m4v.data import ShapesVideoDataset
 from m4v.data.shapes import SHAPES, ShapeScene
+from m4v.eval.quality import box_blur
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
 from m4v.pipelines.scheduler import PyramidFlowScheduler, downsample, history_pyramid, randn
@@ -72,11 +73,12 @@ class TrainConfig:
     # coarse stages cannot carry a shape (an object is about one 4 x 4 cell), so a model trained
     # only on true coarse copies learns to copy shape from them and never reads the shape word.
     coarse_shape_swap: float = 0.0
-    # > 0: every stage >= 1 start point is the coarse copy (swapped or true) blurred by a Gaussian of
-    # this standard deviation in pixels, so its footprint says where an object is and how much of
-    # it there is but not which shape it is: the shape must come from the caption, and the copy
-    # is never a wrong shape (a swapped copy is; models trained on it drew faint objects).
-    coarse_blur_sigma: float = 0.0
+    # > 0: every stage >= 1 start point is the coarse copy (swapped or true) after this many 3 x 3 box
+    # blurs (m4v.eval.quality.box_blur; 14 passes ~ a Gaussian of 3 pixels), so its footprint says
+    # where an object is and how much of it there is but not which shape it is: the shape must come
+    # from the caption, and the copy is never a wrong shape (a swapped copy is; models trained on
+    # it drew faint objects).
+    coarse_blur_passes: int = 0
     precision: str = "bf16"            # "bf16" (autocast on CUDA) or "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 200
@@ -108,20 +110,6 @@ def other_shapes(scene: ShapeScene, generator: torch.Generator) -> ShapeScene:
         pick = int(torch.randint(len(others), (1,), generator=generator))
         objects.append(dataclasses.replace(obj, shape=others[pick]))
     return dataclasses.replace(scene, objects=tuple(objects))
-
-
-def gaussian_blur(video: Tensor, sigma: float) -> Tensor:
-    """``video`` (batch, channels, frames, height, width) blurred in each frame by a Gaussian of
-    standard deviation ``sigma`` pixels (separable, edges replicated so the background stays flat)."""
-    radius = max(1, math.ceil(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=video.dtype, device=video.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    batch, channels, frames, height, width = video.shape
-    planes = video.reshape(-1, 1, height, width)
-    planes = F.conv2d(F.pad(planes, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return planes.reshape(batch, channels, frames, height, width)
 
 
 class FlowMatchingLoss(nn.Module):
@@ -188,8 +176,8 @@ class Trainer:
         self.pipe, self.config = pipe.to(config.device), config
         if not 0 <= config.coarse_shape_swap <= 1:
             raise ValueError(f"coarse_shape_swap must be in [0, 1], got {config.coarse_shape_swap}")
-        if not 0 <= config.coarse_blur_sigma < min(config.height, config.width) / 3:
-            raise ValueError(f"coarse_blur_sigma must be in [0, min(height, width) / 3), got {config.coarse_blur_sigma}")
+        if not (isinstance(config.coarse_blur_passes, int) and config.coarse_blur_passes >= 0):
+            raise ValueError(f"coarse_blur_passes must be a non-negative integer, got {config.coarse_blur_passes!r}")
         if config.renoise_sigma:
             pipe.scheduler = PyramidFlowScheduler(dataclasses.replace(pipe.scheduler.config,
                                                                       renoise_sigma=tuple(config.renoise_sigma)))
@@ -213,7 +201,7 @@ class Trainer:
 
     def batch(self) -> tuple[Tensor, list[str], Optional[Tensor]]:
         """(videos, captions, the coarse stages' videos or None): see ``coarse_shape_swap`` and
-        ``coarse_blur_sigma``."""
+        ``coarse_blur_passes``."""
         index = [int(i) for i in torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)]
         scenes = [self.data.scene(i) for i in index]
         video = torch.stack([self.data.render(s) for s in scenes]).to(self.config.device)
@@ -222,8 +210,8 @@ class Trainer:
                 self.config.coarse_shape_swap:
             coarse = torch.stack([self.data.render(other_shapes(s, self.generator)) for s in scenes])
             coarse = coarse.to(self.config.device)
-        if self.config.coarse_blur_sigma > 0:
-            coarse = gaussian_blur(video if coarse is None else coarse, self.config.coarse_blur_sigma)
+        if self.config.coarse_blur_passes > 0:
+            coarse = box_blur(video if coarse is None else coarse, self.config.coarse_blur_passes)
         return video, [s.caption for s in scenes], coarse
 
     def loss(self, video: Tensor, captions: list[str], coarse_video: Optional[Tensor] = None) -> Tensor:

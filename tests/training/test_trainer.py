@@ -12,7 +12,8 @@ import torch
 from m4v.data import ShapesVideoDataset
 from m4v.pipelines import M4VPipeline
 from m4v.training import TrainConfig, Trainer
-from m4v.training.trainer import gaussian_blur, other_shapes
+from m4v.eval.quality import box_blur
+from m4v.training.trainer import other_shapes
 
 
 def make_trainer(tmp_path, **overrides):
@@ -81,21 +82,21 @@ def test_coarse_blur_hides_the_shape_but_keeps_the_footprint(tmp_path):
     scene = data.scene(3)
     video = data.render(scene)[None]
     other = data.render(other_shapes(scene, torch.Generator().manual_seed(0)))[None]
-    blurred, other_blurred = gaussian_blur(video, 3.0), gaussian_blur(other, 3.0)
+    blurred, other_blurred = box_blur(video, 14), box_blur(other, 14)
     assert blurred.shape == video.shape and torch.isfinite(blurred).all()
     flat = torch.full((1, 3, 2, 16, 20), 0.25)
-    torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)  # a flat background stays flat
+    torch.testing.assert_close(box_blur(flat, 5), flat)  # a flat background stays flat
     # Mass stays where it was (the objects are away from the edges), the shape difference shrinks.
     torch.testing.assert_close(blurred.mean(dim=(-2, -1)), video.mean(dim=(-2, -1)), atol=2e-3, rtol=0)
     assert (blurred - other_blurred).abs().mean() < 0.6 * (video - other).abs().mean()
-    trainer = make_trainer(tmp_path / "blur", coarse_blur_sigma=3.0)
+    trainer = make_trainer(tmp_path / "blur", coarse_blur_passes=14)
     video, captions, coarse = trainer.batch()
-    torch.testing.assert_close(coarse, gaussian_blur(video, 3.0))
+    torch.testing.assert_close(coarse, box_blur(video, 14))
     with torch.no_grad():
         assert math.isfinite(float(trainer.loss(video, captions, coarse)))
-    for bad in (-1.0, 22.0):
-        with pytest.raises(ValueError, match="coarse_blur_sigma"):
-            make_trainer(tmp_path / "bad", coarse_blur_sigma=bad)
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="coarse_blur_passes"):
+            make_trainer(tmp_path / "bad", coarse_blur_passes=bad)
 
 
 def test_resume_after_a_kill_is_bit_identical(tmp_path):
