@@ -37,6 +37,12 @@ class ShapeScene:
         return " and ".join(o.phrase() for o in self.objects)
 
 
+# Each shape's drawn area per squared radius and its centroid's row below the centre per radius
+# (from _mask: a circle, a square of half-side 0.85, an upward triangle whose mass sits low).
+SHAPE_AREA = {"circle": torch.pi, "square": 1.7 ** 2, "triangle": 2 * 0.58 * 2}
+SHAPE_CENTROID_ROW = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 3.0}
+
+
 def _mask(shape: str, rows: Tensor, cols: Tensor, centre: tuple[Tensor, Tensor], radius: float) -> Tensor:
     dy, dx = rows - centre[0], cols - centre[1]
     if shape == "circle":

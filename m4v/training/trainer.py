@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from m4v.data import ShapesVideoDataset
-from m4v.data.shapes import SHAPES, ShapeScene
+from m4v.data.shapes import SHAPE_AREA, SHAPE_CENTROID_ROW, SHAPES, ShapeScene
 from m4v.eval.quality import box_blur
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
@@ -73,6 +73,10 @@ class TrainConfig:
     # coarse stages cannot carry a shape (an object is about one 4 x 4 cell), so a model trained
     # only on true coarse copies learns to copy shape from them and never reads the shape word.
     coarse_shape_swap: float = 0.0
+    # The swapped copy covers the true shape's area around its centroid (other_shapes'
+    # same_footprint): a plain swap also changes how much colour a coarse cell holds, and models
+    # trained on it learn to distrust the coarse start and draw faint objects.
+    coarse_swap_same_footprint: bool = False
     # > 0: every stage >= 1 start point is the coarse copy (swapped or true) after this many 3 x 3 box
     # blurs (m4v.eval.quality.box_blur; 14 passes ~ a Gaussian of 3 pixels), so its footprint says
     # where an object is and how much of it there is but not which shape it is: the shape must come
@@ -102,13 +106,26 @@ def initial_pipeline(config: TrainConfig) -> M4VPipeline:
     return pipe
 
 
-def other_shapes(scene: ShapeScene, generator: torch.Generator) -> ShapeScene:
-    """``scene`` with each object's shape replaced by one of the other shapes, drawn uniformly."""
+def other_shapes(scene: ShapeScene, generator: torch.Generator, same_footprint: bool = False,
+                 row_per_radius: float = 1.0) -> ShapeScene:
+    """``scene`` with each object's shape replaced by one of the other shapes, drawn uniformly.
+
+    same_footprint: also rescale and shift each object so the new shape covers the same area with
+    the same centroid (``SHAPE_AREA``, ``SHAPE_CENTROID_ROW``), so that its coarse footprint (mass
+    and position) is the true one's and only the outline differs. row_per_radius: one radius in
+    units of the frame's height (the shorter side over the height).
+    """
     objects = []
     for obj in scene.objects:
         others = [s for s in SHAPES if s != obj.shape]
-        pick = int(torch.randint(len(others), (1,), generator=generator))
-        objects.append(dataclasses.replace(obj, shape=others[pick]))
+        new_shape = others[int(torch.randint(len(others), (1,), generator=generator))]
+        new = dataclasses.replace(obj, shape=new_shape)
+        if same_footprint:
+            size = obj.size * math.sqrt(SHAPE_AREA[obj.shape] / SHAPE_AREA[new_shape])
+            centroid_row = obj.start[0] + SHAPE_CENTROID_ROW[obj.shape] * obj.size * row_per_radius
+            start = (centroid_row - SHAPE_CENTROID_ROW[new_shape] * size * row_per_radius, obj.start[1])
+            new = dataclasses.replace(new, size=size, start=start)
+        objects.append(new)
     return dataclasses.replace(scene, objects=tuple(objects))
 
 
@@ -208,7 +225,10 @@ class Trainer:
         coarse = None
         if self.config.coarse_shape_swap > 0 and float(torch.rand((), generator=self.generator)) < \
                 self.config.coarse_shape_swap:
-            coarse = torch.stack([self.data.render(other_shapes(s, self.generator)) for s in scenes])
+            row_per_radius = min(self.config.height, self.config.width) / self.config.height
+            coarse = torch.stack([self.data.render(other_shapes(s, self.generator,
+                                                                self.config.coarse_swap_same_footprint,
+                                                                row_per_radius)) for s in scenes])
             coarse = coarse.to(self.config.device)
         if self.config.coarse_blur_passes > 0:
             coarse = box_blur(video if coarse is None else coarse, self.config.coarse_blur_passes)

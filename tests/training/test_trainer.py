@@ -77,6 +77,28 @@ def test_coarse_shape_swap_changes_only_the_coarse_stages_shapes(tmp_path):
         make_trainer(tmp_path / "bad", coarse_shape_swap=1.5)
 
 
+def test_same_footprint_swap_keeps_each_objects_area_and_centroid():
+    data = ShapesVideoDataset(12, frames=1, height=320, width=256, seed=1)
+    rows = torch.arange(320.0).view(-1, 1).expand(320, 256)
+
+    def footprint(scene):  # (area in pixels, centroid row) of the scene's single object
+        frame = data.render(scene)[:, 0]
+        drawn = (frame - frame[:, :1, :1]).abs().sum(0) > 1e-3
+        return float(drawn.sum()), float(rows[drawn].mean())
+
+    for index in range(6):
+        full = data.scene(index)
+        scene = dataclasses.replace(full, objects=full.objects[:1])
+        area, centroid = footprint(scene)
+        generator = torch.Generator().manual_seed(index)
+        swapped = other_shapes(scene, generator, same_footprint=True, row_per_radius=256 / 320)
+        assert swapped.objects[0].shape != scene.objects[0].shape
+        new_area, new_centroid = footprint(swapped)
+        assert abs(new_area - area) < 0.03 * area and abs(new_centroid - centroid) < 1.0
+        plain_area, _ = footprint(other_shapes(scene, torch.Generator().manual_seed(index)))
+        assert abs(plain_area - area) > abs(new_area - area)  # the plain swap changes the mass
+
+
 def test_coarse_blur_hides_the_shape_but_keeps_the_footprint(tmp_path):
     data = ShapesVideoDataset(10, frames=5, height=64, width=64, seed=0)
     scene = data.scene(3)

@@ -2,8 +2,10 @@
 as the CUDA kernels (chunk summaries, adjoint carries, then independent chunks).
 
 A program owns a (channels x states x time) tile of BLOCK_D x BLOCK_N x CHUNK and scans the time
-axis with ``tl.associative_scan`` over the affine maps x -> a * x + b. ``reverse`` uses the scan's
-own reverse mode, so no input is flipped in memory.
+axis with ``tl.associative_scan`` over the affine maps x -> a * x + b. For ``reverse`` the forward
+loads each tile in memory order (coalesced) and flips it into scan order in registers (tl.flip), which
+measured faster than the scan's own reverse mode; the backward uses the reverse mode. No input is
+flipped in memory.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from m4v.kernels.selective_scan import CHECKPOINT_CHUNK, checkpoint_rows
 
 CHUNK = CHECKPOINT_CHUNK["triton"]
 LOG2E = 1.4426950408889634
-TILE_ELEMENTS = 8192  # BLOCK_D * BLOCK_N * CHUNK, bounded to keep the tile in registers
+TILE_ELEMENTS = 8192  # the backward kernels' BLOCK_D * BLOCK_N * CHUNK, bounded to keep the tile in registers
 MAX_BLOCKS_PER_GROUP = 16
 
 
@@ -86,7 +88,6 @@ def _selective_scan_fwd_kernel(
     else:
         carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
     steps = tl.arange(0, CHUNK_L)
-    last_step = 0 if REVERSE else CHUNK_L - 1
     for q in range(0, num_chunks):
         c = num_chunks - 1 - q if REVERSE else q
         t = c * CHUNK_L + steps
@@ -102,12 +103,21 @@ def _selective_scan_fwd_kernel(
                      mask=tile_ok, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
                      mask=tile_ok, other=0.0).to(tl.float32)
+        dtu = dt * u
+        if REVERSE:  # the tile's columns into scan order after memory-order (coalesced) loads
+            dt = tl.flip(dt, 1)
+            dtu = tl.flip(dtu, 1)
+            Bt = tl.flip(Bt, 2)
+            Ct = tl.flip(Ct, 2)
         decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        drive = (dt * u)[:, None, :] * Bt
-        scan_decay, scan_drive = tl.associative_scan((decay, drive), 2, _compose, reverse=REVERSE)
+        drive = dtu[:, None, :] * Bt
+        scan_decay, scan_drive = tl.associative_scan((decay, drive), 2, _compose)
         x = scan_decay * carry[:, :, None] + scan_drive
-        y = tl.sum(Ct * x, 1) + Dv[:, None] * u
-        carry = tl.sum(tl.where(steps[None, None, :] == last_step, x, 0.0), 2)
+        y = tl.sum(Ct * x, 1)
+        if REVERSE:
+            y = tl.flip(y, 1)
+        y = y + Dv[:, None] * u
+        carry = tl.sum(tl.where(steps[None, None, :] == CHUNK_L - 1, x, 0.0), 2)
         if HAS_Z:
             z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
             z = z.to(tl.float32)
@@ -333,6 +343,19 @@ def _block_sizes(dstate: int) -> tuple[int, int]:
     return block_d, block_n
 
 
+# The forward's tile: one warp over at most 2,048 elements (BLOCK_D * BLOCK_N * CHUNK). In one warp
+# the chunk scan and the sums over states stay in shuffles; spread over 4 warps they go through shared
+# memory. H200 sweep (benchmarks/results/h200-triton-tile-sweep.json, bf16, (1, 3072, 16384, dstate)):
+# 1.09 ms against 1.52 for 8 channels over 4 warps at dstate 16; 1.93 against 3.60 at 32; 5.86 against
+# 8.50 at 64.
+FORWARD_TILE_ELEMENTS = 2048
+FORWARD_NUM_WARPS = 1
+
+
+def _forward_block_d(block_n: int) -> int:
+    return max(1, FORWARD_TILE_ELEMENTS // (block_n * CHUNK))
+
+
 def _chunk_offsets(cu_seqlens):
     if cu_seqlens is None:
         return None
@@ -345,8 +368,12 @@ def _row_strides(t):
 
 
 def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
-                              reverse, save_checkpoints):
-    """Same contract as the m4v::selective_scan_fwd op (B, C in (batch, groups, dstate, seqlen))."""
+                              reverse, save_checkpoints, tile=None):
+    """Same contract as the m4v::selective_scan_fwd op (B, C in (batch, groups, dstate, seqlen)).
+
+    tile: (channels per program, warps per program) in place of the defaults; the tuning sweep
+    (benchmarks/tune_triton_selective_scan.py) times them.
+    """
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -355,7 +382,8 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
     last = _new_output((num_seqs, dim, dstate), **f32)
     rows = checkpoint_rows("triton", batch, seqlen, cu_seqlens) if save_checkpoints else 0
     checkpoints = _new_output((rows, dim, dstate), **f32)
-    block_d, block_n = _block_sizes(dstate)
+    block_n = triton.next_power_of_2(dstate)
+    block_d, num_warps = tile if tile is not None else (_forward_block_d(block_n), FORWARD_NUM_WARPS)
     offsets = _chunk_offsets(cu_seqlens)
     dummy = last
     grid = (num_seqs, triton.cdiv(dim, block_d))
@@ -370,6 +398,7 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         HAS_INIT=initial_state is not None, VARLEN=cu_seqlens is not None, SAVE_CK=save_checkpoints,
         SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK,
+        num_warps=num_warps,
     )
     return out, last, checkpoints
 
