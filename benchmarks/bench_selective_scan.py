@@ -39,8 +39,8 @@ VARLEN_CUTS = (0.0, 0.137, 0.402, 0.551, 0.813, 1.0)
 def floor_ms(shape, pass_name, bytes_per_element=2):
     batch, dim, seqlen, dstate = shape
     elements = batch * dim * seqlen
-    reads_writes = 4 if pass_name == "fwd" else 11  # tensors of (batch, dim, seqlen) moved
-    exps = dstate * elements * (1 if pass_name == "fwd" else 2)
+    reads_writes = {"fwd": 4, "bwd": 7, "fwd_bwd": 11}[pass_name]  # tensors of (batch, dim, seqlen) moved
+    exps = dstate * elements * (2 if pass_name == "fwd_bwd" else 1)
     bytes_moved = reads_writes * bytes_per_element * elements
     return 1e3 * max(bytes_moved / COPY_BYTES_PER_S, exps / EXPS_PER_S), bytes_moved
 

@@ -74,8 +74,8 @@ class TrainConfig:
     # only on true coarse copies learns to copy shape from them and never reads the shape word.
     coarse_shape_swap: float = 0.0
     # The swapped copy covers the true shape's area around its centroid (other_shapes'
-    # same_footprint): a plain swap also changes how much colour a coarse cell holds, and models
-    # trained on it learn to distrust the coarse start and draw faint objects.
+    # same_footprint): a plain swap also changes how much colour a coarse cell holds. Measured
+    # (benchmarks/NOTES.md, eleventh session): objects stay in view, but shape stays at chance.
     coarse_swap_same_footprint: bool = False
     # > 0: every stage >= 1 start point is the coarse copy (swapped or true) after this many 3 x 3 box
     # blurs (m4v.eval.quality.box_blur; 14 passes ~ a Gaussian of 3 pixels), so its footprint says

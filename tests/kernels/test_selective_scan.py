@@ -366,6 +366,32 @@ def test_backward_is_deterministic(backend):
         assert torch.equal(a, b)
 
 
+@pytest.mark.skipif(not available_backends()["triton"].usable, reason="needs Triton")
+@pytest.mark.parametrize("reverse", [False, True])
+def test_triton_tiles_compute_the_same_scan(reverse, poison_outputs):
+    """The tiles that benchmarks/tune_triton_selective_scan.py sweeps (channels per program, warps)
+    give the default tile's outputs and gradients, partial channel blocks included."""
+    from m4v.kernels.triton.selective_scan import selective_scan_bwd_triton, selective_scan_fwd_triton
+
+    case = Case(dim=6, seqlen=70, dstate=16, groups=2, with_init=True, reverse=reverse)  # 2 chunks, one partial
+    (u, delta, A, B, C, D, z), kwargs = make_inputs(case)
+    bias, init = kwargs["delta_bias"], kwargs["initial_state"]
+    dout, dlast = torch.randn_like(u), torch.randn_like(init)
+
+    def run(tile):
+        out, last, checkpoints = selective_scan_fwd_triton(u, delta, A, B, C, D, z, bias, init, None, True, reverse,
+                                                           True, tile=tile)
+        grads = selective_scan_bwd_triton(dout, dlast, u, delta, A, B, C, D, z, bias, init, None, checkpoints,
+                                          True, reverse, tile=tile)
+        return [out, last, *grads]
+
+    expected = run(None)
+    assert all(torch.isfinite(t).all() for t in expected)
+    for tile in [(4, 2), (1, 1)]:
+        for got, want in zip(run(tile), expected):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------
 # Registration: opcheck, torch.compile, FLOP formula, backend choice.
 

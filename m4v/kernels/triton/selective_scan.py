@@ -21,6 +21,7 @@ from m4v.kernels.selective_scan import CHECKPOINT_CHUNK, checkpoint_rows
 CHUNK = CHECKPOINT_CHUNK["triton"]
 LOG2E = 1.4426950408889634
 TILE_ELEMENTS = 8192  # the backward kernels' BLOCK_D * BLOCK_N * CHUNK, bounded to keep the tile in registers
+BACKWARD_NUM_WARPS = 4  # Triton's default; the forward's one-warp tile is not yet measured here
 MAX_BLOCKS_PER_GROUP = 16
 
 
@@ -404,8 +405,12 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
 
 
 def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
-                              checkpoints, delta_softplus, reverse):
-    """Same contract as the m4v::selective_scan_bwd op."""
+                              checkpoints, delta_softplus, reverse, tile=None):
+    """Same contract as the m4v::selective_scan_bwd op.
+
+    tile: (channels per program, warps per program) of the summary and main kernels in place of the
+    defaults, for the tuning sweep (benchmarks/tune_triton_selective_scan.py --backward).
+    """
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     groups = B.shape[1]
@@ -418,11 +423,13 @@ def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_
                          f"got {tuple(checkpoints.shape)}")
     f32 = dict(device=u.device, dtype=torch.float32)
     block_d, block_n = _block_sizes(dstate)
+    block_d, num_warps = tile if tile is not None else (block_d, BACKWARD_NUM_WARPS)
     offsets = _chunk_offsets(cu_seqlens)
     chunks_per_seq = triton.cdiv(seqlen, CHUNK)
     dummy = checkpoints
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, VARLEN=varlen,
-                  SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK)
+                  SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK,
+                  num_warps=num_warps)
     D_arg = D if D is not None else dummy
     bias_arg = delta_bias if delta_bias is not None else dummy
     cu_arg = cu_seqlens if varlen else dummy
