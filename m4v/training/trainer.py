@@ -83,6 +83,10 @@ class TrainConfig:
     # from the caption, and the copy is never a wrong shape (a swapped copy is; models trained on
     # it drew faint objects).
     coarse_blur_passes: int = 0
+    # The stages (>= 1) whose start point is that coarse copy; empty = all of them. The others start
+    # from the true video. The shape word is read at the finest stage (m4v probe-text), so a swap
+    # there alone may teach it while the coarser stages keep trusting where objects are.
+    coarse_stages: tuple[int, ...] = ()
     precision: str = "bf16"            # "bf16" (autocast on CUDA) or "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 200
@@ -134,7 +138,7 @@ class FlowMatchingLoss(nn.Module):
     transformer and text encoder, the frozen autoencoder and the scheduler."""
 
     def __init__(self, pipe: M4VPipeline, history_noise_max: float, bf16: bool, caption_dropout: float = 0.0,
-                 stage_weights: tuple[float, ...] = ()):
+                 stage_weights: tuple[float, ...] = (), coarse_stages: tuple[int, ...] = ()):
         super().__init__()
         self.transformer, self.text_encoder, self.autoencoder = pipe.transformer, pipe.text_encoder, pipe.autoencoder
         self.autoencoder.requires_grad_(False)
@@ -144,6 +148,9 @@ class FlowMatchingLoss(nn.Module):
         if stage_weights and (len(stage_weights) != stages or min(stage_weights) < 0 or sum(stage_weights) <= 0):
             raise ValueError(f"stage_weights must be {stages} non-negative numbers, not all 0, got {stage_weights}")
         self.stage_weights = torch.tensor(stage_weights, dtype=torch.float64) if stage_weights else None
+        if any(not (isinstance(k, int) and 1 <= k < stages) for k in coarse_stages):
+            raise ValueError(f"coarse_stages must be stages from 1 to {stages - 1}, got {coarse_stages}")
+        self.coarse_stages = frozenset(coarse_stages or range(1, stages))
 
     def draw_stage(self, generator: torch.Generator) -> int:
         """The batch's pyramid stage: uniform, or by ``stage_weights``."""
@@ -156,8 +163,8 @@ class FlowMatchingLoss(nn.Module):
         """One random unit and stage per batch (one batched model call), a flow time and a history
         noise level per sample; all draws from ``generator`` (CPU). Captions are dropped to "" with
         probability ``caption_dropout``, which teaches the unconditional branch of CFG.
-        ``coarse_video`` (same shape as ``video``): where a stage >= 1 starts from, in place of
-        ``video`` itself (the history is always ``video``'s)."""
+        ``coarse_video`` (same shape as ``video``): where a stage in ``coarse_stages`` starts
+        from, in place of ``video`` itself (the history is always ``video``'s)."""
         with torch.no_grad():
             latents = self.autoencoder.encode(video)  # (batch, C, frames, h, w)
         batch, stages, device = video.shape[0], self.scheduler.num_stages, video.device
@@ -168,7 +175,7 @@ class FlowMatchingLoss(nn.Module):
         u = torch.rand(batch, generator=generator)
         current = downsample(latents[:, :, unit], 2 ** (stages - 1 - stage))
         coarse = None
-        if coarse_video is not None and stage > 0:
+        if coarse_video is not None and stage in self.coarse_stages:
             with torch.no_grad():
                 coarse = downsample(self.autoencoder.encode(coarse_video)[:, :, unit], 2 ** (stages - stage))
         x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(device), generator, coarse)
@@ -206,7 +213,8 @@ class Trainer:
         self.ema = [p.detach().clone() for p in self.params]
         self.data = ShapesVideoDataset(config.dataset_size, config.frames, config.height, config.width, config.seed)
         self.objective = FlowMatchingLoss(pipe, config.history_noise_max, config.precision == "bf16",
-                                          config.caption_dropout, tuple(config.stage_weights))
+                                          config.caption_dropout, tuple(config.stage_weights),
+                                          tuple(config.coarse_stages))
         # Several processes (torchrun): DDP averages the gradients; each rank draws its own batches.
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.wrapped = (DistributedDataParallel(self.objective, find_unused_parameters=True) if self.world > 1

@@ -77,6 +77,24 @@ def test_coarse_shape_swap_changes_only_the_coarse_stages_shapes(tmp_path):
         make_trainer(tmp_path / "bad", coarse_shape_swap=1.5)
 
 
+def test_coarse_stages_pick_which_stages_start_from_the_swapped_copy(tmp_path):
+    for stage_weights, differs in (((0.0, 1.0, 0.0), False), ((0.0, 0.0, 1.0), True)):
+        trainer = make_trainer(tmp_path / str(differs), coarse_shape_swap=1.0, coarse_stages=(2,),
+                               stage_weights=stage_weights)
+        video, captions, coarse = trainer.batch()
+        draws = trainer.generator.get_state()
+        losses = []
+        for source in (None, coarse):
+            trainer.generator.set_state(draws)
+            with torch.no_grad():
+                losses.append(float(trainer.loss(video, captions, source)))
+        # Stage 1 ignores the copy (not in coarse_stages); stage 2 starts from it.
+        assert (losses[0] != losses[1]) == differs and all(math.isfinite(v) for v in losses)
+    for bad in [(0,), (3,), (1.5,)]:
+        with pytest.raises(ValueError, match="coarse_stages"):
+            make_trainer(tmp_path / "bad", coarse_stages=bad)
+
+
 def test_same_footprint_swap_keeps_each_objects_area_and_centroid():
     data = ShapesVideoDataset(12, frames=1, height=320, width=256, seed=1)
     rows = torch.arange(320.0).view(-1, 1).expand(320, 256)
