@@ -101,11 +101,12 @@ class RewardTuner:
 
     def step(self) -> dict:
         trainer = self.trainer
-        video, captions, coarse = trainer.batch()
+        stage = trainer.objective.draw_stage(trainer.generator)
+        video, captions, coarse = trainer.batch(stage)
         unit = int(torch.randint(self.max_unit + 1, (1,), generator=trainer.generator))
         reward = reward_loss(trainer.pipe, captions, self.rewards, trainer.config.height, trainer.config.width, unit,
                              self.steps_per_stage, self.guidance, trainer.generator)
-        flow = trainer.loss(video, captions, coarse)
+        flow = trainer.loss(video, captions, coarse, stage)
         loss = reward + self.flow_weight * flow
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"reward tuning loss is {float(loss.detach())} at step {trainer.step}")

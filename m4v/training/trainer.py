@@ -159,19 +159,20 @@ class FlowMatchingLoss(nn.Module):
         return int(torch.multinomial(self.stage_weights, 1, generator=generator))
 
     def forward(self, video: Tensor, captions: list[str], generator: torch.Generator,
-                coarse_video: Optional[Tensor] = None) -> Tensor:
+                coarse_video: Optional[Tensor] = None, stage: Optional[int] = None) -> Tensor:
         """One random unit and stage per batch (one batched model call), a flow time and a history
         noise level per sample; all draws from ``generator`` (CPU). Captions are dropped to "" with
         probability ``caption_dropout``, which teaches the unconditional branch of CFG.
         ``coarse_video`` (same shape as ``video``): where a stage in ``coarse_stages`` starts
-        from, in place of ``video`` itself (the history is always ``video``'s)."""
+        from, in place of ``video`` itself (the history is always ``video``'s). ``stage``: the
+        batch's pyramid stage when the caller drew it already (``draw_stage``), else drawn here."""
         with torch.no_grad():
             latents = self.autoencoder.encode(video)  # (batch, C, frames, h, w)
         batch, stages, device = video.shape[0], self.scheduler.num_stages, video.device
         keep = torch.rand(batch, generator=generator) >= self.caption_dropout
         text = self.text_encoder.encode([c if k else "" for c, k in zip(captions, keep.tolist())], device)
         unit = int(torch.randint(latents.shape[2], (1,), generator=generator))
-        stage = self.draw_stage(generator)
+        stage = self.draw_stage(generator) if stage is None else stage
         u = torch.rand(batch, generator=generator)
         current = downsample(latents[:, :, unit], 2 ** (stages - 1 - stage))
         coarse = None
@@ -224,27 +225,31 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------
 
-    def batch(self) -> tuple[Tensor, list[str], Optional[Tensor]]:
+    def batch(self, stage: Optional[int] = None) -> tuple[Tensor, list[str], Optional[Tensor]]:
         """(videos, captions, the coarse stages' videos or None): see ``coarse_shape_swap`` and
-        ``coarse_blur_passes``."""
+        ``coarse_blur_passes``. ``stage``: the batch's pyramid stage, when drawn already; then the
+        coarse copy is only rendered if that stage starts from it (rendering is on the CPU, and a
+        run's GPU waits for it)."""
         index = [int(i) for i in torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)]
         scenes = [self.data.scene(i) for i in index]
         video = torch.stack([self.data.render(s) for s in scenes]).to(self.config.device)
         coarse = None
+        wanted = stage is None or stage in self.objective.coarse_stages
         if self.config.coarse_shape_swap > 0 and float(torch.rand((), generator=self.generator)) < \
-                self.config.coarse_shape_swap:
+                self.config.coarse_shape_swap and wanted:
             row_per_radius = min(self.config.height, self.config.width) / self.config.height
             coarse = torch.stack([self.data.render(other_shapes(s, self.generator,
                                                                 self.config.coarse_swap_same_footprint,
                                                                 row_per_radius)) for s in scenes])
             coarse = coarse.to(self.config.device)
-        if self.config.coarse_blur_passes > 0:
+        if self.config.coarse_blur_passes > 0 and wanted:
             coarse = box_blur(video if coarse is None else coarse, self.config.coarse_blur_passes)
         return video, [s.caption for s in scenes], coarse
 
-    def loss(self, video: Tensor, captions: list[str], coarse_video: Optional[Tensor] = None) -> Tensor:
+    def loss(self, video: Tensor, captions: list[str], coarse_video: Optional[Tensor] = None,
+             stage: Optional[int] = None) -> Tensor:
         """The flow-matching loss of one batch (through DDP when several processes train)."""
-        return self.wrapped(video, captions, self.generator, coarse_video)
+        return self.wrapped(video, captions, self.generator, coarse_video, stage)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based); a function of the step alone, so a
@@ -294,8 +299,9 @@ class Trainer:
                 self.pipe.save_pretrained(directory)
 
     def train_step(self) -> dict:
-        video, captions, coarse = self.batch()
-        loss = self.loss(video, captions, coarse)
+        stage = self.objective.draw_stage(self.generator)
+        video, captions, coarse = self.batch(stage)
+        loss = self.loss(video, captions, coarse, stage)
         self.optimize(loss)
         return {"loss": float(loss.detach())}
 

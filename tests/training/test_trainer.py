@@ -90,6 +90,11 @@ def test_coarse_stages_pick_which_stages_start_from_the_swapped_copy(tmp_path):
                 losses.append(float(trainer.loss(video, captions, source)))
         # Stage 1 ignores the copy (not in coarse_stages); stage 2 starts from it.
         assert (losses[0] != losses[1]) == differs and all(math.isfinite(v) for v in losses)
+    # With the stage drawn first, the copy is rendered only for a stage that starts from it.
+    trainer = make_trainer(tmp_path / "drawn", coarse_shape_swap=1.0, coarse_blur_passes=2, coarse_stages=(2,))
+    assert trainer.batch(stage=1)[2] is None and trainer.batch(stage=0)[2] is None
+    video, _, coarse = trainer.batch(stage=2)
+    assert coarse is not None and coarse.shape == video.shape and not torch.equal(coarse, video)
     for bad in [(0,), (3,), (1.5,)]:
         with pytest.raises(ValueError, match="coarse_stages"):
             make_trainer(tmp_path / "bad", coarse_stages=bad)

@@ -338,9 +338,10 @@ def _new_output(shape, device, dtype):
     return torch.empty(shape, device=device, dtype=dtype)
 
 
-def _block_sizes(dstate: int) -> tuple[int, int]:
+def _block_sizes(dstate: int, tile_elements: int = TILE_ELEMENTS) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_N): all states, and as many channels as fit in ``tile_elements``."""
     block_n = triton.next_power_of_2(dstate)
-    block_d = max(1, min(16, TILE_ELEMENTS // (block_n * CHUNK)))
+    block_d = max(1, min(16, tile_elements // (block_n * CHUNK)))
     return block_d, block_n
 
 
@@ -351,10 +352,6 @@ def _block_sizes(dstate: int) -> tuple[int, int]:
 # 8.50 at 64.
 FORWARD_TILE_ELEMENTS = 2048
 FORWARD_NUM_WARPS = 1
-
-
-def _forward_block_d(block_n: int) -> int:
-    return max(1, FORWARD_TILE_ELEMENTS // (block_n * CHUNK))
 
 
 def _chunk_offsets(cu_seqlens):
@@ -383,8 +380,8 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
     last = _new_output((num_seqs, dim, dstate), **f32)
     rows = checkpoint_rows("triton", batch, seqlen, cu_seqlens) if save_checkpoints else 0
     checkpoints = _new_output((rows, dim, dstate), **f32)
-    block_n = triton.next_power_of_2(dstate)
-    block_d, num_warps = tile if tile is not None else (_forward_block_d(block_n), FORWARD_NUM_WARPS)
+    block_d, block_n = _block_sizes(dstate, FORWARD_TILE_ELEMENTS)
+    block_d, num_warps = tile if tile is not None else (block_d, FORWARD_NUM_WARPS)
     offsets = _chunk_offsets(cu_seqlens)
     dummy = last
     grid = (num_seqs, triton.cdiv(dim, block_d))
