@@ -34,8 +34,8 @@ def main(argv=None):
     from triton.testing import do_bench
 
     from m4v.kernels import available_backends, selective_scan
-    from m4v.kernels.triton.selective_scan import (BACKWARD_NUM_WARPS, FORWARD_NUM_WARPS, FORWARD_TILE_ELEMENTS,
-                                                   _block_sizes, selective_scan_bwd_triton,
+    from m4v.kernels.triton.selective_scan import (FORWARD_NUM_WARPS, FORWARD_TILE_ELEMENTS, _block_sizes,
+                                                   backward_tile, selective_scan_bwd_triton,
                                                    selective_scan_fwd_triton)
 
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -54,7 +54,7 @@ def main(argv=None):
             return [t for t in selective_scan_bwd_triton(dout, None, u, delta, A, B4, C4, D, z, None, None, None,
                                                          checkpoints, True, args.reverse, tile=tile) if t.numel()]
 
-        default_tile = (_block_sizes(shape[3])[0], BACKWARD_NUM_WARPS)
+        default_tile = backward_tile(shape[3])
     else:
         def run(tile):
             return [forward(tile)[0]]

@@ -43,16 +43,15 @@ def _num_seqs(batch: int, cu_seqlens: Optional[Tensor]) -> int:
 
 
 def checkpoint_rows(backend: str, batch: int, seqlen: int, cu_seqlens: Optional[Tensor]) -> int:
-    """Rows of the saved-state buffer: chunks per sequence, or a static bound for packed input (the
-    CUDA kernels start each packed sequence's chunk grid up to SEQ_ALIGN - 1 steps early)."""
+    """Rows of the saved-state buffer: chunks per sequence, or a static bound for packed input (both
+    compiled backends start each packed sequence's chunk grid up to SEQ_ALIGN - 1 steps early)."""
     chunk = CHECKPOINT_CHUNK.get(backend)
     if chunk is None:
         return 0
     if cu_seqlens is None:
         return batch * -(-seqlen // chunk)
     num_seqs = cu_seqlens.shape[0] - 1
-    lead = (SEQ_ALIGN - 1) * num_seqs if backend == "cuda" else 0
-    return -(-(seqlen + lead) // chunk) + num_seqs
+    return -(-(seqlen + (SEQ_ALIGN - 1) * num_seqs) // chunk) + num_seqs
 
 
 # ------------------------------------------------------------------------------------------------

@@ -404,17 +404,23 @@ def _op_args(backend, device, token_major=False):
     return (u, delta, A, B, C, D, z, kwargs["delta_bias"], kwargs["initial_state"], None, True, False, backend, True)
 
 
-@pytest.mark.parametrize("seq_lens", [(7, 250, 1, 0, 300), (1,) * 40, (249, 263) * 5, (256, 255, 257, 9)])
-def test_checkpoint_rows_cover_the_aligned_chunk_grids(seq_lens):
-    """The CUDA kernels start a packed sequence's chunk grid at the SEQ_ALIGN boundary at or below
-    its first step; the static checkpoint bound must cover every grid's chunks."""
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("seq_lens", [(7, 250, 1, 0, 300), (1,) * 40, (249, 263) * 5, (256, 255, 257, 9),
+                                      (63, 2, 65, 1, 127)])
+def test_checkpoint_rows_cover_the_aligned_chunk_grids(backend, seq_lens):
+    """Both compiled backends start a packed sequence's chunk grid at the SEQ_ALIGN boundary at or
+    below its first step; the static checkpoint bound must cover every grid's chunks."""
     starts = [0, *torch.tensor(seq_lens).cumsum(0).tolist()]
-    chunk = CHECKPOINT_CHUNK["cuda"]
+    chunk = CHECKPOINT_CHUNK[backend]
     grids = sum(-(-(end - start + start % SEQ_ALIGN) // chunk) for start, end in zip(starts, starts[1:]))
     cu = torch.tensor(starts, dtype=torch.int32)
-    assert grids <= checkpoint_rows("cuda", 1, starts[-1], cu)
+    assert grids <= checkpoint_rows(backend, 1, starts[-1], cu)
+    if backend == "triton":  # the host's count of the grids' chunks, which places each one's checkpoints
+        from m4v.kernels.triton.selective_scan import _chunk_offsets
+
+        assert int(_chunk_offsets(cu)[-1]) == grids
     # Fixed-length batches have no lead: rows are exactly the chunks.
-    assert checkpoint_rows("cuda", 3, 2 * chunk + 1, None) == 9
+    assert checkpoint_rows(backend, 3, 2 * chunk + 1, None) == 9
 
 
 @pytest.mark.parametrize("token_major", [False, True], ids=["contiguous", "token_major"])

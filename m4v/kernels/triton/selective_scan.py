@@ -6,6 +6,11 @@ axis with ``tl.associative_scan`` over the affine maps x -> a * x + b. For ``rev
 loads each tile in memory order (coalesced) and flips it into scan order in registers (tl.flip), which
 measured faster than the scan's own reverse mode; the backward uses the reverse mode. No input is
 flipped in memory.
+
+Packed (varlen) sequences start their chunk grids at the SEQ_ALIGN boundary at or below their first
+step, as the CUDA kernels do, and a chunk that lies wholly inside its sequence takes a copy of the
+code with no mask along time: the loads and stores along time then stay 16-byte vectors, where a
+mask from a length read at run time makes them scalar.
 """
 
 from __future__ import annotations
@@ -16,12 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from m4v.kernels.selective_scan import CHECKPOINT_CHUNK, checkpoint_rows
+from m4v.kernels.selective_scan import CHECKPOINT_CHUNK, SEQ_ALIGN, checkpoint_rows
 
 CHUNK = CHECKPOINT_CHUNK["triton"]
 LOG2E = 1.4426950408889634
-TILE_ELEMENTS = 8192  # the backward kernels' BLOCK_D * BLOCK_N * CHUNK, bounded to keep the tile in registers
-BACKWARD_NUM_WARPS = 4  # Triton's default; the forward's one-warp tile is not yet measured here
 MAX_BLOCKS_PER_GROUP = 16
 
 
@@ -32,20 +35,41 @@ def _compose(a1, b1, a2, b2):
 
 
 @triton.jit
-def _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN: tl.constexpr):
+def _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN: tl.constexpr, ALIGN: tl.constexpr):
+    """(batch, start, lead, end, first_chunk, num_chunks) of sequence s. Its chunk grid starts at
+    `start`, the ALIGN boundary at or below its first step, so that the grid's loads are aligned
+    vectors; grid steps t in [lead, end) are the sequence's, the `lead` steps before belong to the
+    previous one and are masked like steps past the end."""
     if VARLEN:
-        start = tl.load(cu_ptr + s)
-        length = tl.load(cu_ptr + s + 1) - start
+        first = tl.load(cu_ptr + s)
+        start = tl.multiple_of((first // ALIGN) * ALIGN, ALIGN)
+        lead = first - start
+        end = tl.load(cu_ptr + s + 1) - start
         first_chunk = tl.load(chunk_off_ptr + s)
         num_chunks = tl.load(chunk_off_ptr + s + 1) - first_chunk
         batch = 0
     else:
         start = 0
-        length = seqlen
+        lead = 0
+        end = seqlen
         first_chunk = s * chunks_per_seq
         num_chunks = chunks_per_seq
         batch = s
-    return batch, start, length, first_chunk, num_chunks
+    return batch, start, lead, end, first_chunk, num_chunks
+
+
+@triton.jit
+def _in_sequence(t, lead, end, FULL: tl.constexpr):
+    """Which grid steps t belong to the sequence. For a chunk known to lie inside it (FULL) the mask
+    is a constant, so the compiler keeps the loads and stores along time as 16-byte vectors."""
+    if FULL:
+        return tl.full(t.shape, 1, tl.int1)
+    return (t >= lead) & (t < end)
+
+
+@triton.jit
+def _chunk_is_full(c, lead, end, CHUNK_L: tl.constexpr):
+    return (c * CHUNK_L >= lead) & (c * CHUNK_L + CHUNK_L <= end)
 
 
 @triton.jit
@@ -62,6 +86,54 @@ def _load_dt(delta_ptr, row_off, t, valid, s_l, bias, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _fwd_chunk(
+    u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+    batch, start, lead, end, c, chunk_row, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry, dim, dstate,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_Z: tl.constexpr, SAVE_CK: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+    FULL: tl.constexpr, CHUNK_L: tl.constexpr,
+):
+    """Scans chunk c of a block of channels from `carry`, stores its outputs; returns the new carry."""
+    steps = tl.arange(0, CHUNK_L)
+    t = c * CHUNK_L + steps
+    in_seq = _in_sequence(t, lead, end, FULL)
+    valid = d_ok[:, None] & in_seq[None, :]
+    pos = start + t
+    u = tl.load(u_ptr + batch * su_b + d[:, None] * su_d + pos[None, :] * su_l, mask=valid, other=0.0)
+    u = u.to(tl.float32)
+    dt, _ = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
+    if SAVE_CK:
+        tl.store(ck_ptr + (chunk_row * dim + d[:, None]) * dstate + n[None, :], carry, mask=dn_ok)
+    tile_ok = dn_ok[:, :, None] & in_seq[None, None, :]
+    Bt = tl.load(B_ptr + batch * sB_b + g[:, None, None] * sB_g + n[None, :, None] * sB_n + pos[None, None, :] * sB_l,
+                 mask=tile_ok, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
+                 mask=tile_ok, other=0.0).to(tl.float32)
+    dtu = dt * u
+    if REVERSE:  # the tile's columns into scan order after memory-order (coalesced) loads
+        dt = tl.flip(dt, 1)
+        dtu = tl.flip(dtu, 1)
+        Bt = tl.flip(Bt, 2)
+        Ct = tl.flip(Ct, 2)
+    decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+    drive = dtu[:, None, :] * Bt
+    scan_decay, scan_drive = tl.associative_scan((decay, drive), 2, _compose)
+    x = scan_decay * carry[:, :, None] + scan_drive
+    y = tl.sum(Ct * x, 1)
+    if REVERSE:
+        y = tl.flip(y, 1)
+    y = y + Dv[:, None] * u
+    if HAS_Z:
+        z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
+        z = z.to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+    tl.store(out_ptr + batch * so_b + d[:, None] * so_d + pos[None, :] * so_l, y.to(out_ptr.dtype.element_ty),
+             mask=valid)
+    return tl.sum(tl.where(steps[None, None, :] == CHUNK_L - 1, x, 0.0), 2)
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, init_ptr, last_ptr, ck_ptr,
     cu_ptr, chunk_off_ptr,
@@ -70,15 +142,15 @@ def _selective_scan_fwd_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
     VARLEN: tl.constexpr, SAVE_CK: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr, ALIGN: tl.constexpr,
 ):
     s = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     d_ok = d < dim
     dn_ok = d_ok[:, None] & (n[None, :] < dstate)
-    batch, start, length, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq,
-                                                              VARLEN)
+    batch, start, lead, end, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq,
+                                                                 VARLEN, ALIGN)
     g = d // channels_per_group
     A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0) * 1.4426950408889634
     bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
@@ -88,59 +160,39 @@ def _selective_scan_fwd_kernel(
         carry = tl.load(init_ptr + state_off, mask=dn_ok, other=0.0)
     else:
         carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    steps = tl.arange(0, CHUNK_L)
     for q in range(0, num_chunks):
         c = num_chunks - 1 - q if REVERSE else q
-        t = c * CHUNK_L + steps
-        valid = d_ok[:, None] & (t < length)[None, :]
-        pos = start + t
-        u = tl.load(u_ptr + batch * su_b + d[:, None] * su_d + pos[None, :] * su_l, mask=valid, other=0.0)
-        u = u.to(tl.float32)
-        dt, _ = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
-        if SAVE_CK:
-            tl.store(ck_ptr + ((first_chunk + c) * dim + d[:, None]) * dstate + n[None, :], carry, mask=dn_ok)
-        tile_ok = dn_ok[:, :, None] & (t < length)[None, None, :]
-        Bt = tl.load(B_ptr + batch * sB_b + g[:, None, None] * sB_g + n[None, :, None] * sB_n + pos[None, None, :] * sB_l,
-                     mask=tile_ok, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
-                     mask=tile_ok, other=0.0).to(tl.float32)
-        dtu = dt * u
-        if REVERSE:  # the tile's columns into scan order after memory-order (coalesced) loads
-            dt = tl.flip(dt, 1)
-            dtu = tl.flip(dtu, 1)
-            Bt = tl.flip(Bt, 2)
-            Ct = tl.flip(Ct, 2)
-        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        drive = dtu[:, None, :] * Bt
-        scan_decay, scan_drive = tl.associative_scan((decay, drive), 2, _compose)
-        x = scan_decay * carry[:, :, None] + scan_drive
-        y = tl.sum(Ct * x, 1)
-        if REVERSE:
-            y = tl.flip(y, 1)
-        y = y + Dv[:, None] * u
-        carry = tl.sum(tl.where(steps[None, None, :] == CHUNK_L - 1, x, 0.0), 2)
-        if HAS_Z:
-            z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
-            z = z.to(tl.float32)
-            y = y * z * tl.sigmoid(z)
-        tl.store(out_ptr + batch * so_b + d[:, None] * so_d + pos[None, :] * so_l, y.to(out_ptr.dtype.element_ty),
-                 mask=valid)
+        # Two copies of the chunk's code: only a sequence's first and last chunks take the masked one.
+        if _chunk_is_full(c, lead, end, CHUNK_L):
+            carry = _fwd_chunk(
+                u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+                batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry, dim, dstate,
+                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                HAS_Z, SAVE_CK, SOFTPLUS, REVERSE, True, CHUNK_L)
+        else:
+            carry = _fwd_chunk(
+                u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+                batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry, dim, dstate,
+                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                HAS_Z, SAVE_CK, SOFTPLUS, REVERSE, False, CHUNK_L)
     tl.store(last_ptr + state_off, carry, mask=dn_ok)
 
 
 @triton.jit
 def _chunk_tile(
     u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
-    batch, start, length, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
+    batch, start, lead, end, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, CHUNK_L: tl.constexpr,
+    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, FULL: tl.constexpr, CHUNK_L: tl.constexpr,
 ):
     """Loads one chunk for a block of channels and replays its forward states from the checkpoint."""
     steps = tl.arange(0, CHUNK_L)
     t = c * CHUNK_L + steps
-    in_seq = (t < length)[None, :]
-    valid = d_ok[:, None] & in_seq
+    in_seq = _in_sequence(t, lead, end, FULL)
+    valid = d_ok[:, None] & in_seq[None, :]
     pos = start + t
     u = tl.load(u_ptr + batch * su_b + d[:, None] * su_d + pos[None, :] * su_l, mask=valid, other=0.0).to(tl.float32)
     dt, dt_grad = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
@@ -151,7 +203,7 @@ def _chunk_tile(
         z = z.to(tl.float32)
     else:
         z = tl.zeros(u.shape, tl.float32)
-    tile_ok = dn_ok[:, :, None] & (t < length)[None, None, :]
+    tile_ok = dn_ok[:, :, None] & in_seq[None, None, :]
     Bt = tl.load(B_ptr + batch * sB_b + g[:, None, None] * sB_g + n[None, :, None] * sB_n + pos[None, None, :] * sB_l,
                  mask=tile_ok, other=0.0).to(tl.float32)
     Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
@@ -163,7 +215,7 @@ def _chunk_tile(
     x = scan_decay * entry[:, :, None] + scan_drive
     # Decay of the step after each step in scan order (1 past the chunk's end: the carry covers it).
     t_next = t - 1 if REVERSE else t + 1
-    next_in_chunk = (t_next >= c * CHUNK_L) & (t_next < c * CHUNK_L + CHUNK_L) & (t_next < length)
+    next_in_chunk = (t_next >= c * CHUNK_L) & (t_next < c * CHUNK_L + CHUNK_L) & (t_next >= lead) & (t_next < end)
     next_valid = d_ok[:, None] & next_in_chunk[None, :]
     dt_next, _ = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, start + t_next, next_valid, sdl_l, bias,
                           SOFTPLUS)
@@ -179,6 +231,50 @@ def _adjoint(decay_next, forcing, entering, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _bwd_summary_chunk(
+    u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
+    chunk_decay_ptr, chunk_adjoint_ptr, batch, start, lead, end, c, global_chunk,
+    dim, seqlen, dstate, channels_per_group,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, FULL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
+):
+    """Chunk c's decay and the adjoint it hands the chunk before it (with no adjoint entering), and dz."""
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    d_ok = d < dim
+    dn_ok = d_ok[:, None] & (n[None, :] < dstate)
+    g = d // channels_per_group
+    A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0) * 1.4426950408889634
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+    u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos = _chunk_tile(
+        u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
+        batch, start, lead, end, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
+        su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+        sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+        HAS_Z, SOFTPLUS, REVERSE, FULL, CHUNK_L)
+    if HAS_Z:
+        y = tl.sum(Ct * x, 1) + Dv[:, None] * u
+        sg = tl.sigmoid(z)
+        dz = dout * y * sg * (1.0 + z * (1.0 - sg))
+        tl.store(dz_ptr + (batch * dim + d[:, None]) * seqlen + pos[None, :],
+                 dz.to(dz_ptr.dtype.element_ty), mask=valid)
+        gy = dout * z * sg
+    else:
+        gy = dout
+    h = _adjoint(decay_next, Ct * gy[:, None, :], tl.zeros([BLOCK_D, BLOCK_N], tl.float32), REVERSE)
+    first_step = CHUNK_L - 1 if REVERSE else 0
+    steps = tl.arange(0, CHUNK_L)
+    adjoint = tl.sum(tl.where(steps[None, None, :] == first_step, decay * h, 0.0), 2)
+    chunk_decay = tl.exp2(tl.sum(dt, 1)[:, None] * A2)
+    out_off = (global_chunk * dim + d[:, None]) * dstate + n[None, :]
+    tl.store(chunk_decay_ptr + out_off, chunk_decay, mask=dn_ok)
+    tl.store(chunk_adjoint_ptr + out_off, adjoint, mask=dn_ok)
+
+
+@triton.jit
 def _selective_scan_bwd_summary_kernel(
     u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
     chunk_decay_ptr, chunk_adjoint_ptr, cu_ptr, chunk_off_ptr,
@@ -187,44 +283,28 @@ def _selective_scan_bwd_summary_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, VARLEN: tl.constexpr,
     SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr, ALIGN: tl.constexpr,
 ):
     global_chunk = tl.program_id(0)
     s, c = _locate_chunk(global_chunk, num_seqs, chunks_per_seq, chunk_off_ptr, VARLEN)
     if s >= 0:
-        batch, start, length, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq,
-                                                                  VARLEN)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        n = tl.arange(0, BLOCK_N)
-        d_ok = d < dim
-        dn_ok = d_ok[:, None] & (n[None, :] < dstate)
-        g = d // channels_per_group
-        A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0) * 1.4426950408889634
-        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-        Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-        u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos = _chunk_tile(
-            u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
-            batch, start, length, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
-            su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
-            sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-            HAS_Z, SOFTPLUS, REVERSE, CHUNK_L)
-        if HAS_Z:
-            y = tl.sum(Ct * x, 1) + Dv[:, None] * u
-            sg = tl.sigmoid(z)
-            dz = dout * y * sg * (1.0 + z * (1.0 - sg))
-            tl.store(dz_ptr + (batch * dim + d[:, None]) * seqlen + pos[None, :],
-                     dz.to(dz_ptr.dtype.element_ty), mask=valid)
-            gy = dout * z * sg
+        batch, start, lead, end, _, _ = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN, ALIGN)
+        if _chunk_is_full(c, lead, end, CHUNK_L):
+            _bwd_summary_chunk(
+                u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
+                chunk_decay_ptr, chunk_adjoint_ptr, batch, start, lead, end, c, global_chunk,
+                dim, seqlen, dstate, channels_per_group,
+                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, True, BLOCK_D, BLOCK_N, CHUNK_L)
         else:
-            gy = dout
-        h = _adjoint(decay_next, Ct * gy[:, None, :], tl.zeros([BLOCK_D, BLOCK_N], tl.float32), REVERSE)
-        first_step = CHUNK_L - 1 if REVERSE else 0
-        steps = tl.arange(0, CHUNK_L)
-        adjoint = tl.sum(tl.where(steps[None, None, :] == first_step, decay * h, 0.0), 2)
-        chunk_decay = tl.exp2(tl.sum(dt, 1)[:, None] * A2)
-        out_off = (global_chunk * dim + d[:, None]) * dstate + n[None, :]
-        tl.store(chunk_decay_ptr + out_off, chunk_decay, mask=dn_ok)
-        tl.store(chunk_adjoint_ptr + out_off, adjoint, mask=dn_ok)
+            _bwd_summary_chunk(
+                u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
+                chunk_decay_ptr, chunk_adjoint_ptr, batch, start, lead, end, c, global_chunk,
+                dim, seqlen, dstate, channels_per_group,
+                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, False, BLOCK_D, BLOCK_N, CHUNK_L)
 
 
 @triton.jit
@@ -249,13 +329,13 @@ def _locate_chunk(global_chunk, num_seqs, chunks_per_seq, chunk_off_ptr, VARLEN:
 def _selective_scan_bwd_carry_kernel(
     chunk_decay_ptr, chunk_adjoint_ptr, carry_ptr, dlast_ptr, dinit_ptr, cu_ptr, chunk_off_ptr,
     dim, seqlen, dstate, chunks_per_seq,
-    HAS_DLAST: tl.constexpr, VARLEN: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_DLAST: tl.constexpr, VARLEN: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr,
 ):
     s = tl.program_id(0)
     idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     per_seq = dim * dstate
     ok = idx < per_seq
-    _, _, _, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN)
+    _, _, _, _, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN, ALIGN)
     if HAS_DLAST:
         v = tl.load(dlast_ptr + s * per_seq + idx, mask=ok, other=0.0)
     else:
@@ -269,6 +349,66 @@ def _selective_scan_bwd_carry_kernel(
 
 
 @triton.jit
+def _bwd_main_chunk(
+    u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, carry_ptr,
+    du_ptr, ddelta_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr,
+    batch, start, lead, end, c, global_chunk,
+    batch_rows, dim, seqlen, dstate, groups, channels_per_group, blocks_per_group, channels_per_block,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, FULL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
+):
+    """Chunk c's input gradients, and its per-chunk partials of the parameter gradients."""
+    g = tl.program_id(1) // blocks_per_group
+    block = tl.program_id(1) % blocks_per_group
+    d_begin = g * channels_per_group + block * channels_per_block
+    d_end = tl.minimum(d_begin + channels_per_block, (g + 1) * channels_per_group)
+    n = tl.arange(0, BLOCK_N)
+    dB_acc = tl.zeros([BLOCK_N, CHUNK_L], tl.float32)
+    dC_acc = tl.zeros([BLOCK_N, CHUNK_L], tl.float32)
+    in_seq = _in_sequence(c * CHUNK_L + tl.arange(0, CHUNK_L), lead, end, FULL)
+    # Channels in a fixed order: the sums over channels are reproducible bit for bit.
+    for d0 in range(d_begin, d_end, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = d < d_end
+        dn_ok = d_ok[:, None] & (n[None, :] < dstate)
+        A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0)
+        A2 = A * 1.4426950408889634
+        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+        Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+        u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos = _chunk_tile(
+            u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
+            batch, start, lead, end, c, global_chunk, d, tl.zeros([BLOCK_D], tl.int32) + g, n, d_ok, dn_ok, A2,
+            bias, Dv, dim, dstate,
+            su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+            sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+            HAS_Z, SOFTPLUS, REVERSE, FULL, CHUNK_L)
+        gy = dout * z * tl.sigmoid(z) if HAS_Z else dout
+        state_off = (global_chunk * dim + d[:, None]) * dstate + n[None, :]
+        entering = tl.load(carry_ptr + state_off, mask=dn_ok, other=0.0)
+        h = _adjoint(decay_next, Ct * gy[:, None, :], entering, REVERSE)
+        decay_term = x - drive  # a_t * x_{t-1}
+        du = Dv[:, None] * gy + tl.sum(h * Bt, 1) * dt
+        ddt = tl.sum(h * (A[:, :, None] * decay_term + Bt * u[:, None, :]), 1)
+        ddt = tl.where(valid, ddt * dt_grad, 0.0)
+        tl.store(dA_part_ptr + state_off, tl.sum(h * dt[:, None, :] * decay_term, 2), mask=dn_ok)
+        dB_acc += tl.sum(h * (dt * u)[:, None, :], 0)
+        dC_acc += tl.sum(gy[:, None, :] * x, 0)
+        row = batch * dim + d[:, None]
+        tl.store(du_ptr + row * seqlen + pos[None, :], du.to(du_ptr.dtype.element_ty), mask=valid)
+        tl.store(ddelta_ptr + row * seqlen + pos[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
+        tl.store(dD_part_ptr + global_chunk * dim + d, tl.sum(gy * u, 1), mask=d_ok)
+        tl.store(dbias_part_ptr + global_chunk * dim + d, tl.sum(ddt, 1), mask=d_ok)
+    t = c * CHUNK_L + tl.arange(0, CHUNK_L)
+    part = (((block * batch_rows + batch) * groups + g) * dstate + n[:, None]) * seqlen + start + t[None, :]
+    # The lead steps' partial rows belong to the previous sequence's chunk: not stored here.
+    ok = (n[:, None] < dstate) & in_seq[None, :]
+    tl.store(dB_part_ptr + part, dB_acc, mask=ok)
+    tl.store(dC_part_ptr + part, dC_acc, mask=ok)
+
+
+@triton.jit
 def _selective_scan_bwd_main_kernel(
     u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, carry_ptr,
     du_ptr, ddelta_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr, cu_ptr, chunk_off_ptr,
@@ -278,57 +418,30 @@ def _selective_scan_bwd_main_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, VARLEN: tl.constexpr,
     SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr, ALIGN: tl.constexpr,
 ):
     global_chunk = tl.program_id(0)
     s, c = _locate_chunk(global_chunk, num_seqs, chunks_per_seq, chunk_off_ptr, VARLEN)
     if s >= 0:
-        batch, start, length, first_chunk, num_chunks = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq,
-                                                                  VARLEN)
-        g = tl.program_id(1) // blocks_per_group
-        block = tl.program_id(1) % blocks_per_group
-        d_begin = g * channels_per_group + block * channels_per_block
-        d_end = tl.minimum(d_begin + channels_per_block, (g + 1) * channels_per_group)
-        n = tl.arange(0, BLOCK_N)
-        dB_acc = tl.zeros([BLOCK_N, CHUNK_L], tl.float32)
-        dC_acc = tl.zeros([BLOCK_N, CHUNK_L], tl.float32)
-        # Channels in a fixed order: the sums over channels are reproducible bit for bit.
-        for d0 in range(d_begin, d_end, BLOCK_D):
-            d = d0 + tl.arange(0, BLOCK_D)
-            d_ok = d < d_end
-            dn_ok = d_ok[:, None] & (n[None, :] < dstate)
-            A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0)
-            A2 = A * 1.4426950408889634
-            bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-            Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-            u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos = _chunk_tile(
-                u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
-                batch, start, length, c, global_chunk, d, tl.zeros([BLOCK_D], tl.int32) + g, n, d_ok, dn_ok, A2,
-                bias, Dv, dim, dstate,
+        batch, start, lead, end, _, _ = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN, ALIGN)
+        if _chunk_is_full(c, lead, end, CHUNK_L):
+            _bwd_main_chunk(
+                u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, carry_ptr,
+                du_ptr, ddelta_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr,
+                batch, start, lead, end, c, global_chunk,
+                batch_rows, dim, seqlen, dstate, groups, channels_per_group, blocks_per_group, channels_per_block,
                 su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
-                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                HAS_Z, SOFTPLUS, REVERSE, CHUNK_L)
-            gy = dout * z * tl.sigmoid(z) if HAS_Z else dout
-            state_off = (global_chunk * dim + d[:, None]) * dstate + n[None, :]
-            entering = tl.load(carry_ptr + state_off, mask=dn_ok, other=0.0)
-            h = _adjoint(decay_next, Ct * gy[:, None, :], entering, REVERSE)
-            decay_term = x - drive  # a_t * x_{t-1}
-            du = Dv[:, None] * gy + tl.sum(h * Bt, 1) * dt
-            ddt = tl.sum(h * (A[:, :, None] * decay_term + Bt * u[:, None, :]), 1)
-            ddt = tl.where(valid, ddt * dt_grad, 0.0)
-            tl.store(dA_part_ptr + state_off, tl.sum(h * dt[:, None, :] * decay_term, 2), mask=dn_ok)
-            dB_acc += tl.sum(h * (dt * u)[:, None, :], 0)
-            dC_acc += tl.sum(gy[:, None, :] * x, 0)
-            row = batch * dim + d[:, None]
-            tl.store(du_ptr + row * seqlen + pos[None, :], du.to(du_ptr.dtype.element_ty), mask=valid)
-            tl.store(ddelta_ptr + row * seqlen + pos[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=valid)
-            tl.store(dD_part_ptr + global_chunk * dim + d, tl.sum(gy * u, 1), mask=d_ok)
-            tl.store(dbias_part_ptr + global_chunk * dim + d, tl.sum(ddt, 1), mask=d_ok)
-        t = c * CHUNK_L + tl.arange(0, CHUNK_L)
-        part = (((block * batch_rows + batch) * groups + g) * dstate + n[:, None]) * seqlen + start + t[None, :]
-        ok = (n[:, None] < dstate) & (t < length)[None, :]
-        tl.store(dB_part_ptr + part, dB_acc, mask=ok)
-        tl.store(dC_part_ptr + part, dC_acc, mask=ok)
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, True, BLOCK_D, BLOCK_N, CHUNK_L)
+        else:
+            _bwd_main_chunk(
+                u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, carry_ptr,
+                du_ptr, ddelta_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr,
+                batch, start, lead, end, c, global_chunk,
+                batch_rows, dim, seqlen, dstate, groups, channels_per_group, blocks_per_group, channels_per_block,
+                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
+                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, False, BLOCK_D, BLOCK_N, CHUNK_L)
 
 
 def _new_output(shape, device, dtype):
@@ -338,7 +451,7 @@ def _new_output(shape, device, dtype):
     return torch.empty(shape, device=device, dtype=dtype)
 
 
-def _block_sizes(dstate: int, tile_elements: int = TILE_ELEMENTS) -> tuple[int, int]:
+def _block_sizes(dstate: int, tile_elements: int) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_N): all states, and as many channels as fit in ``tile_elements``."""
     block_n = triton.next_power_of_2(dstate)
     block_d = max(1, min(16, tile_elements // (block_n * CHUNK)))
@@ -352,12 +465,26 @@ def _block_sizes(dstate: int, tile_elements: int = TILE_ELEMENTS) -> tuple[int, 
 # 8.50 at 64.
 FORWARD_TILE_ELEMENTS = 2048
 FORWARD_NUM_WARPS = 1
+# The backward kernels' tile: at most 2,048 elements, 1,024 per warp. Its sweep
+# (h200-triton-bwd-sweep.json, same shape, dstate 16): 2 channels over 2 warps 9.14 ms against 13.85
+# for 8 over 4; one warp is slower here (12.1 ms), since the backward holds about three times the
+# forward's live tiles.
+BACKWARD_TILE_ELEMENTS = 2048
+BACKWARD_ELEMENTS_PER_WARP = 1024
+
+
+def backward_tile(dstate: int) -> tuple[int, int]:
+    """(channels per program, warps per program) of the backward kernels."""
+    block_d, block_n = _block_sizes(dstate, BACKWARD_TILE_ELEMENTS)
+    return block_d, max(1, block_d * block_n * CHUNK // BACKWARD_ELEMENTS_PER_WARP)
 
 
 def _chunk_offsets(cu_seqlens):
+    """First chunk of each packed sequence's grid, which starts at the SEQ_ALIGN boundary at or below it."""
     if cu_seqlens is None:
         return None
-    counts = torch.div(cu_seqlens[1:] - cu_seqlens[:-1] + CHUNK - 1, CHUNK, rounding_mode="floor")
+    grid_starts = torch.div(cu_seqlens[:-1], SEQ_ALIGN, rounding_mode="floor") * SEQ_ALIGN
+    counts = torch.div(cu_seqlens[1:] - grid_starts + CHUNK - 1, CHUNK, rounding_mode="floor")
     return torch.cat([cu_seqlens.new_zeros(1), torch.cumsum(counts, 0).to(torch.int32)])
 
 
@@ -396,7 +523,7 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         HAS_INIT=initial_state is not None, VARLEN=cu_seqlens is not None, SAVE_CK=save_checkpoints,
         SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK,
-        num_warps=num_warps,
+        ALIGN=SEQ_ALIGN, num_warps=num_warps,
     )
     return out, last, checkpoints
 
@@ -419,14 +546,14 @@ def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_
         raise ValueError(f"selective_scan: checkpoints must be ({rows}, {dim}, {dstate}) for the triton backend, "
                          f"got {tuple(checkpoints.shape)}")
     f32 = dict(device=u.device, dtype=torch.float32)
-    block_d, block_n = _block_sizes(dstate)
-    block_d, num_warps = tile if tile is not None else (block_d, BACKWARD_NUM_WARPS)
+    block_n = _block_sizes(dstate, BACKWARD_TILE_ELEMENTS)[1]
+    block_d, num_warps = tile if tile is not None else backward_tile(dstate)
     offsets = _chunk_offsets(cu_seqlens)
     chunks_per_seq = triton.cdiv(seqlen, CHUNK)
     dummy = checkpoints
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, VARLEN=varlen,
                   SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK,
-                  num_warps=num_warps)
+                  ALIGN=SEQ_ALIGN, num_warps=num_warps)
     D_arg = D if D is not None else dummy
     bias_arg = delta_bias if delta_bias is not None else dummy
     cu_arg = cu_seqlens if varlen else dummy
@@ -448,7 +575,8 @@ def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_
     _selective_scan_bwd_carry_kernel[(num_seqs, triton.cdiv(dim * dstate, carry_block))](
         chunk_decay, chunk_adjoint, carry, dlast_state.contiguous() if dlast_state is not None else dummy, dinit,
         cu_arg, off_arg, dim, seqlen, dstate, chunks_per_seq,
-        HAS_DLAST=dlast_state is not None, VARLEN=varlen, REVERSE=reverse, BLOCK=carry_block)
+        HAS_DLAST=dlast_state is not None, VARLEN=varlen, REVERSE=reverse, BLOCK=carry_block,
+        ALIGN=SEQ_ALIGN)
 
     # Few channel blocks per group keep the dB/dC partial buffers small; enough chunks keep the
     # GPU busy.
