@@ -225,7 +225,7 @@ def _backend_cases():
     cases += [
         Case(with_z=False, with_D=False, with_bias=False, softplus=False, seqlen=70),
         Case(seq_lens=(65, 1, 0, 130), with_init=True, groups=3, dim=6),
-        Case(seq_lens=(300, 17), reverse=True, groups=1),
+        Case(seq_lens=(300, 17, 150), reverse=True, groups=1),  # the third: head, whole and tail chunks
         Case(dstate=1, seqlen=33, groups=1),
         Case(dstate=17, seqlen=40, reverse=True),
     ]

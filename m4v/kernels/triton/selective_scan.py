@@ -59,16 +59,19 @@ def _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN: tl.const
 
 
 @triton.jit
-def _in_sequence(t, lead, end, FULL: tl.constexpr):
+def _in_sequence(t, lead, end, FULL: tl.constexpr, VARLEN: tl.constexpr):
     """Which grid steps t belong to the sequence. For a chunk known to lie inside it (FULL) the mask
     is a constant, so the compiler keeps the loads and stores along time as 16-byte vectors."""
     if FULL:
         return tl.full(t.shape, 1, tl.int1)
-    return (t >= lead) & (t < end)
+    if VARLEN:
+        return (t >= lead) & (t < end)
+    return t < end
 
 
 @triton.jit
 def _chunk_is_full(c, lead, end, CHUNK_L: tl.constexpr):
+    # The backward's programs take one chunk each, so choosing a copy per chunk costs no pipelining.
     return (c * CHUNK_L >= lead) & (c * CHUNK_L + CHUNK_L <= end)
 
 
@@ -92,12 +95,12 @@ def _fwd_chunk(
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_Z: tl.constexpr, SAVE_CK: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-    FULL: tl.constexpr, CHUNK_L: tl.constexpr,
+    FULL: tl.constexpr, VARLEN: tl.constexpr, CHUNK_L: tl.constexpr,
 ):
     """Scans chunk c of a block of channels from `carry`, stores its outputs; returns the new carry."""
     steps = tl.arange(0, CHUNK_L)
     t = c * CHUNK_L + steps
-    in_seq = _in_sequence(t, lead, end, FULL)
+    in_seq = _in_sequence(t, lead, end, FULL, VARLEN)
     valid = d_ok[:, None] & in_seq[None, :]
     pos = start + t
     u = tl.load(u_ptr + batch * su_b + d[:, None] * su_d + pos[None, :] * su_l, mask=valid, other=0.0)
@@ -160,23 +163,37 @@ def _selective_scan_fwd_kernel(
         carry = tl.load(init_ptr + state_off, mask=dn_ok, other=0.0)
     else:
         carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    for q in range(0, num_chunks):
-        c = num_chunks - 1 - q if REVERSE else q
-        # Two copies of the chunk's code: only a sequence's first and last chunks take the masked one.
-        if _chunk_is_full(c, lead, end, CHUNK_L):
+    if VARLEN:
+        # A packed sequence starts and ends inside chunks: those two take the masked copy of the
+        # chunk's code, the whole chunks between them the copy with no mask along time (vector loads).
+        for q in range(0, num_chunks):
+            c = num_chunks - 1 - q if REVERSE else q
+            if _chunk_is_full(c, lead, end, CHUNK_L):
+                carry = _fwd_chunk(
+                    u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+                    batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry,
+                    dim, dstate, su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                    HAS_Z, SAVE_CK, SOFTPLUS, REVERSE, True, True, CHUNK_L)
+            else:
+                carry = _fwd_chunk(
+                    u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+                    batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry,
+                    dim, dstate, su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                    HAS_Z, SAVE_CK, SOFTPLUS, REVERSE, False, True, CHUNK_L)
+    else:
+        # One sequence per program: the mask `t < seqlen` keeps the loads vectors (the compiler knows
+        # seqlen's divisibility). A branch per chunk, as above, stops it pipelining the loads: with one
+        # the anchor shape's forward took 1.51 ms against 1.09 (h200-scan-twelfth-branch.json).
+        for q in range(0, num_chunks):
+            c = num_chunks - 1 - q if REVERSE else q
             carry = _fwd_chunk(
                 u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
-                batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry, dim, dstate,
-                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
+                batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry,
+                dim, dstate, su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
                 sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                HAS_Z, SAVE_CK, SOFTPLUS, REVERSE, True, CHUNK_L)
-        else:
-            carry = _fwd_chunk(
-                u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
-                batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry, dim, dstate,
-                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
-                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-                HAS_Z, SAVE_CK, SOFTPLUS, REVERSE, False, CHUNK_L)
+                HAS_Z, SAVE_CK, SOFTPLUS, REVERSE, False, False, CHUNK_L)
     tl.store(last_ptr + state_off, carry, mask=dn_ok)
 
 
@@ -191,7 +208,7 @@ def _chunk_tile(
     """Loads one chunk for a block of channels and replays its forward states from the checkpoint."""
     steps = tl.arange(0, CHUNK_L)
     t = c * CHUNK_L + steps
-    in_seq = _in_sequence(t, lead, end, FULL)
+    in_seq = _in_sequence(t, lead, end, FULL, True)
     valid = d_ok[:, None] & in_seq[None, :]
     pos = start + t
     u = tl.load(u_ptr + batch * su_b + d[:, None] * su_d + pos[None, :] * su_l, mask=valid, other=0.0).to(tl.float32)
@@ -367,7 +384,7 @@ def _bwd_main_chunk(
     n = tl.arange(0, BLOCK_N)
     dB_acc = tl.zeros([BLOCK_N, CHUNK_L], tl.float32)
     dC_acc = tl.zeros([BLOCK_N, CHUNK_L], tl.float32)
-    in_seq = _in_sequence(c * CHUNK_L + tl.arange(0, CHUNK_L), lead, end, FULL)
+    in_seq = _in_sequence(c * CHUNK_L + tl.arange(0, CHUNK_L), lead, end, FULL, True)
     # Channels in a fixed order: the sums over channels are reproducible bit for bit.
     for d0 in range(d_begin, d_end, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
@@ -465,10 +482,11 @@ def _block_sizes(dstate: int, tile_elements: int) -> tuple[int, int]:
 # 8.50 at 64.
 FORWARD_TILE_ELEMENTS = 2048
 FORWARD_NUM_WARPS = 1
-# The backward kernels' tile: at most 2,048 elements, 1,024 per warp. Its sweep
-# (h200-triton-bwd-sweep.json, same shape, dstate 16): 2 channels over 2 warps 9.14 ms against 13.85
-# for 8 over 4; one warp is slower here (12.1 ms), since the backward holds about three times the
-# forward's live tiles.
+# The backward kernels' tile: at most 2,048 elements, 1,024 per warp. Its sweep (H200, same shape,
+# h200-triton-bwd-sweep.json): at dstate 16, 2 channels over 2 warps 9.14 ms against 13.85 for 8 over
+# 4, and one warp is slower (10.8 ms for 1 channel, 12.1 for 2): the backward holds about three times
+# the forward's live tiles. At dstate 64 the rule's 1 channel over 4 warps took 39.4 ms, against 57.7
+# over 2 and 57.3 over 8 (h200-triton-bwd-sweep-dstate64.json).
 BACKWARD_TILE_ELEMENTS = 2048
 BACKWARD_ELEMENTS_PER_WARP = 1024
 
