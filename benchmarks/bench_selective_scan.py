@@ -16,7 +16,7 @@ plain scan of the same run; mamba_ssm has neither, so those rows have no peer. T
 a "variant" key; plain records keep the format above.
 
     python benchmarks/bench_selective_scan.py [--shapes 1,3072,16384,16 ...] [--variants plain reverse varlen]
-                                              [--json out.json]
+                                              [--backends cuda triton mamba_ssm] [--json out.json]
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ def main(argv=None):
     parser.add_argument("--passes", nargs="*", default=["fwd", "fwd_bwd"])
     parser.add_argument("--variants", nargs="*", default=["plain"], choices=VARIANTS,
                         help="plain, and m4v's reverse and varlen scans (timed against plain)")
+    parser.add_argument("--backends", nargs="*", default=None,
+                        help="time only these of cuda, triton, mamba_ssm (default: every one available)")
     parser.add_argument("--json", default=None, help="write the records here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -121,7 +123,7 @@ def main(argv=None):
         return 1
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
     dtype = torch.bfloat16
-    fns = scan_functions()
+    fns = {name: fn for name, fn in scan_functions().items() if args.backends is None or name in args.backends}
     records = []
     rows = []
     variants = ["plain"] + [v for v in args.variants if v != "plain"]  # the others are timed against it

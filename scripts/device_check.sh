@@ -166,21 +166,39 @@ case "${1:-check}" in
     ;;
   patches)
     # Kernel versions written without a GPU wait in benchmarks/patches/ (NOTES.md has each one's
-    # prediction): the tree as it is, then each patch applied alone, same run, same peer.
+    # prediction): the tree as it is, then each patch applied alone, same run, same peer. PATCHES
+    # (names without .patch) picks some; a patch's header lines "SCAN_TESTS: ..." and "SCAN_ARGS: ..."
+    # (before its diff; git apply skips them) replace those settings for its round, and "MIXER: no"
+    # skips the mixer there. Each round's logs are packed into $OUT/rounds.tar as it ends, so that a
+    # call cut short still brings back the finished rounds (and stays within the files returned).
     install_wheels; wait_for_peer
-    scan_round() {  # name: build, the scan's GPU tests, the scan benchmark, the mixer (token-major scan)
+    ROUNDS="$OUT/rounds"; mkdir -p "$ROUNDS"
+    scan_round() {  # name [patch]: build, the scan's GPU tests, the scan benchmark, the mixer (token-major scan)
+      local tests=${SCAN_TESTS:-not triton} args=${SCAN_ARGS:-} mixer=yes
+      if [ -n "${2:-}" ]; then
+        tests=$(sed -n 's/^SCAN_TESTS: //p' "$2" | head -1 | grep . || echo "$tests")
+        args=$(sed -n 's/^SCAN_ARGS: //p' "$2" | head -1 | grep . || echo "$args")
+        mixer=$(sed -n 's/^MIXER: //p' "$2" | head -1 | grep . || echo yes)
+      fi
+      echo "== round $1 (tests: $tests; bench: $args; mixer: $mixer)"
       build_m4v || return 1
-      python3 -m pytest tests/kernels/test_selective_scan.py -q -x -k "${SCAN_TESTS:-not triton}" 2>&1 | tee "$OUT/tests-$1.log" | tail -3
-      python3 benchmarks/bench_selective_scan.py ${SCAN_ARGS:-} --json "$OUT/scan-$1.json" 2>&1 | tee "$OUT/bench-$1.log" | tail -14
-      (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens 15360 --json "$OUT/mixer-$1.json" >/dev/null 2>&1)
-      python3 -c "import json, sys; [print('mixer', r['mixer'], r['scope'], r['pass'], r['ms']) for r in \
-        json.load(open(sys.argv[1])) if r['mixer'] == 'mmdim']" "$OUT/mixer-$1.json"
+      timeout 300 python3 -m pytest tests/kernels/test_selective_scan.py -q -x -k "$tests" 2>&1 \
+        | tee "$ROUNDS/tests-$1.log" | tail -3
+      python3 benchmarks/bench_selective_scan.py $args --json "$ROUNDS/scan-$1.json" 2>&1 | tee "$ROUNDS/bench-$1.log" \
+        | tail -14
+      if [ "$mixer" != no ]; then
+        (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens 15360 --json "$ROUNDS/mixer-$1.json" >/dev/null 2>&1)
+        python3 -c "import json, sys; [print('mixer', r['mixer'], r['scope'], r['pass'], r['ms']) for r in \
+          json.load(open(sys.argv[1])) if r['mixer'] == 'mmdim']" "$ROUNDS/mixer-$1.json"
+      fi
+      tar cf "$OUT/rounds.tar" -C "$ROUNDS" .
     }
     scan_round tree
     for patch in benchmarks/patches/*.patch; do
       [ -e "$patch" ] || continue  # none waiting
       name=$(basename "$patch" .patch)
-      git apply "$patch" && { scan_round "$name"; git apply -R "$patch"; }
+      [ -z "${PATCHES:-}" ] || [[ " $PATCHES " == *" $name "* ]] || continue
+      git apply "$patch" && { scan_round "$name" "$patch"; git apply -R "$patch"; }
     done
     ;;
   profile)

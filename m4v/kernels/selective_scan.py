@@ -18,6 +18,8 @@ argument, so one registration (fake impl, autograd, FLOP formula) serves all thr
 
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from typing import Optional
 
 import torch
@@ -83,6 +85,26 @@ def _check_float(x: Tensor, name: str) -> None:
         _fail(f"{name} must be a real floating tensor, got {x.dtype}")
 
 
+# cu_seqlens tensors whose values passed the checks: (weak reference, version counter, seqlen). A
+# model hands the same tensor to every layer, and reading it is a host sync that drains the GPU's
+# queue (0.35 ms per scan call on the H200, over half the anchor forward). An in-place change bumps
+# the version, so a changed tensor is checked again.
+_CHECKED_CU_SEQLENS: deque = deque(maxlen=8)
+
+
+def _check_cu_seqlens_values(cu_seqlens: Tensor, seqlen: int) -> None:
+    key = (cu_seqlens._version, seqlen)
+    if any(ref() is cu_seqlens and (version, length) == key for ref, version, length in _CHECKED_CU_SEQLENS):
+        return
+    first, last, decreasing = torch.stack([cu_seqlens[0], cu_seqlens[-1],
+                                           (cu_seqlens[1:] < cu_seqlens[:-1]).any().to(cu_seqlens.dtype)]).tolist()
+    if first != 0 or last != seqlen:
+        _fail(f"cu_seqlens must start at 0 and end at seqlen={seqlen}, got {first} .. {last}")
+    if decreasing:
+        _fail("cu_seqlens must be non-decreasing")
+    _CHECKED_CU_SEQLENS.append((weakref.ref(cu_seqlens), *key))
+
+
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens):
     """Validates everything; returns (B4, C4) in canonical (batch, groups, dstate, seqlen) form."""
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias,
@@ -137,11 +159,7 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens
         if batch != 1:
             _fail(f"cu_seqlens packs sequences along seqlen and needs batch == 1, got batch={batch}")
         if not torch.compiler.is_compiling():  # value checks read the tensor (a host sync)
-            first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
-            if first != 0 or last != seqlen:
-                _fail(f"cu_seqlens must start at 0 and end at seqlen={seqlen}, got {first} .. {last}")
-            if bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
-                _fail("cu_seqlens must be non-decreasing")
+            _check_cu_seqlens_values(cu_seqlens, seqlen)
         num_seqs = cu_seqlens.shape[0] - 1
     if initial_state is not None:
         _check_float(initial_state, "initial_state")

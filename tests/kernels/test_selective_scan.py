@@ -40,6 +40,11 @@ class Case:
     seq_lens: tuple | None = None  # packed varlen (batch becomes 1)
 
 
+def case_id(case: Case) -> str:
+    """The test id: the case's fields, led by "packed" for varlen cases, so `-k packed` picks them."""
+    return ("packed-" if case.seq_lens is not None else "") + repr(case)
+
+
 def make_inputs(case: Case, dtype=torch.float32, device=DEVICE, generator_seed=None):
     """Fresh random inputs (never zeros). Returns (args, kwargs) for selective_scan."""
     if generator_seed is not None:
@@ -139,7 +144,7 @@ def _grad_leaves(leaves, kw):
     return [t for t in (*leaves, kw["delta_bias"], kw["initial_state"]) if t is not None]
 
 
-@pytest.mark.parametrize("case", CORE_CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE_CASES, ids=case_id)
 def test_reference_matches_independent_recurrence(case):
     args, kwargs = make_inputs(case, device="cpu")
     args = tuple(t.double() if t is not None and t.is_floating_point() else t for t in args)
@@ -160,7 +165,7 @@ def test_reference_matches_independent_recurrence(case):
 
 
 @pytest.mark.parametrize("case", [Case(seqlen=5, dim=4, dstate=3), Case(seq_lens=(2, 3), reverse=True, with_init=True,
-                                                                      dim=2, dstate=2, groups=1)], ids=repr)
+                                                                      dim=2, dstate=2, groups=1)], ids=case_id)
 def test_gradcheck_float64_through_the_op(case):
     """gradcheck of the public function on the reference backend (exercises the op's autograd)."""
     args, kwargs = make_inputs(case, device="cpu")
@@ -284,7 +289,7 @@ def poison_outputs(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", _backend_cases(), ids=repr)
+@pytest.mark.parametrize("case", _backend_cases(), ids=case_id)
 def test_backend_matches_reference_fp32(backend, case, poison_outputs):
     _check_backend_against_reference(backend, case, torch.float32)
 
@@ -295,9 +300,24 @@ def test_backend_matches_reference_fp32(backend, case, poison_outputs):
 @pytest.mark.parametrize("case", [Case(seqlen=2049), Case(seq_lens=(100, 257, 3), reverse=True, with_init=True),
                                   # packed starts off the 8-step grid; the second one's lead adds a chunk
                                   Case(seq_lens=(251, 262, 7, 512), dim=8, with_init=True),
-                                  Case(dim=64, seqlen=4096, dstate=16, groups=1)], ids=repr)
+                                  Case(dim=64, seqlen=4096, dstate=16, groups=1)], ids=case_id)
 def test_backend_matches_reference_low_precision(backend, dtype, case, poison_outputs):
     _check_backend_against_reference(backend, case, dtype)
+
+
+# Many short packed sequences, empty and single-step ones among them, at widths of 256 and 512
+# channel blocks (more CTAs than one wave of a 132-SM GPU holds).
+PACKED_MANY_LENS = (0, 1, 7, 300, 0, 257, 33, 1, 600, 2, 90, 0, 5)
+
+
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="a CUDA grid-size case")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [Case(seq_lens=PACKED_MANY_LENS, dim=2048, dstate=16, groups=1, with_init=True),
+                                  Case(seq_lens=PACKED_MANY_LENS, dim=4096, dstate=16, groups=2, reverse=True)],
+                         ids=case_id)
+def test_cuda_many_short_packed_sequences(dtype, case, poison_outputs):
+    _check_backend_against_reference("cuda", case, dtype)
+    _check_backend_against_reference("cuda", case, dtype, layout=mixer_layout)
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="the token-major fast paths are GPU kernels")
@@ -312,7 +332,7 @@ def test_backend_matches_reference_low_precision(backend, dtype, case, poison_ou
     Case(dim=16, seqlen=1, dstate=16, groups=1, with_init=True),
     Case(dim=12, seqlen=300, dstate=16, groups=1),                              # rows: generic path
     Case(dim=16, seqlen=300, dstate=8, groups=1, with_z=False),                 # states: generic path
-], ids=repr)
+], ids=case_id)
 def test_mixer_layout_matches_reference(backend, dtype, case, poison_outputs):
     _check_backend_against_reference(backend, case, dtype, layout=mixer_layout)
     args, kwargs = make_inputs(case, dtype=dtype)
@@ -535,6 +555,19 @@ def test_bad_input_names_the_argument(name, inputs):
     args, kwargs = inputs
     with pytest.raises(ValueError, match=name):
         selective_scan(*args, **kwargs)
+
+
+def test_cu_seqlens_changed_in_place_is_checked_again():
+    """The value checks are skipped for a cu_seqlens tensor already checked, unless it changed."""
+    args, kwargs = _good()
+    kwargs["cu_seqlens"] = cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    ok = selective_scan(*args, **kwargs)
+    assert torch.isfinite(ok).all()
+    cu[1] = 11
+    with pytest.raises(ValueError, match="cu_seqlens must be non-decreasing"):
+        selective_scan(*args, **kwargs)
+    cu[1] = 4
+    torch.testing.assert_close(selective_scan(*args, **kwargs), ok)
 
 
 def test_bad_backend_name():
