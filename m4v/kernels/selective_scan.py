@@ -88,13 +88,16 @@ def _check_float(x: Tensor, name: str) -> None:
 # cu_seqlens tensors whose values passed the checks: (weak reference, version counter, seqlen). A
 # model hands the same tensor to every layer, and reading it is a host sync that drains the GPU's
 # queue (0.35 ms per scan call on the H200, over half the anchor forward). An in-place change bumps
-# the version, so a changed tensor is checked again.
+# the version, so a changed tensor is checked again. Inference tensors have no version counter and
+# are checked at every call.
 _CHECKED_CU_SEQLENS: deque = deque(maxlen=8)
 
 
 def _check_cu_seqlens_values(cu_seqlens: Tensor, seqlen: int) -> None:
-    key = (cu_seqlens._version, seqlen)
-    if any(ref() is cu_seqlens and (version, length) == key for ref, version, length in _CHECKED_CU_SEQLENS):
+    remember = not cu_seqlens.is_inference()
+    key = (cu_seqlens._version, seqlen) if remember else None
+    if remember and any(ref() is cu_seqlens and (version, length) == key
+                        for ref, version, length in _CHECKED_CU_SEQLENS):
         return
     first, last, decreasing = torch.stack([cu_seqlens[0], cu_seqlens[-1],
                                            (cu_seqlens[1:] < cu_seqlens[:-1]).any().to(cu_seqlens.dtype)]).tolist()
@@ -102,7 +105,8 @@ def _check_cu_seqlens_values(cu_seqlens: Tensor, seqlen: int) -> None:
         _fail(f"cu_seqlens must start at 0 and end at seqlen={seqlen}, got {first} .. {last}")
     if decreasing:
         _fail("cu_seqlens must be non-decreasing")
-    _CHECKED_CU_SEQLENS.append((weakref.ref(cu_seqlens), *key))
+    if remember:
+        _CHECKED_CU_SEQLENS.append((weakref.ref(cu_seqlens), *key))
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens):

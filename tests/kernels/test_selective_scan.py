@@ -568,6 +568,12 @@ def test_cu_seqlens_changed_in_place_is_checked_again():
         selective_scan(*args, **kwargs)
     cu[1] = 4
     torch.testing.assert_close(selective_scan(*args, **kwargs), ok)
+    with torch.inference_mode():  # no version counter: checked at every call
+        kwargs["cu_seqlens"] = torch.tensor([0, 4, 10], dtype=torch.int32)
+        torch.testing.assert_close(selective_scan(*args, **kwargs), ok)
+        kwargs["cu_seqlens"][1] = 11
+        with pytest.raises(ValueError, match="cu_seqlens must be non-decreasing"):
+            selective_scan(*args, **kwargs)
 
 
 def test_bad_backend_name():
