@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from m4v.kernels._backend import resolve_backend
+from m4v.kernels._cu_seqlens import check_cu_seqlens_values
 
 OP = "causal_conv1d"
 CUDA_MAX_WIDTH = 4  # mirrors kConvMaxWidth in csrc/causal_conv1d/causal_conv1d.h
@@ -190,6 +191,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, cu_s
         if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
             raise ValueError(f"{OP}: cu_seqlens must be int32 (num_seqs + 1,), got {cu_seqlens.dtype} "
                              f"{tuple(cu_seqlens.shape)}")
+        check_cu_seqlens_values(OP, cu_seqlens, x.shape[1])
     if activation not in (None, "silu"):
         raise ValueError(f"{OP}: activation must be None or 'silu', got {activation!r}")
     backend = resolve_backend(OP, backend, x)

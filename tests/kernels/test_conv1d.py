@@ -90,6 +90,11 @@ def test_bad_inputs():
         causal_conv1d(torch.randn(2, 4, 3), torch.randn(3, 4), cu_seqlens=torch.tensor([0, 4], dtype=torch.int32))
     with pytest.raises(ValueError, match="cu_seqlens must be int32"):
         causal_conv1d(torch.randn(1, 4, 3), torch.randn(3, 4), cu_seqlens=torch.tensor([0, 4]))
+    # Offsets past the input or out of order would send the packed kernel's cursor off the array.
+    with pytest.raises(ValueError, match="causal_conv1d: cu_seqlens must start at 0 and end at seqlen=4"):
+        causal_conv1d(torch.randn(1, 4, 3), torch.randn(3, 4), cu_seqlens=torch.tensor([0, 3], dtype=torch.int32))
+    with pytest.raises(ValueError, match="causal_conv1d: cu_seqlens must be non-decreasing"):
+        causal_conv1d(torch.randn(1, 4, 3), torch.randn(3, 4), cu_seqlens=torch.tensor([0, 3, 1, 4], dtype=torch.int32))
     with pytest.raises(ValueError, match="activation"):
         causal_conv1d(torch.randn(1, 4, 3), torch.randn(3, 4), activation="gelu")
     with pytest.raises(ValueError, match="bias must be"):
