@@ -485,8 +485,9 @@ FORWARD_NUM_WARPS = 1
 # The backward kernels' tile: at most 2,048 elements, 1,024 per warp. Its sweep (H200, same shape,
 # h200-triton-bwd-sweep.json): at dstate 16, 2 channels over 2 warps 9.14 ms against 13.85 for 8 over
 # 4, and one warp is slower (10.8 ms for 1 channel, 12.1 for 2): the backward holds about three times
-# the forward's live tiles. At dstate 64 the rule's 1 channel over 4 warps took 39.4 ms, against 57.7
-# over 2 and 57.3 over 8 (h200-triton-bwd-sweep-dstate64.json).
+# the forward's live tiles. At dstate 32 the rule's 1 channel over 2 warps is best, 17.8 ms (next: 2 over
+# 4, 21.6; h200-triton-bwd-sweep-dstate32.json); at dstate 64 its 1 channel over 4 warps took 39.4 ms,
+# against 57.7 over 2 and 57.3 over 8 (h200-triton-bwd-sweep-dstate64.json).
 BACKWARD_TILE_ELEMENTS = 2048
 BACKWARD_ELEMENTS_PER_WARP = 1024
 
