@@ -1039,7 +1039,7 @@ __device__ __forceinline__ float state_gradients(const MainStateInputs& s, const
   for (int k = K - 1; k >= 0; --k) {
     const float h = fmaf(s.C[k], gy[k], v);  // dL/dx after item k
     v = a[k] * h;
-    const float h_decayed = h * (a[k] * x[k]);
+    const float h_decayed = v * x[k];  // h * a_k * x_k, one multiply
     S[k] = fmaf(h, s.B[k], S[k]);
     Tsum[k] = fmaf(s.A, h_decayed, Tsum[k]);
     dA = fmaf(in.dt[k], h_decayed, dA);
