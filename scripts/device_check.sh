@@ -15,7 +15,8 @@
 #   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
 #                                             # tests compile every shape and outlast a call) + benchmark (SCAN_ARGS)
 #                                             # + mixer of the tree, then of each benchmarks/patches/*.patch
-#   bash scripts/device_check.sh profile      # ncu of the scan forward: stalls, and executed counts per SASS line
+#   bash scripts/device_check.sh profile      # ncu of a scan kernel (KERNEL, default the forward): stalls, and
+#                                             # executed counts per SASS line
 set -uo pipefail
 OUT=${OUT:-/tmp/m4v-out}
 mkdir -p "$OUT"
@@ -203,15 +204,19 @@ case "${1:-check}" in
     ;;
   profile)
     # Executed instructions per SASS line (SourceCounters), to see where the issue slots go.
+    # KERNEL: the kernel's name (default selective_scan_fwd; a backward one runs the backward too).
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    ncu --kernel-name regex:selective_scan_fwd --launch-skip 2 --launch-count 1 --section SourceCounters \
+    kernel=${KERNEL:-selective_scan_fwd}
+    [[ $kernel == *bwd* ]] && backward=--backward || backward=
+    ncu --kernel-name regex:"$kernel" --launch-skip 2 --launch-count 1 --section SourceCounters \
       --section InstructionStats --section WarpStateStats --section SchedulerStats --section LaunchStats \
-      -o "$OUT/scan-fwd" -f python3 scripts/profile_scan_fwd.py >"$OUT/ncu.log" 2>&1 || tail -20 "$OUT/ncu.log"
-    ncu -i "$OUT/scan-fwd.ncu-rep" --page details >"$OUT/scan-fwd-details.txt" 2>&1
-    ncu -i "$OUT/scan-fwd.ncu-rep" --page source --csv --print-source sass >"$OUT/scan-fwd-sass.csv" 2>&1 \
-      || head -5 "$OUT/scan-fwd-sass.csv"
-    grep -E "Executed Instructions|Issue Slots Busy|Eligible Warps|Active Warps|Registers|Duration" \
-      "$OUT/scan-fwd-details.txt" | head -20
+      --section SpeedOfLight -o "$OUT/$kernel" -f python3 scripts/profile_scan.py $backward >"$OUT/ncu.log" 2>&1 \
+      || tail -20 "$OUT/ncu.log"
+    ncu -i "$OUT/$kernel.ncu-rep" --page details >"$OUT/$kernel-details.txt" 2>&1
+    ncu -i "$OUT/$kernel.ncu-rep" --page source --csv --print-source sass >"$OUT/$kernel-sass.csv" 2>&1 \
+      || head -5 "$OUT/$kernel-sass.csv"
+    grep -E "Executed Instructions|Issue Slots Busy|Eligible Warps|Active Warps|Registers|Duration|Throughput" \
+      "$OUT/$kernel-details.txt" | head -24
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

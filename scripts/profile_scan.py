@@ -1,0 +1,37 @@
+"""One selective scan at the ANCHORS.md shape, for ncu: a forward, or with ``--backward`` a
+forward and its backward (for the backward's summary, carry and main kernels):
+
+    ncu --kernel-name regex:selective_scan_fwd --launch-skip 2 --launch-count 1 \
+        --section WarpStateStats --section SchedulerStats python3 scripts/profile_scan.py
+    ncu --kernel-name regex:selective_scan_bwd_main --launch-skip 2 --launch-count 1 \
+        --section SourceCounters python3 scripts/profile_scan.py --backward
+"""
+
+import argparse
+
+import torch
+
+from m4v.kernels import selective_scan
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--backward", action="store_true", help="run the backward after each forward")
+args = parser.parse_args()
+
+batch, dim, seqlen, dstate = 1, 3072, 16384, 16
+dev, dtype = "cuda", torch.bfloat16
+grad = args.backward
+u = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=grad)
+delta = (torch.rand(batch, dim, seqlen, device=dev, dtype=dtype) * 0.1).requires_grad_(grad)
+A = (-torch.rand(dim, dstate, device=dev) - 0.5).requires_grad_(grad)
+B = torch.randn(batch, 1, dstate, seqlen, device=dev, dtype=dtype, requires_grad=grad)
+C = torch.randn(batch, 1, dstate, seqlen, device=dev, dtype=dtype, requires_grad=grad)
+D = torch.randn(dim, device=dev, requires_grad=grad)
+z = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=grad)
+bias = torch.randn(dim, device=dev, requires_grad=grad)
+leaves = [u, delta, A, B, C, D, z, bias]
+dout = torch.randn_like(u)
+for _ in range(3):  # two warm-up calls, then the profiled one
+    out = selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, backend="cuda")
+    if grad:
+        torch.autograd.grad(out, leaves, dout)
+torch.cuda.synchronize()
