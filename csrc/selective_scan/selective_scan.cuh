@@ -134,43 +134,79 @@ __device__ __forceinline__ float softplus(float x) {
   }
 }
 
-// Inclusive scan over lanes of the affine maps x -> decay * x + value, composed in scan order.
-// `descending` visits physical lanes 31..0.
-__device__ __forceinline__ void warp_scan(float& decay, float& value, bool descending) {
-  const int lane = threadIdx.x & 31;
-  const int rank = descending ? 31 - lane : lane;
-#pragma unroll
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const int src = (descending ? lane + offset : lane - offset) & 31;
-    const float prev_decay = __shfl_sync(kFullMask, decay, src);
-    const float prev_value = __shfl_sync(kFullMask, value, src);
-    if (rank >= offset) {
-      value = fmaf(decay, prev_value, value);
-      decay *= prev_decay;
-    }
+// One step of a shuffle scan of the affine maps x -> decay * x + value: compose this lane's map
+// after the map of the lane `kOffset` places earlier in scan order, within segments of kWidth lanes
+// (kDescending: earlier = higher lane). The shuffle's own in-range predicate picks the lanes that
+// have such a neighbour, so the step needs no lane arithmetic, compare or select (written in PTX:
+// the CUDA intrinsics drop that predicate).
+template <bool kDescending, int kWidth, int kOffset>
+__device__ __forceinline__ void scan_step(float& decay, float& value) {
+  // shfl's c operand: segment mask in bits 8-12, clamp lane in bits 0-4 (the segment's last for down)
+  constexpr int kClamp = ((32 - kWidth) << 8) | (kDescending ? kWidth - 1 : 0);
+  if constexpr (kDescending) {
+    asm("{\n\t.reg .pred in_range;\n\t.reg .f32 prev_decay, prev_value;\n\t"
+        "shfl.sync.down.b32 prev_value|in_range, %1, %2, %3, -1;\n\t"
+        "shfl.sync.down.b32 prev_decay, %0, %2, %3, -1;\n\t"
+        "@in_range fma.rn.f32 %1, %0, prev_value, %1;\n\t"
+        "@in_range mul.rn.f32 %0, %0, prev_decay;\n\t}"
+        : "+f"(decay), "+f"(value)
+        : "n"(kOffset), "n"(kClamp));
+  } else {
+    asm("{\n\t.reg .pred in_range;\n\t.reg .f32 prev_decay, prev_value;\n\t"
+        "shfl.sync.up.b32 prev_value|in_range, %1, %2, %3, -1;\n\t"
+        "shfl.sync.up.b32 prev_decay, %0, %2, %3, -1;\n\t"
+        "@in_range fma.rn.f32 %1, %0, prev_value, %1;\n\t"
+        "@in_range mul.rn.f32 %0, %0, prev_decay;\n\t}"
+        : "+f"(decay), "+f"(value)
+        : "n"(kOffset), "n"(kClamp));
   }
+}
+
+// The map of the lane one place earlier in scan order (within kWidth-lane segments), or the
+// identity for a segment's first lane.
+template <bool kDescending, int kWidth>
+__device__ __forceinline__ void previous_map(float decay, float value, float& prev_decay, float& prev_value) {
+  constexpr int kClamp = ((32 - kWidth) << 8) | (kDescending ? kWidth - 1 : 0);
+  if constexpr (kDescending) {
+    asm("{\n\t.reg .pred in_range;\n\t"
+        "shfl.sync.down.b32 %1|in_range, %3, 1, %4, -1;\n\t"
+        "shfl.sync.down.b32 %0, %2, 1, %4, -1;\n\t"
+        "@!in_range mov.f32 %1, 0f00000000;\n\t"
+        "@!in_range mov.f32 %0, 0f3F800000;\n\t}"
+        : "=f"(prev_decay), "=f"(prev_value)
+        : "f"(decay), "f"(value), "n"(kClamp));
+  } else {
+    asm("{\n\t.reg .pred in_range;\n\t"
+        "shfl.sync.up.b32 %1|in_range, %3, 1, %4, -1;\n\t"
+        "shfl.sync.up.b32 %0, %2, 1, %4, -1;\n\t"
+        "@!in_range mov.f32 %1, 0f00000000;\n\t"
+        "@!in_range mov.f32 %0, 0f3F800000;\n\t}"
+        : "=f"(prev_decay), "=f"(prev_value)
+        : "f"(decay), "f"(value), "n"(kClamp));
+  }
+}
+
+// Inclusive scan over the warp's lanes of the affine maps x -> decay * x + value, composed in scan
+// order; kDescending visits physical lanes 31..0.
+template <bool kDescending>
+__device__ __forceinline__ void warp_scan(float& decay, float& value) {
+  scan_step<kDescending, 32, 1>(decay, value);
+  scan_step<kDescending, 32, 2>(decay, value);
+  scan_step<kDescending, 32, 4>(decay, value);
+  scan_step<kDescending, 32, 8>(decay, value);
+  scan_step<kDescending, 32, 16>(decay, value);
 }
 
 // After an inclusive warp_scan: the map composed over the lanes before this one (identity for the
 // first lane), and the whole chunk's map.
 struct LaneMaps {
-  float before_decay, before_value, total_decay, total_value;
+  float before_decay, before_value;
 };
 
-__device__ __forceinline__ LaneMaps lane_maps(float decay, float value, bool descending) {
-  const int lane = threadIdx.x & 31;
-  const int rank = descending ? 31 - lane : lane;
-  const int prev = (descending ? lane + 1 : lane - 1) & 31;
-  const int last = descending ? 0 : 31;
+template <bool kDescending>
+__device__ __forceinline__ LaneMaps lane_maps(float decay, float value) {
   LaneMaps m;
-  m.before_decay = __shfl_sync(kFullMask, decay, prev);
-  m.before_value = __shfl_sync(kFullMask, value, prev);
-  if (rank == 0) {
-    m.before_decay = 1.f;
-    m.before_value = 0.f;
-  }
-  m.total_decay = __shfl_sync(kFullMask, decay, last);
-  m.total_value = __shfl_sync(kFullMask, value, last);
+  previous_map<kDescending, 32>(decay, value, m.before_decay, m.before_value);
   return m;
 }
 
@@ -271,8 +307,24 @@ __device__ __forceinline__ void load_state_items(const StateTensor& t, const Seq
   flip_if(reverse, v);
 }
 
-// Rows [n0, n0 + rows) of one chunk of B or C, as float, into a packed tile [row][step] (zero past
-// the sequence or past dstate). Cooperative over the CTA; the caller synchronises.
+// The backward's shared rows of one chunk (B and C tiles, dB/dC contributions) hold a lane's K = 8
+// steps as two float4 halves kScanChunk / 2 floats apart ("split" order), so the 16-byte accesses
+// of a warp's 32 lanes are contiguous: no bank conflicts (lanes 32 bytes apart conflict 2-way).
+static_assert(K == 8, "split rows hold a lane's items as two float4 halves");
+constexpr int kSplitHalf = kScanChunk / 2;
+__device__ __forceinline__ int split_index(int step) {
+  return (step % K / 4) * kSplitHalf + step / K * 4 + step % 4;
+}
+
+// A lane's K items (memory order) into, or out of, a split row.
+__device__ __forceinline__ void put_split_items(float* row, const float (&v)[K]) {
+  float4* dst = reinterpret_cast<float4*>(row + (threadIdx.x & 31) * 4);
+  dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+  dst[kSplitHalf / 4] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Rows [n0, n0 + rows) of one chunk of B or C, as float, into a split tile [row][kScanChunk] (zero
+// past the sequence or past dstate). Cooperative over the CTA; the caller synchronises.
 template <typename T>
 __device__ __forceinline__ void load_state_tile(const StateTensor& t, const SeqSpan& span, int g, int n0, int rows,
                                                 int dstate, int chunk_start, float* tile) {
@@ -286,16 +338,16 @@ __device__ __forceinline__ void load_state_tile(const StateTensor& t, const SeqS
 #pragma unroll
       for (int k = 0; k < K; ++k) v[k] = 0.f;
     }
-    float4* dst = reinterpret_cast<float4*>(tile + r * kScanChunk + l * K);
-#pragma unroll
-    for (int j = 0; j < K / 4; ++j) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+    float* dst = tile + r * kScanChunk + l * 4;
+    *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(dst + kSplitHalf) = make_float4(v[4], v[5], v[6], v[7]);
   }
 }
 
-// A lane's K items of one staged row, in scan order.
+// A lane's K items of one split row, in scan order.
 __device__ __forceinline__ void tile_items(const float* row, bool reverse, float (&v)[K]) {
-  const float4* src = reinterpret_cast<const float4*>(row + (threadIdx.x & 31) * K);
-  const float4 a = src[0], b = src[1];
+  const float* mine = row + (threadIdx.x & 31) * 4;
+  const float4 a = *reinterpret_cast<const float4*>(mine), b = *reinterpret_cast<const float4*>(mine + kSplitHalf);
   v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
   v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
   flip_if(reverse, v);
@@ -938,7 +990,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) value = fast_exp2(in.dt[k] * A2) * fmaf(Cv[k], gy[k], value);
       float decay = fast_exp2(in.dt_sum * A2);
-      warp_scan(decay, value, !desc);
+      warp_scan<!desc>(decay, value);
       if (lane == first_lane) {
         rows[N + n] = decay;
         rows[2 * N + n] = value;
@@ -990,16 +1042,26 @@ struct MainStateInputs {
   float B[K], C[K];  // scan order
 };
 
-template <typename T, bool kReverse>
+// `pitch`: the rows' padded dstate. A padding state (n >= dstate) reads as all zeros, so its
+// gradients are zero and the state round needs no branch around its shuffles. kStaged: B and C
+// come from the chunk's shared tiles (then the load has no branch either), else from global memory.
+template <typename T, bool kReverse, bool kStaged>
 __device__ __forceinline__ void load_main_state(const ScanBwdParams& p, const BwdTile& tile, int n, int pos,
-                                                const float* rows, const float* tile_B, const float* tile_C,
-                                                MainStateInputs& s) {
-  const int N = p.dstate;
+                                                int pitch, const float* rows, const float* tile_B,
+                                                const float* tile_C, MainStateInputs& s) {
   s.A = rows[n];
-  s.checkpoint = rows[N + n];
-  s.carry = rows[2 * N + n];
-  state_items<T>(tile_B, p.B, tile.span, tile.group, n, pos, kReverse, s.B);
-  state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, kReverse, s.C);
+  s.checkpoint = rows[pitch + n];
+  s.carry = rows[2 * pitch + n];
+  if (kStaged) {
+    tile_items(tile_B + n * kScanChunk, kReverse, s.B);
+    tile_items(tile_C + n * kScanChunk, kReverse, s.C);
+  } else if (n < p.dstate) {
+    load_state_items<T>(p.B, tile.span, tile.group, n, pos, kReverse, s.B);
+    load_state_items<T>(p.C, tile.span, tile.group, n, pos, kReverse, s.C);
+  } else {
+#pragma unroll
+    for (int k = 0; k < K; ++k) s.B[k] = s.C[k] = 0.f;
+  }
 }
 
 // One state of one channel, for one lane's items (scan order): adds to S and T, fills this lane's
@@ -1021,8 +1083,8 @@ __device__ __forceinline__ float state_gradients(const MainStateInputs& s, const
   }
   const float chunk_decay = fast_exp2(in.dt_sum * A2);
   float decay = chunk_decay;
-  warp_scan(decay, value, desc);
-  const LaneMaps fm = lane_maps(decay, value, desc);
+  warp_scan<desc>(decay, value);
+  const LaneMaps fm = lane_maps<desc>(decay, value);
   x[0] = fmaf(fm.before_decay, s.checkpoint, fm.before_value);
 #pragma unroll
   for (int k = 0; k < K; ++k) x[k + 1] = fmaf(a[k], x[k], b[k]);
@@ -1031,8 +1093,8 @@ __device__ __forceinline__ float state_gradients(const MainStateInputs& s, const
 #pragma unroll
   for (int k = K - 1; k >= 0; --k) value = a[k] * fmaf(s.C[k], gy[k], value);
   decay = chunk_decay;
-  warp_scan(decay, value, !desc);
-  const LaneMaps bm = lane_maps(decay, value, !desc);
+  warp_scan<!desc>(decay, value);
+  const LaneMaps bm = lane_maps<!desc>(decay, value);
   float v = fmaf(bm.before_decay, s.carry, bm.before_value);
   float dA = 0.f;
 #pragma unroll
@@ -1056,39 +1118,71 @@ __device__ __forceinline__ float state_gradients(const MainStateInputs& s, const
 constexpr int kStatesPerRound = 2;
 // Per-warp rows of per-state values in the main pass: A, checkpoint, adjoint carry, dA.
 constexpr int kBwdStateRows = 4;
+// The main pass's state rows and B/C tiles hold dstate rounded up to whole rounds.
+__host__ __device__ constexpr int main_state_pitch(int dstate) {
+  return (dstate + kStatesPerRound - 1) / kStatesPerRound * kStatesPerRound;
+}
 
-template <typename T, bool kReverse>
+// One warp's per-state rows: the given rows' first N entries, zero up to the pitch.
+__device__ __forceinline__ void stage_padded_state_row(const float* src, int64_t stride, int N, int pitch,
+                                                       float* row) {
+  for (int n = threadIdx.x & 31; n < pitch; n += 32) row[n] = n < N ? src[n * stride] : 0.f;
+}
+
+// Fixed-order sum of one float4 over the CTA's warps' contributions (a tree, for a short chain).
+__device__ __forceinline__ float4 sum_over_warps(const float* contrib, int stride) {
+  static_assert(kBwdWarps == 8, "a three-level tree");
+  float4 c[kBwdWarps];
+#pragma unroll
+  for (int w = 0; w < kBwdWarps; ++w) c[w] = *reinterpret_cast<const float4*>(contrib + w * stride);
+#pragma unroll
+  for (int width = kBwdWarps / 2; width > 0; width /= 2) {
+#pragma unroll
+    for (int w = 0; w < width; ++w) {
+      c[w].x += c[w + width].x;
+      c[w].y += c[w + width].y;
+      c[w].z += c[w + width].z;
+      c[w].w += c[w + width].w;
+    }
+  }
+  return c[0];
+}
+
+// kStaged (dstate <= kBwdTileMaxDstate): the chunk's B and C tiles and the block's dB/dC sums live
+// in shared memory; a template argument, so that the common case's state round is one basic block.
+static_assert(kSmemAccMaxDstate == kBwdTileMaxDstate, "one dstate bound for both shared-memory stages");
+template <typename T, bool kReverse, bool kStaged>
 __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
   BwdTile tile;
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool desc = kReverse;
-  const int N = p.dstate;
+  const int N = p.dstate, pitch = main_state_pitch(N);
   const int pos = tile.chunk * kScanChunk + lane * K;
   const int chunk_start = tile.chunk * kScanChunk;
   const int chunk_len = min(kScanChunk, tile.span.len - chunk_start);
   // Steps [0, chunk_lo) of a packed sequence's first chunk are the previous sequence's lead.
   const int chunk_lo = max(tile.span.lo - chunk_start, 0);
 
-  // Shared memory: per-warp contributions [kBwdWarps][kStatesPerRound][2][kScanChunk], per-warp
-  // state rows [kBwdWarps][4][N] (A, checkpoint, adjoint carry, dA), then the block's sums over
-  // channels [2][N][kScanChunk] (dstate <= kSmemAccMaxDstate), then the chunk's B and C
-  // [2][N][kScanChunk] (dstate <= kBwdTileMaxDstate).
+  // Shared memory: per-warp contributions [kBwdWarps][kStatesPerRound][2][kScanChunk] (split
+  // rows), per-warp state rows [kBwdWarps][4][pitch] (A, checkpoint, adjoint carry, dA), then the
+  // block's sums over channels [2][N][kScanChunk] (split rows, dstate <= kSmemAccMaxDstate), then
+  // the chunk's B and C [2][pitch][kScanChunk] (split rows, dstate <= kBwdTileMaxDstate).
   constexpr int kContrib = kStatesPerRound * 2 * kScanChunk;
   static_assert(kContrib >= 3 * kScanChunk, "du, ddelta and dz rows fit in the contributions' space");
   float* contrib = smem;
-  float* rows = smem + kBwdWarps * kContrib + warp * kBwdStateRows * N;
-  const bool acc_in_smem = N <= kSmemAccMaxDstate;
-  float* acc_smem = smem + kBwdWarps * (kContrib + kBwdStateRows * N);
+  float* rows = smem + kBwdWarps * kContrib + warp * kBwdStateRows * pitch;
+  constexpr bool acc_in_smem = kStaged;
+  float* acc_smem = smem + kBwdWarps * (kContrib + kBwdStateRows * pitch);
   const float* tile_B = nullptr;
   const float* tile_C = nullptr;
-  if (N <= kBwdTileMaxDstate) {
-    float* staged = acc_smem + (acc_in_smem ? 2 * N * kScanChunk : 0);
-    load_state_tile<T>(p.B, tile.span, tile.group, 0, N, N, chunk_start, staged);
-    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, chunk_start, staged + N * kScanChunk);
+  if (kStaged) {
+    float* staged = acc_smem + 2 * N * kScanChunk;
+    load_state_tile<T>(p.B, tile.span, tile.group, 0, pitch, N, chunk_start, staged);
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, pitch, N, chunk_start, staged + pitch * kScanChunk);
     tile_B = staged;
-    tile_C = staged + N * kScanChunk;
+    tile_C = staged + pitch * kScanChunk;
   }
   const int64_t L = p.seqlen;
   const int batch_rows = p.cu_seqlens != nullptr ? 1 : p.num_seqs;
@@ -1102,7 +1196,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   const int iterations = (tile.d_end - tile.d_begin + kBwdWarps - 1) / kBwdWarps;
   for (int it = 0; it < iterations; ++it) {
     const int d = tile.d_begin + it * kBwdWarps + warp;
-    const bool active = d < tile.d_end;  // uniform within the warp; idle warps still meet the barriers
+    // Uniform within the warp. An idle warp runs the state rounds on zero inputs (zero
+    // contributions) and meets the barriers: no branch encloses the rounds' shuffles, so the
+    // compiler can interleave a round's two states.
+    const bool active = d < tile.d_end;
     // Token-major gradients leave through shared memory. The launcher sets grads_token_major only
     // when channels_per_group is a multiple of kBwdWarps (channels_per_block always is), so every
     // round has all its warps active.
@@ -1111,58 +1208,47 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     ChunkInputs in;
     float gy[K], dtu[K], S[K], Tsum[K];
     float dD = 0.f;
+    __syncwarp();  // the previous channel's dA row is written out
     if (active) {
-      __syncwarp();  // the previous channel's dA row is written out
-      stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, 1.f, N, rows);
-      stage_state_row(p.checkpoints + chunk_row, 1, 1.f, N, rows + N);
-      stage_state_row(p.adjoint_carry + chunk_row, 1, 1.f, N, rows + 2 * N);
+      stage_padded_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, N, pitch, rows);
+      stage_padded_state_row(p.checkpoints + chunk_row, 1, N, pitch, rows + pitch);
+      stage_padded_state_row(p.adjoint_carry + chunk_row, 1, N, pitch, rows + 2 * pitch);
       load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
       load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
+    } else {
+      for (int n = lane; n < 3 * pitch; n += 32) rows[n] = 0.f;
+      in.dt_sum = 0.f;
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        dtu[k] = in.dt[k] * in.u[k];
-        S[k] = Tsum[k] = 0.f;
-        dD = fmaf(gy[k], in.u[k], dD);
-      }
-      __syncwarp();
+      for (int k = 0; k < K; ++k) in.u[k] = in.dt[k] = gy[k] = 0.f;
     }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      dtu[k] = in.dt[k] * in.u[k];
+      S[k] = Tsum[k] = 0.f;
+      dD = fmaf(gy[k], in.u[k], dD);
+    }
+    __syncwarp();
 
-    for (int n0 = 0; n0 < N; n0 += kStatesPerRound) {
-      float* mine = contrib + warp * kContrib + lane * K;
+    for (int n0 = 0; n0 < pitch; n0 += kStatesPerRound) {
+      float* mine = contrib + warp * kContrib;
 #pragma unroll
       for (int j = 0; j < kStatesPerRound; ++j) {
-        float dB_item[K], dC_item[K];
         const int n = n0 + j;
-        if (active && n < N) {
-          MainStateInputs state;
-          load_main_state<T, kReverse>(p, tile, n, pos, rows, tile_B, tile_C, state);
-          const float dA = state_gradients<kReverse>(state, in, dtu, gy, S, Tsum, dB_item, dC_item);
-          if (lane == 0) rows[3 * N + n] = dA;
-        } else {
-#pragma unroll
-          for (int k = 0; k < K; ++k) dB_item[k] = dC_item[k] = 0.f;
-        }
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-          mine[j * 2 * kScanChunk + k] = dB_item[k];
-          mine[j * 2 * kScanChunk + kScanChunk + k] = dC_item[k];
-        }
+        MainStateInputs state;
+        load_main_state<T, kReverse, kStaged>(p, tile, n, pos, pitch, rows, tile_B, tile_C, state);
+        float dB_item[K], dC_item[K];
+        const float dA = state_gradients<kReverse>(state, in, dtu, gy, S, Tsum, dB_item, dC_item);
+        if (lane == 0) rows[3 * pitch + n] = dA;
+        put_split_items(mine + j * 2 * kScanChunk, dB_item);
+        put_split_items(mine + j * 2 * kScanChunk + kScanChunk, dC_item);
       }
       __syncthreads();
-      // Fixed-order sum over the warps' channels, four neighbouring steps per thread.
+      // Fixed-order sum over the warps' channels, four neighbouring floats per thread.
       for (int i = 4 * threadIdx.x; i < kContrib; i += 4 * blockDim.x) {
         const int j = i / (2 * kScanChunk), which = (i / kScanChunk) % 2, at = i % kScanChunk;
         const int n = n0 + j;
         if (n >= N) continue;
-        float4 sum = *reinterpret_cast<const float4*>(contrib + i);
-#pragma unroll
-        for (int w = 1; w < kBwdWarps; ++w) {
-          const float4 c = *reinterpret_cast<const float4*>(contrib + w * kContrib + i);
-          sum.x += c.x;
-          sum.y += c.y;
-          sum.z += c.z;
-          sum.w += c.w;
-        }
+        const float4 sum = sum_over_warps(contrib + i, kContrib);
         if (acc_in_smem) {
           float4& acc = *reinterpret_cast<float4*>(acc_smem + (which * N + n) * kScanChunk + at);
           acc.x += sum.x;
@@ -1170,11 +1256,13 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
           acc.z += sum.z;
           acc.w += sum.w;
         } else {
-          float* partial = (which == 0 ? p.dB_partial : p.dC_partial) + partial_row + n * L + at;
+          // split rows: the four floats are four consecutive steps
+          const int step = (at % kSplitHalf) / 4 * K + at / kSplitHalf * 4;
+          float* partial = (which == 0 ? p.dB_partial : p.dC_partial) + partial_row + n * L + step;
           const float sums[4] = {sum.x, sum.y, sum.z, sum.w};
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            if (at + e >= chunk_lo && at + e < chunk_len) partial[e] += sums[e];
+            if (step + e >= chunk_lo && step + e < chunk_len) partial[e] += sums[e];
         }
       }
       __syncthreads();
@@ -1217,7 +1305,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         p.ddelta_bias_partial[static_cast<int64_t>(tile.global_chunk) * p.dim + d] = dbias;
       }
       __syncwarp();
-      for (int n = lane; n < N; n += 32) p.dA_partial[chunk_row + n] = rows[3 * N + n];
+      for (int n = lane; n < N; n += 32) p.dA_partial[chunk_row + n] = rows[3 * pitch + n];
     }
     if (vector_out) {  // uniform over the CTA
       const int d0 = tile.d_begin + it * kBwdWarps;
@@ -1231,12 +1319,12 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     }
   }
 
-  if (acc_in_smem) {
+  if (acc_in_smem) {  // out in step order (coalesced), read from the split rows
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) {
       const int at = i % kScanChunk;
       if (at < chunk_lo || at >= chunk_len) continue;
       const int which = i / (N * kScanChunk), n = (i / kScanChunk) % N;
-      (which == 0 ? p.dB_partial : p.dC_partial)[partial_row + n * L + at] = acc_smem[i];
+      (which == 0 ? p.dB_partial : p.dC_partial)[partial_row + n * L + at] = acc_smem[i - at + split_index(at)];
     }
   }
 }
@@ -1261,9 +1349,10 @@ inline size_t bwd_summary_smem(int dstate) {
   return sizeof(float) * (size_t{3} * kBwdWarps * dstate + tile_C);
 }
 inline size_t bwd_main_smem(int dstate) {
-  size_t floats = size_t{1} * kBwdWarps * (kStatesPerRound * 2 * kScanChunk + kBwdStateRows * dstate);
+  const int pitch = main_state_pitch(dstate);
+  size_t floats = size_t{1} * kBwdWarps * (kStatesPerRound * 2 * kScanChunk + kBwdStateRows * pitch);
   if (dstate <= kSmemAccMaxDstate) floats += size_t{2} * dstate * kScanChunk;
-  if (dstate <= kBwdTileMaxDstate) floats += size_t{2} * dstate * kScanChunk;
+  if (dstate <= kBwdTileMaxDstate) floats += size_t{2} * pitch * kScanChunk;
   return sizeof(float) * floats;
 }
 
@@ -1307,9 +1396,11 @@ cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  err = allow_smem(selective_scan_bwd_main_kernel<input_t, kReverse>, main_smem);
+  const auto main_kernel = params.dstate <= kBwdTileMaxDstate ? selective_scan_bwd_main_kernel<input_t, kReverse, true>
+                                                               : selective_scan_bwd_main_kernel<input_t, kReverse, false>;
+  err = allow_smem(main_kernel, main_smem);
   if (err != cudaSuccess) return err;
-  selective_scan_bwd_main_kernel<input_t, kReverse><<<grid, kBwdWarps * 32, main_smem, stream>>>(params);
+  main_kernel<<<grid, kBwdWarps * 32, main_smem, stream>>>(params);
   return cudaGetLastError();
 }
 
@@ -1332,10 +1423,11 @@ template <typename input_t>
 cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* ctas) {
   using namespace scan_detail;
   const size_t smem = bwd_main_smem(dstate);
-  const cudaError_t err = allow_smem(selective_scan_bwd_main_kernel<input_t, false>, smem);
+  const auto kernel = dstate <= kBwdTileMaxDstate ? selective_scan_bwd_main_kernel<input_t, false, true>
+                                                  : selective_scan_bwd_main_kernel<input_t, false, false>;
+  const cudaError_t err = allow_smem(kernel, smem);
   if (err != cudaSuccess) return err;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas, selective_scan_bwd_main_kernel<input_t, false>,
-                                                       kBwdWarps * 32, smem);
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas, kernel, kBwdWarps * 32, smem);
 }
 
 }  // namespace m4v
