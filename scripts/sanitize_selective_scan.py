@@ -39,6 +39,7 @@ def run(seqlen, dim=24, dstate=16, groups=2, dtype=torch.bfloat16, reverse=False
 
 if __name__ == "__main__":
     run(1000)
+    run(300, dstate=17, dim=12, groups=1)  # odd dstate: the backward's zero padding state; idle warps
     run(257, reverse=True, init=True, dtype=torch.float32)
     run(0, seq_lens=(300, 0, 1, 77), init=True)
     run(100, dstate=64, groups=1, dtype=torch.float16)
