@@ -353,14 +353,6 @@ __device__ __forceinline__ void tile_items(const float* row, bool reverse, float
   flip_if(reverse, v);
 }
 
-// B or C items of state n: from the staged chunk tile when there is one, else from global memory.
-template <typename T>
-__device__ __forceinline__ void state_items(const float* tile, const StateTensor& t, const SeqSpan& span, int g,
-                                            int n, int pos, bool reverse, float (&v)[K]) {
-  if (tile != nullptr) tile_items(tile + n * kScanChunk, reverse, v);
-  else load_state_items<T>(t, span, g, n, pos, reverse, v);
-}
-
 // ------------------------------------------------------------------------------------------------
 // Forward.
 //
@@ -947,23 +939,43 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
   return true;
 }
 
+// The summary pass's per-warp state rows and C tile hold dstate rounded up to a pair of states
+// when C is staged (its loop takes two states at a time).
+__host__ __device__ constexpr int summary_state_pitch(int dstate) {
+  return dstate <= kBwdTileMaxDstate ? (dstate + 1) / 2 * 2 : dstate;
+}
+
+// The chunk's map for one state of one channel: this lane's items folded right to left in scan order
+// (v_k = a_k * (C_k * gy_k + v_{k+1})), then composed over the warp.
+template <bool kReverse>
+__device__ __forceinline__ void chunk_adjoint_map(const ChunkInputs& in, const float (&gy)[K], const float (&Cv)[K],
+                                                  float A2, float& decay, float& value) {
+  value = 0.f;
+#pragma unroll
+  for (int k = K - 1; k >= 0; --k) value = fast_exp2(in.dt[k] * A2) * fmaf(Cv[k], gy[k], value);
+  decay = fast_exp2(in.dt_sum * A2);
+  warp_scan<!kReverse>(decay, value);
+}
+
 // Pass 1: per (chunk, channel, state) the product of the chunk's decays and the adjoint the chunk
-// produces on its own; also dz, from the pre-gate output the forward kept.
-template <typename T, bool kReverse>
+// produces on its own; also dz, from the pre-gate output the forward kept. kStaged (dstate <=
+// kBwdTileMaxDstate): C comes from the chunk's shared tile, padded to whole pairs of states, and
+// the state loop is branch-free.
+template <typename T, bool kReverse, bool kStaged>
 __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
   BwdTile tile;
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool desc = kReverse;
-  const int N = p.dstate;
+  const int N = p.dstate, pitch = summary_state_pitch(N);
   const int pos = tile.chunk * kScanChunk + lane * K;
-  // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][N]).
-  float* rows = smem + warp * 3 * N;
+  // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][pitch]).
+  float* rows = smem + warp * 3 * pitch;
   const float* tile_C = nullptr;
-  if (N <= kBwdTileMaxDstate) {  // every channel of the CTA reads the same C chunk
-    float* staged = smem + kBwdWarps * 3 * N;
-    load_state_tile<T>(p.C, tile.span, tile.group, 0, N, N, tile.chunk * kScanChunk, staged);
+  if (kStaged) {  // every channel of the CTA reads the same C chunk
+    float* staged = smem + kBwdWarps * 3 * pitch;
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, pitch, N, tile.chunk * kScanChunk, staged);
     tile_C = staged;
   }
   __syncthreads();
@@ -971,6 +983,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
     __syncwarp();  // the previous channel's rows are written out
     stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, rows);
+    if (lane < pitch - N) rows[N + lane] = 0.f;  // padding states: a = 1, C = 0
     float gy[K];
     if (p.z.ptr != nullptr && !p.grads_token_major) {  // else the main pass writes dz
       load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
@@ -980,27 +993,36 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
     ChunkInputs in;
     load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
     __syncwarp();
-#pragma unroll 2
-    for (int n = 0; n < N; ++n) {
-      const float A2 = rows[n];
-      float Cv[K];
-      state_items<T>(tile_C, p.C, tile.span, tile.group, n, pos, desc, Cv);
-      // Adjoint in scan order, right to left: v_k = a_k * (C_k * gy_k + v_{k+1}).
-      float value = 0.f;
-#pragma unroll
-      for (int k = K - 1; k >= 0; --k) value = fast_exp2(in.dt[k] * A2) * fmaf(Cv[k], gy[k], value);
-      float decay = fast_exp2(in.dt_sum * A2);
-      warp_scan<!desc>(decay, value);
-      if (lane == first_lane) {
-        rows[N + n] = decay;
-        rows[2 * N + n] = value;
+    if constexpr (kStaged) {
+      for (int n = 0; n < pitch; n += 2) {  // two states' scans in one basic block
+        float Cv0[K], Cv1[K], decay0, value0, decay1, value1;
+        tile_items(tile_C + n * kScanChunk, desc, Cv0);
+        tile_items(tile_C + (n + 1) * kScanChunk, desc, Cv1);
+        chunk_adjoint_map<kReverse>(in, gy, Cv0, rows[n], decay0, value0);
+        chunk_adjoint_map<kReverse>(in, gy, Cv1, rows[n + 1], decay1, value1);
+        if (lane == first_lane) {
+          rows[pitch + n] = decay0;
+          rows[pitch + n + 1] = decay1;
+          rows[2 * pitch + n] = value0;
+          rows[2 * pitch + n + 1] = value1;
+        }
+      }
+    } else {
+      for (int n = 0; n < N; ++n) {
+        float Cv[K], decay, value;
+        load_state_items<T>(p.C, tile.span, tile.group, n, pos, desc, Cv);
+        chunk_adjoint_map<kReverse>(in, gy, Cv, rows[n], decay, value);
+        if (lane == first_lane) {
+          rows[pitch + n] = decay;
+          rows[2 * pitch + n] = value;
+        }
       }
     }
     __syncwarp();
     const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
     for (int n = lane; n < N; n += 32) {
-      p.chunk_decay[chunk_row + n] = rows[N + n];
-      p.chunk_adjoint[chunk_row + n] = rows[2 * N + n];
+      p.chunk_decay[chunk_row + n] = rows[pitch + n];
+      p.chunk_adjoint[chunk_row + n] = rows[2 * pitch + n];
     }
   }
 }
@@ -1065,7 +1087,7 @@ __device__ __forceinline__ void load_main_state(const ScanBwdParams& p, const Bw
 }
 
 // One state of one channel, for one lane's items (scan order): adds to S and T, fills this lane's
-// dB/dC items (memory order) and returns dA. Registers and shuffles only.
+// dB/dC items (memory order) and returns this lane's part of dA. Registers and shuffles only.
 template <bool kReverse>
 __device__ __forceinline__ float state_gradients(const MainStateInputs& s, const ChunkInputs& in,
                                                  const float (&dtu)[K], const float (&gy)[K], float (&S)[K],
@@ -1110,7 +1132,18 @@ __device__ __forceinline__ float state_gradients(const MainStateInputs& s, const
   }
   flip_if(desc, dB_item);
   flip_if(desc, dC_item);
-  return warp_sum(dA);
+  return dA;
+}
+
+// Two values summed over the warp in five shuffles (ten for two warp_sums): after the first step
+// lanes 0-15 hold first's partial sums and lanes 16-31 second's. Lane 0 returns first's sum, lane
+// 16 second's.
+__device__ __forceinline__ float warp_sum_pair(float first, float second) {
+  const bool upper = threadIdx.x & 16;
+  float sum = (upper ? second : first) + __shfl_xor_sync(kFullMask, upper ? first : second, 16);
+#pragma unroll
+  for (int offset = 8; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
+  return sum;
 }
 
 // Two states per barrier: the warp works on two independent scans at once, and the CTA meets half
@@ -1231,17 +1264,19 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
 
     for (int n0 = 0; n0 < pitch; n0 += kStatesPerRound) {
       float* mine = contrib + warp * kContrib;
+      static_assert(kStatesPerRound == 2, "a round's dA is one warp_sum_pair");
+      float dA[kStatesPerRound];
 #pragma unroll
       for (int j = 0; j < kStatesPerRound; ++j) {
-        const int n = n0 + j;
         MainStateInputs state;
-        load_main_state<T, kReverse, kStaged>(p, tile, n, pos, pitch, rows, tile_B, tile_C, state);
+        load_main_state<T, kReverse, kStaged>(p, tile, n0 + j, pos, pitch, rows, tile_B, tile_C, state);
         float dB_item[K], dC_item[K];
-        const float dA = state_gradients<kReverse>(state, in, dtu, gy, S, Tsum, dB_item, dC_item);
-        if (lane == 0) rows[3 * pitch + n] = dA;
+        dA[j] = state_gradients<kReverse>(state, in, dtu, gy, S, Tsum, dB_item, dC_item);
         put_split_items(mine + j * 2 * kScanChunk, dB_item);
         put_split_items(mine + j * 2 * kScanChunk + kScanChunk, dC_item);
       }
+      const float dA_sum = warp_sum_pair(dA[0], dA[1]);
+      if ((lane & 15) == 0) rows[3 * pitch + n0 + lane / 16] = dA_sum;
       __syncthreads();
       // Fixed-order sum over the warps' channels, four neighbouring floats per thread.
       for (int i = 4 * threadIdx.x; i < kContrib; i += 4 * blockDim.x) {
@@ -1345,8 +1380,9 @@ size_t fwd_smem(int dstate) {
   return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate) + prefetch;
 }
 inline size_t bwd_summary_smem(int dstate) {
-  const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * dstate * kScanChunk : 0;
-  return sizeof(float) * (size_t{3} * kBwdWarps * dstate + tile_C);
+  const int pitch = summary_state_pitch(dstate);
+  const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * pitch * kScanChunk : 0;
+  return sizeof(float) * (size_t{3} * kBwdWarps * pitch + tile_C);
 }
 inline size_t bwd_main_smem(int dstate) {
   const int pitch = main_state_pitch(dstate);
@@ -1383,9 +1419,12 @@ template <typename input_t, bool kReverse>
 cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
   const size_t summary_smem = bwd_summary_smem(params.dstate), main_smem = bwd_main_smem(params.dstate);
-  cudaError_t err = allow_smem(selective_scan_bwd_summary_kernel<input_t, kReverse>, summary_smem);
+  const bool staged = params.dstate <= kBwdTileMaxDstate;
+  const auto summary_kernel = staged ? selective_scan_bwd_summary_kernel<input_t, kReverse, true>
+                                     : selective_scan_bwd_summary_kernel<input_t, kReverse, false>;
+  cudaError_t err = allow_smem(summary_kernel, summary_smem);
   if (err != cudaSuccess) return err;
-  selective_scan_bwd_summary_kernel<input_t, kReverse><<<grid, kBwdWarps * 32, summary_smem, stream>>>(params);
+  summary_kernel<<<grid, kBwdWarps * 32, summary_smem, stream>>>(params);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
