@@ -134,6 +134,28 @@ __device__ __forceinline__ float softplus(float x) {
   }
 }
 
+// PTX of one shuffle-scan step (direction `up` or `down`): compose this lane's map (%0 decay, %1
+// value) after the one `%2` lanes earlier, where that lane is in range.
+#define M4V_SCAN_STEP_PTX(direction)                                              \
+  "{\n\t.reg .pred in_range;\n\t.reg .f32 prev_decay, prev_value;\n\t"         \
+  "shfl.sync." #direction ".b32 prev_value|in_range, %1, %2, %3, -1;\n\t"         \
+  "shfl.sync." #direction ".b32 prev_decay, %0, %2, %3, -1;\n\t"                  \
+  "@in_range fma.rn.f32 %1, %0, prev_value, %1;\n\t"                              \
+  "@in_range mul.rn.f32 %0, %0, prev_decay;\n\t}"
+// PTX of the map one lane earlier (%0 decay, %1 value) of the map (%2, %3), the identity where
+// there is none.
+#define M4V_PREVIOUS_MAP_PTX(direction)                                           \
+  "{\n\t.reg .pred in_range;\n\t"                                                \
+  "shfl.sync." #direction ".b32 %1|in_range, %3, 1, %4, -1;\n\t"                  \
+  "shfl.sync." #direction ".b32 %0, %2, 1, %4, -1;\n\t"                           \
+  "@!in_range mov.f32 %1, 0f00000000;\n\t"                                       \
+  "@!in_range mov.f32 %0, 0f3F800000;\n\t}"
+
+// shfl's c operand for kWidth-lane segments: the segment mask in bits 8-12, the clamp lane in bits
+// 0-4 (the segment's last lane for `down`).
+template <bool kDescending, int kWidth>
+constexpr int kShflClamp = ((32 - kWidth) << 8) | (kDescending ? kWidth - 1 : 0);
+
 // One step of a shuffle scan of the affine maps x -> decay * x + value: compose this lane's map
 // after the map of the lane `kOffset` places earlier in scan order, within segments of kWidth lanes
 // (kDescending: earlier = higher lane). The shuffle's own in-range predicate picks the lanes that
@@ -141,24 +163,10 @@ __device__ __forceinline__ float softplus(float x) {
 // the CUDA intrinsics drop that predicate).
 template <bool kDescending, int kWidth, int kOffset>
 __device__ __forceinline__ void scan_step(float& decay, float& value) {
-  // shfl's c operand: segment mask in bits 8-12, clamp lane in bits 0-4 (the segment's last for down)
-  constexpr int kClamp = ((32 - kWidth) << 8) | (kDescending ? kWidth - 1 : 0);
   if constexpr (kDescending) {
-    asm("{\n\t.reg .pred in_range;\n\t.reg .f32 prev_decay, prev_value;\n\t"
-        "shfl.sync.down.b32 prev_value|in_range, %1, %2, %3, -1;\n\t"
-        "shfl.sync.down.b32 prev_decay, %0, %2, %3, -1;\n\t"
-        "@in_range fma.rn.f32 %1, %0, prev_value, %1;\n\t"
-        "@in_range mul.rn.f32 %0, %0, prev_decay;\n\t}"
-        : "+f"(decay), "+f"(value)
-        : "n"(kOffset), "n"(kClamp));
+    asm(M4V_SCAN_STEP_PTX(down) : "+f"(decay), "+f"(value) : "n"(kOffset), "n"(kShflClamp<true, kWidth>));
   } else {
-    asm("{\n\t.reg .pred in_range;\n\t.reg .f32 prev_decay, prev_value;\n\t"
-        "shfl.sync.up.b32 prev_value|in_range, %1, %2, %3, -1;\n\t"
-        "shfl.sync.up.b32 prev_decay, %0, %2, %3, -1;\n\t"
-        "@in_range fma.rn.f32 %1, %0, prev_value, %1;\n\t"
-        "@in_range mul.rn.f32 %0, %0, prev_decay;\n\t}"
-        : "+f"(decay), "+f"(value)
-        : "n"(kOffset), "n"(kClamp));
+    asm(M4V_SCAN_STEP_PTX(up) : "+f"(decay), "+f"(value) : "n"(kOffset), "n"(kShflClamp<false, kWidth>));
   }
 }
 
@@ -166,23 +174,12 @@ __device__ __forceinline__ void scan_step(float& decay, float& value) {
 // identity for a segment's first lane.
 template <bool kDescending, int kWidth>
 __device__ __forceinline__ void previous_map(float decay, float value, float& prev_decay, float& prev_value) {
-  constexpr int kClamp = ((32 - kWidth) << 8) | (kDescending ? kWidth - 1 : 0);
   if constexpr (kDescending) {
-    asm("{\n\t.reg .pred in_range;\n\t"
-        "shfl.sync.down.b32 %1|in_range, %3, 1, %4, -1;\n\t"
-        "shfl.sync.down.b32 %0, %2, 1, %4, -1;\n\t"
-        "@!in_range mov.f32 %1, 0f00000000;\n\t"
-        "@!in_range mov.f32 %0, 0f3F800000;\n\t}"
-        : "=f"(prev_decay), "=f"(prev_value)
-        : "f"(decay), "f"(value), "n"(kClamp));
+    asm(M4V_PREVIOUS_MAP_PTX(down) : "=f"(prev_decay), "=f"(prev_value)
+        : "f"(decay), "f"(value), "n"(kShflClamp<true, kWidth>));
   } else {
-    asm("{\n\t.reg .pred in_range;\n\t"
-        "shfl.sync.up.b32 %1|in_range, %3, 1, %4, -1;\n\t"
-        "shfl.sync.up.b32 %0, %2, 1, %4, -1;\n\t"
-        "@!in_range mov.f32 %1, 0f00000000;\n\t"
-        "@!in_range mov.f32 %0, 0f3F800000;\n\t}"
-        : "=f"(prev_decay), "=f"(prev_value)
-        : "f"(decay), "f"(value), "n"(kClamp));
+    asm(M4V_PREVIOUS_MAP_PTX(up) : "=f"(prev_decay), "=f"(prev_value)
+        : "f"(decay), "f"(value), "n"(kShflClamp<false, kWidth>));
   }
 }
 
@@ -195,19 +192,6 @@ __device__ __forceinline__ void warp_scan(float& decay, float& value) {
   scan_step<kDescending, 32, 4>(decay, value);
   scan_step<kDescending, 32, 8>(decay, value);
   scan_step<kDescending, 32, 16>(decay, value);
-}
-
-// After an inclusive warp_scan: the map composed over the lanes before this one (identity for the
-// first lane), and the whole chunk's map.
-struct LaneMaps {
-  float before_decay, before_value;
-};
-
-template <bool kDescending>
-__device__ __forceinline__ LaneMaps lane_maps(float decay, float value) {
-  LaneMaps m;
-  previous_map<kDescending, 32>(decay, value, m.before_decay, m.before_value);
-  return m;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -1106,8 +1090,9 @@ __device__ __forceinline__ float state_gradients(const MainStateInputs& s, const
   const float chunk_decay = fast_exp2(in.dt_sum * A2);
   float decay = chunk_decay;
   warp_scan<desc>(decay, value);
-  const LaneMaps fm = lane_maps<desc>(decay, value);
-  x[0] = fmaf(fm.before_decay, s.checkpoint, fm.before_value);
+  float before_decay, before_value;  // the map of the lanes before this one
+  previous_map<desc, 32>(decay, value, before_decay, before_value);
+  x[0] = fmaf(before_decay, s.checkpoint, before_value);
 #pragma unroll
   for (int k = 0; k < K; ++k) x[k + 1] = fmaf(a[k], x[k], b[k]);
   // Adjoint, right to left in scan order, entering from the next chunk.
@@ -1116,8 +1101,8 @@ __device__ __forceinline__ float state_gradients(const MainStateInputs& s, const
   for (int k = K - 1; k >= 0; --k) value = a[k] * fmaf(s.C[k], gy[k], value);
   decay = chunk_decay;
   warp_scan<!desc>(decay, value);
-  const LaneMaps bm = lane_maps<!desc>(decay, value);
-  float v = fmaf(bm.before_decay, s.carry, bm.before_value);
+  previous_map<!desc, 32>(decay, value, before_decay, before_value);
+  float v = fmaf(before_decay, s.carry, before_value);
   float dA = 0.f;
 #pragma unroll
   for (int k = K - 1; k >= 0; --k) {
