@@ -300,7 +300,7 @@ __device__ __forceinline__ int split_index(int step) {
   return (step % K / 4) * kSplitHalf + step / K * 4 + step % 4;
 }
 
-// A lane's K items (memory order) into, or out of, a split row.
+// A lane's K items (memory order) into its place in a split row.
 __device__ __forceinline__ void put_split_items(float* row, const float (&v)[K]) {
   float4* dst = reinterpret_cast<float4*>(row + (threadIdx.x & 31) * 4);
   dst[0] = make_float4(v[0], v[1], v[2], v[3]);
@@ -957,7 +957,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][pitch]).
   float* rows = smem + warp * 3 * pitch;
   const float* tile_C = nullptr;
-  if (kStaged) {  // every channel of the CTA reads the same C chunk
+  if constexpr (kStaged) {  // every channel of the CTA reads the same C chunk
     float* staged = smem + kBwdWarps * 3 * pitch;
     load_state_tile<T>(p.C, tile.span, tile.group, 0, pitch, N, tile.chunk * kScanChunk, staged);
     tile_C = staged;
@@ -1058,7 +1058,7 @@ __device__ __forceinline__ void load_main_state(const ScanBwdParams& p, const Bw
   s.A = rows[n];
   s.checkpoint = rows[pitch + n];
   s.carry = rows[2 * pitch + n];
-  if (kStaged) {
+  if constexpr (kStaged) {
     tile_items(tile_B + n * kScanChunk, kReverse, s.B);
     tile_items(tile_C + n * kScanChunk, kReverse, s.C);
   } else if (n < p.dstate) {
@@ -1195,7 +1195,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   float* acc_smem = smem + kBwdWarps * (kContrib + kBwdStateRows * pitch);
   const float* tile_B = nullptr;
   const float* tile_C = nullptr;
-  if (kStaged) {
+  if constexpr (kStaged) {
     float* staged = acc_smem + 2 * N * kScanChunk;
     load_state_tile<T>(p.B, tile.span, tile.group, 0, pitch, N, chunk_start, staged);
     load_state_tile<T>(p.C, tile.span, tile.group, 0, pitch, N, chunk_start, staged + pitch * kScanChunk);
@@ -1206,7 +1206,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   const int batch_rows = p.cu_seqlens != nullptr ? 1 : p.num_seqs;
   const int64_t partial_row = ((static_cast<int64_t>(tile.block) * batch_rows + tile.span.batch) * p.groups +
                                tile.group) * N * L + tile.span.start + chunk_start;
-  if (acc_in_smem) {
+  if constexpr (acc_in_smem) {
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) acc_smem[i] = 0.f;
   }
   __syncthreads();
@@ -1269,7 +1269,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         const int n = n0 + j;
         if (n >= N) continue;
         const float4 sum = sum_over_warps(contrib + i, kContrib);
-        if (acc_in_smem) {
+        if constexpr (acc_in_smem) {
           float4& acc = *reinterpret_cast<float4*>(acc_smem + (which * N + n) * kScanChunk + at);
           acc.x += sum.x;
           acc.y += sum.y;
@@ -1339,7 +1339,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     }
   }
 
-  if (acc_in_smem) {  // out in step order (coalesced), read from the split rows
+  if constexpr (acc_in_smem) {  // out in step order (coalesced), read from the split rows
     for (int i = threadIdx.x; i < 2 * N * kScanChunk; i += blockDim.x) {
       const int at = i % kScanChunk;
       if (at < chunk_lo || at >= chunk_len) continue;
