@@ -1215,8 +1215,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   for (int it = 0; it < iterations; ++it) {
     const int d = tile.d_begin + it * kBwdWarps + warp;
     // Uniform within the warp. An idle warp runs the state rounds on zero inputs (zero
-    // contributions) and meets the barriers: no branch encloses the rounds' shuffles, so the
-    // compiler can interleave a round's two states.
+    // contributions) and meets the barriers: no branch encloses the rounds' shuffles, which then
+    // need no divergence handling (moves, checks and predicate spills around each one).
     const bool active = d < tile.d_end;
     // Token-major gradients leave through shared memory. The launcher sets grads_token_major only
     // when channels_per_group is a multiple of kBwdWarps (channels_per_block always is), so every
