@@ -1131,8 +1131,8 @@ __device__ __forceinline__ float warp_sum_pair(float first, float second) {
   return sum;
 }
 
-// Two states per barrier: the warp works on two independent scans at once, and the CTA meets half
-// as often to sum dB/dC over its channels.
+// Two states per barrier: the CTA meets half as often to sum dB/dC over its channels. (ptxas still
+// schedules the two states one after the other: at 128 registers it does not interleave them.)
 constexpr int kStatesPerRound = 2;
 // Per-warp rows of per-state values in the main pass: A, checkpoint, adjoint carry, dA.
 constexpr int kBwdStateRows = 4;
