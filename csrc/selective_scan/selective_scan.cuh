@@ -299,6 +299,10 @@ constexpr int kSplitHalf = kScanChunk / 2;
 __device__ __forceinline__ int split_index(int step) {
   return (step % K / 4) * kSplitHalf + step / K * 4 + step % 4;
 }
+// The chunk step at a split row's index (the inverse of split_index).
+__device__ __forceinline__ int split_step(int index) {
+  return (index % kSplitHalf) / 4 * K + index / kSplitHalf * 4 + index % 4;
+}
 
 // A lane's K items (memory order) into its place in a split row.
 __device__ __forceinline__ void put_split_items(float* row, const float (&v)[K]) {
@@ -897,10 +901,16 @@ __device__ __forceinline__ void put_row_items(float* row, const float (&v)[K]) {
   dst[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
-// Per-warp shared rows of per-state values ([rows][N]); written by the warp's lanes, then read by
-// every lane in the state loop, so no global load sits on that loop's path.
-__device__ __forceinline__ void stage_state_row(const float* src, int64_t stride, float scale, int N, float* row) {
-  for (int n = threadIdx.x & 31; n < N; n += 32) row[n] = src[n * stride] * scale;
+// Both backward passes take states in pairs, so their per-state rows (and the main pass's B/C
+// tiles) hold dstate rounded up to a pair; a padding state reads as zeros.
+__host__ __device__ constexpr int state_pitch(int dstate) { return (dstate + 1) / 2 * 2; }
+
+// Per-warp shared rows of per-state values ([rows][pitch]): the first N entries of src times
+// scale, zero up to the pitch; written by the warp's lanes, then read by every lane in the state
+// loop, so no global load sits on that loop's path.
+__device__ __forceinline__ void stage_state_row(const float* src, int64_t stride, float scale, int N, int pitch,
+                                                float* row) {
+  for (int n = threadIdx.x & 31; n < pitch; n += 32) row[n] = n < N ? src[n * stride] * scale : 0.f;
 }
 
 // The channels [d_begin, d_end) that a backward CTA owns, and its chunk.
@@ -921,12 +931,6 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
   t.d_begin = group_begin + t.block * p.channels_per_block;
   t.d_end = min(t.d_begin + p.channels_per_block, group_begin + p.channels_per_group);
   return true;
-}
-
-// The summary pass's per-warp state rows and C tile hold dstate rounded up to a pair of states
-// when C is staged (its loop takes two states at a time).
-__host__ __device__ constexpr int summary_state_pitch(int dstate) {
-  return dstate <= kBwdTileMaxDstate ? (dstate + 1) / 2 * 2 : dstate;
 }
 
 // The chunk's map for one state of one channel: this lane's items folded right to left in scan order
@@ -952,7 +956,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool desc = kReverse;
-  const int N = p.dstate, pitch = summary_state_pitch(N);
+  const int N = p.dstate, pitch = state_pitch(N);
   const int pos = tile.chunk * kScanChunk + lane * K;
   // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][pitch]).
   float* rows = smem + warp * 3 * pitch;
@@ -966,8 +970,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
   for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
     __syncwarp();  // the previous channel's rows are written out
-    stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, rows);
-    if (lane < pitch - N) rows[N + lane] = 0.f;  // padding states: a = 1, C = 0
+    stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
     float gy[K];
     if (p.z.ptr != nullptr && !p.grads_token_major) {  // else the main pass writes dz
       load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
@@ -1136,16 +1139,7 @@ __device__ __forceinline__ float warp_sum_pair(float first, float second) {
 constexpr int kStatesPerRound = 2;
 // Per-warp rows of per-state values in the main pass: A, checkpoint, adjoint carry, dA.
 constexpr int kBwdStateRows = 4;
-// The main pass's state rows and B/C tiles hold dstate rounded up to whole rounds.
-__host__ __device__ constexpr int main_state_pitch(int dstate) {
-  return (dstate + kStatesPerRound - 1) / kStatesPerRound * kStatesPerRound;
-}
-
-// One warp's per-state rows: the given rows' first N entries, zero up to the pitch.
-__device__ __forceinline__ void stage_padded_state_row(const float* src, int64_t stride, int N, int pitch,
-                                                       float* row) {
-  for (int n = threadIdx.x & 31; n < pitch; n += 32) row[n] = n < N ? src[n * stride] : 0.f;
-}
+static_assert(kStatesPerRound == 2, "state_pitch pads dstate to whole rounds");
 
 // Fixed-order sum of one float4 over the CTA's warps' contributions (a tree, for a short chain).
 __device__ __forceinline__ float4 sum_over_warps(const float* contrib, int stride) {
@@ -1176,7 +1170,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool desc = kReverse;
-  const int N = p.dstate, pitch = main_state_pitch(N);
+  const int N = p.dstate, pitch = state_pitch(N);
   const int pos = tile.chunk * kScanChunk + lane * K;
   const int chunk_start = tile.chunk * kScanChunk;
   const int chunk_len = min(kScanChunk, tile.span.len - chunk_start);
@@ -1228,9 +1222,9 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     float dD = 0.f;
     __syncwarp();  // the previous channel's dA row is written out
     if (active) {
-      stage_padded_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, N, pitch, rows);
-      stage_padded_state_row(p.checkpoints + chunk_row, 1, N, pitch, rows + pitch);
-      stage_padded_state_row(p.adjoint_carry + chunk_row, 1, N, pitch, rows + 2 * pitch);
+      stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, 1.f, N, pitch, rows);
+      stage_state_row(p.checkpoints + chunk_row, 1, 1.f, N, pitch, rows + pitch);
+      stage_state_row(p.adjoint_carry + chunk_row, 1, 1.f, N, pitch, rows + 2 * pitch);
       load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
       load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
     } else {
@@ -1276,8 +1270,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
           acc.z += sum.z;
           acc.w += sum.w;
         } else {
-          // split rows: the four floats are four consecutive steps
-          const int step = (at % kSplitHalf) / 4 * K + at / kSplitHalf * 4;
+          const int step = split_step(at);  // the four floats are four consecutive steps
           float* partial = (which == 0 ? p.dB_partial : p.dC_partial) + partial_row + n * L + step;
           const float sums[4] = {sum.x, sum.y, sum.z, sum.w};
 #pragma unroll
@@ -1365,12 +1358,12 @@ size_t fwd_smem(int dstate) {
   return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate) + prefetch;
 }
 inline size_t bwd_summary_smem(int dstate) {
-  const int pitch = summary_state_pitch(dstate);
+  const int pitch = state_pitch(dstate);
   const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * pitch * kScanChunk : 0;
   return sizeof(float) * (size_t{3} * kBwdWarps * pitch + tile_C);
 }
 inline size_t bwd_main_smem(int dstate) {
-  const int pitch = main_state_pitch(dstate);
+  const int pitch = state_pitch(dstate);
   size_t floats = size_t{1} * kBwdWarps * (kStatesPerRound * 2 * kScanChunk + kBwdStateRows * pitch);
   if (dstate <= kSmemAccMaxDstate) floats += size_t{2} * dstate * kScanChunk;
   if (dstate <= kBwdTileMaxDstate) floats += size_t{2} * pitch * kScanChunk;
