@@ -119,7 +119,7 @@ def build_cases(tokens: int, device: str, dtype: torch.dtype, scan_backend: str)
     return cases
 
 
-def print_kernel_table(step, title: str, rows: int = 14) -> None:
+def print_kernel_table(step, title: str, rows: int = 30) -> None:
     """The GPU kernels of one call of ``step`` (after a warm-up call), by total device time."""
     from torch.profiler import ProfilerActivity, profile
 

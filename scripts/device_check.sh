@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, checks and times on the GPU machine in one call; logs go to $OUT.
 #   bash scripts/device_check.sh peer-build   # start mamba_ssm's build (from .peer/) in the background
-#   bash scripts/device_check.sh check        # build m4v, GPU tests, compute-sanitizer
+#   bash scripts/device_check.sh check        # build m4v, GPU tests (TESTS, TEST_FILTER), compute-sanitizer (SANITIZE)
 #   bash scripts/device_check.sh bench        # wait for the peer build, then the scan benchmark
 #   bash scripts/device_check.sh recompose    # the re-composition benchmark
 #   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
@@ -65,8 +65,10 @@ case "${1:-check}" in
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
     install_wheels; build_m4v || exit 1
-    python3 -m pytest tests -q --durations=5 2>&1 | tee "$OUT/tests.log" | tail -25
-    for script in sanitize_selective_scan sanitize_causal_conv1d sanitize_recompose; do
+    # TESTS/TEST_FILTER narrow the run (the whole Triton set outlasts a call); SANITIZE picks scripts.
+    timeout ${TEST_TIMEOUT:-540} python3 -m pytest ${TESTS:-tests} -q -k "${TEST_FILTER:-}" --durations=5 2>&1 \
+      | tee "$OUT/tests.log" | tail -25
+    for script in ${SANITIZE:-sanitize_selective_scan sanitize_causal_conv1d sanitize_recompose}; do
       for tool in memcheck racecheck; do
         compute-sanitizer --tool $tool --error-exitcode 9 python3 scripts/$script.py >"$OUT/$script-$tool.log" 2>&1
         echo "$script $tool rc=$?"; tail -2 "$OUT/$script-$tool.log"
@@ -205,12 +207,13 @@ case "${1:-check}" in
   profile)
     # Executed instructions per SASS line (SourceCounters), to see where the issue slots go.
     # KERNEL: the kernel's name (default selective_scan_fwd; a backward one runs the backward too).
+    # PROFILE_ARGS: more arguments of scripts/profile_scan.py (--token-major: the mixer's layout).
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     kernel=${KERNEL:-selective_scan_fwd}
     [[ $kernel == *bwd* ]] && backward=--backward || backward=
     ncu --kernel-name regex:"$kernel" --launch-skip 2 --launch-count 1 --section SourceCounters \
       --section InstructionStats --section WarpStateStats --section SchedulerStats --section LaunchStats \
-      --section SpeedOfLight -o "$OUT/$kernel" -f python3 scripts/profile_scan.py $backward >"$OUT/ncu.log" 2>&1 \
+      --section SpeedOfLight -o "$OUT/$kernel" -f python3 scripts/profile_scan.py $backward ${PROFILE_ARGS:-} >"$OUT/ncu.log" 2>&1 \
       || tail -20 "$OUT/ncu.log"
     ncu -i "$OUT/$kernel.ncu-rep" --page details >"$OUT/$kernel-details.txt" 2>&1
     ncu -i "$OUT/$kernel.ncu-rep" --page source --csv --print-source sass >"$OUT/$kernel-sass.csv" 2>&1 \

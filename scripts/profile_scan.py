@@ -15,6 +15,8 @@ from m4v.kernels import selective_scan
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--backward", action="store_true", help="run the backward after each forward")
+parser.add_argument("--token-major", action="store_true",
+                    help="the inputs, and dout, as MambaMixer passes them: views of (batch, seqlen, channels) tensors")
 args = parser.parse_args()
 
 batch, dim, seqlen, dstate = 1, 3072, 16384, 16
@@ -30,8 +32,15 @@ z = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=grad)
 bias = torch.randn(dim, device=dev, requires_grad=grad)
 leaves = [u, delta, A, B, C, D, z, bias]
 dout = torch.randn_like(u)
+inputs = leaves
+if args.token_major:
+    u_tm, delta_tm, z_tm, dout = (t.mT.contiguous().mT for t in (u, delta, z, dout))
+    # B and C as two slices of one x_proj output (batch, seqlen, dt_rank + 2 * dstate), as the mixer has them
+    proj = torch.cat([torch.zeros(batch, seqlen, 120, device=dev, dtype=dtype), B[:, 0].mT, C[:, 0].mT], dim=-1)
+    B_tm, C_tm = (t.mT.unsqueeze(1) for t in proj[..., 120:].split(dstate, dim=-1))
+    inputs = [u_tm, delta_tm, A, B_tm, C_tm, D, z_tm, bias]
 for _ in range(3):  # two warm-up calls, then the profiled one
-    out = selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, backend="cuda")
+    out = selective_scan(*inputs, delta_softplus=True, backend="cuda")
     if grad:
         torch.autograd.grad(out, leaves, dout)
 torch.cuda.synchronize()

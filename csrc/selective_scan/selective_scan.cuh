@@ -42,7 +42,7 @@ constexpr int kBwdWarps = kScanBwdWarps;
 // warps of a CTA (channels of one group) read them from there.
 constexpr int kFwdStateTile = 16;
 // The backward stages all of B and C for its chunk up to this dstate; beyond it, it reads global.
-constexpr int kBwdTileMaxDstate = 32;
+constexpr int kBwdTileMaxDstate = kScanBwdStagedMaxDstate;
 // dB/dC block accumulators stay in shared memory up to this dstate; beyond it they accumulate in
 // the (CTA-private) slice of the global partial buffer.
 constexpr int kSmemAccMaxDstate = 32;
@@ -901,6 +901,98 @@ __device__ __forceinline__ void put_row_items(float* row, const float (&v)[K]) {
   dst[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
+// Token-major inputs (p.inputs_token_major). A CTA's kBwdWarps channels [d0, d0 + kBwdWarps) at one
+// time step are one or two 16-byte vectors, so one thread per step loads them, and the chunk's
+// dt (bias added, softplus applied, 0 outside the sequence), u, and the gradient reaching y
+// before the gate leave as split rows [kStagedInputs][kBwdWarps][kScanChunk] for each warp to read
+// its channel from. 2-byte loads from 8 rows (a warp's 32 lanes in 32 different rows) cost the
+// mixer's main pass twice the contiguous layout's time.
+enum StagedInput { kStagedU, kStagedDt, kStagedGy, kStagedInputs };
+static_assert(kBwdWarps * 32 == kScanChunk, "one thread per time step of a chunk");
+
+// The kBwdWarps channels from d0 of row tensor t at step pos (zeros when out of range).
+template <typename T>
+__device__ __forceinline__ void load_step_channels(const RowTensor& t, const SeqSpan& span, int d0, int pos,
+                                                   bool in_range, float (&v)[kBwdWarps]) {
+  constexpr int kVec = 16 / sizeof(T);
+  static_assert(kBwdWarps % kVec == 0, "whole vectors of channels");
+  if (in_range) {
+    const uint4* src = reinterpret_cast<const uint4*>(row_ptr<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride);
+#pragma unroll
+    for (int i = 0; i < kBwdWarps / kVec; ++i) {
+      const uint4 raw = __ldcg(src + i);  // read once by this CTA
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < kBwdWarps; ++c) v[c] = 0.f;
+  }
+}
+
+// Stages the chunk's inputs of channels [d0, d0 + kBwdWarps) into `rows` (see StagedInput); with
+// `write_dz` and a gate, also writes dz = dout * y * silu'(z) from the pre-gate output. Cooperative
+// over the CTA; the caller synchronises before reading the rows.
+template <typename T>
+__device__ __forceinline__ void stage_token_major_inputs(const ScanBwdParams& p, const SeqSpan& span, int d0,
+                                                         int chunk_start, bool write_dz, float* rows) {
+  const int step = threadIdx.x, pos = chunk_start + step;
+  const bool in_range = pos >= span.lo && pos < span.len;
+  const bool gated = p.z.ptr != nullptr;
+  float u[kBwdWarps], dt[kBwdWarps], gy[kBwdWarps], z[kBwdWarps], y[kBwdWarps];
+  load_step_channels<T>(p.u, span, d0, pos, in_range, u);
+  load_step_channels<T>(p.delta, span, d0, pos, in_range, dt);
+  load_step_channels<T>(p.dout, span, d0, pos, in_range, gy);
+  if (gated) {
+    load_step_channels<T>(p.z, span, d0, pos, in_range, z);
+    if (write_dz) load_step_channels<T>(p.out_pre, span, d0, pos, in_range, y);
+  }
+  float dz[kBwdWarps];
+#pragma unroll
+  for (int c = 0; c < kBwdWarps; ++c) {
+    const float pre = dt[c] + (p.delta_bias != nullptr ? p.delta_bias[d0 + c] : 0.f);
+    dt[c] = in_range ? (p.delta_softplus ? softplus<T>(pre) : pre) : 0.f;
+    if (gated) {
+      const float sg = sigmoid(z[c]);
+      dz[c] = gy[c] * y[c] * sg * (1.f + z[c] * (1.f - sg));
+      gy[c] *= z[c] * sg;
+    }
+  }
+  if (gated && write_dz && in_range) {
+    constexpr int kVec = 16 / sizeof(T);
+    uint4* dst = reinterpret_cast<uint4*>(row_ptr_mut<T>(p.dz, span, d0) + static_cast<int64_t>(pos) * p.dz.len_stride);
+#pragma unroll
+    for (int i = 0; i < kBwdWarps / kVec; ++i) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(dz[i * kVec + j]);
+      dst[i] = raw;
+    }
+  }
+  const int at = split_index(step);
+#pragma unroll
+  for (int c = 0; c < kBwdWarps; ++c) {
+    rows[(kStagedU * kBwdWarps + c) * kScanChunk + at] = u[c];
+    rows[(kStagedDt * kBwdWarps + c) * kScanChunk + at] = dt[c];
+    rows[(kStagedGy * kBwdWarps + c) * kScanChunk + at] = gy[c];
+  }
+}
+
+// This warp's channel from the staged rows, in scan order (as load_chunk_inputs and
+// load_output_gradient give them; dt_sum added in memory order, as there).
+template <bool kReverse>
+__device__ __forceinline__ void staged_chunk_inputs(const float* rows, ChunkInputs& in, float (&gy)[K]) {
+  const int warp = threadIdx.x >> 5;
+  tile_items(rows + (kStagedU * kBwdWarps + warp) * kScanChunk, kReverse, in.u);
+  tile_items(rows + (kStagedDt * kBwdWarps + warp) * kScanChunk, kReverse, in.dt);
+  tile_items(rows + (kStagedGy * kBwdWarps + warp) * kScanChunk, kReverse, gy);
+  in.dt_sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) in.dt_sum += in.dt[kReverse ? K - 1 - k : k];
+}
+
 // Both backward passes take states in pairs, so their per-state rows (and the main pass's B/C
 // tiles) hold dstate rounded up to a pair; a padding state reads as zeros.
 __host__ __device__ constexpr int state_pitch(int dstate) { return (dstate + 1) / 2 * 2; }
@@ -961,24 +1053,36 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][pitch]).
   float* rows = smem + warp * 3 * pitch;
   const float* tile_C = nullptr;
+  float* staged_inputs = nullptr;  // kStaged and p.inputs_token_major: the CTA's channels' inputs
   if constexpr (kStaged) {  // every channel of the CTA reads the same C chunk
     float* staged = smem + kBwdWarps * 3 * pitch;
     load_state_tile<T>(p.C, tile.span, tile.group, 0, pitch, N, tile.chunk * kScanChunk, staged);
     tile_C = staged;
+    if (p.inputs_token_major) staged_inputs = staged + pitch * kScanChunk;
   }
   __syncthreads();
   const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
+  // With staged inputs every warp has a channel in every iteration (whole 8-channel blocks), so
+  // the barriers around the staging are met by all.
   for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
     __syncwarp();  // the previous channel's rows are written out
-    stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
     float gy[K];
-    if (p.z.ptr != nullptr && !p.grads_token_major) {  // else the main pass writes dz
-      load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
-    } else {
-      load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
-    }
     ChunkInputs in;
-    load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
+    if (staged_inputs != nullptr) {
+      __syncthreads();  // every warp has read the previous channels' staged rows
+      stage_token_major_inputs<T>(p, tile.span, d - warp, tile.chunk * kScanChunk, false, staged_inputs);
+      stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
+      __syncthreads();
+      staged_chunk_inputs<kReverse>(staged_inputs, in, gy);
+    } else {
+      stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
+      if (p.z.ptr != nullptr && !p.grads_token_major) {  // else the main pass writes dz
+        load_gradient_and_write_dz<T, kReverse>(p, tile.span, d, pos, gy);
+      } else {
+        load_output_gradient<T, kReverse>(p, tile.span, d, pos, gy);
+      }
+      load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
+    }
     __syncwarp();
     if constexpr (kStaged) {
       for (int n = 0; n < pitch; n += 2) {  // two states' scans in one basic block
@@ -1162,9 +1266,13 @@ __device__ __forceinline__ float4 sum_over_warps(const float* contrib, int strid
 
 // kStaged (dstate <= kBwdTileMaxDstate): the chunk's B and C tiles and the block's dB/dC sums live
 // in shared memory; a template argument, so that the common case's state round is one basic block.
+// kTokenMajorInputs (p.inputs_token_major, with kStaged): the inputs come through
+// stage_token_major_inputs; its own instance, since as a runtime branch its registers cost every
+// layout's state round 20 instructions of rematerialised addresses.
 static_assert(kSmemAccMaxDstate == kBwdTileMaxDstate, "one dstate bound for both shared-memory stages");
-template <typename T, bool kReverse, bool kStaged>
+template <typename T, bool kReverse, bool kStaged, bool kTokenMajorInputs>
 __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_kernel(ScanBwdParams p) {
+  static_assert(kStaged || !kTokenMajorInputs, "token-major input staging needs the staged instance");
   extern __shared__ float smem[];
   BwdTile tile;
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
@@ -1183,6 +1291,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   // the chunk's B and C [2][pitch][kScanChunk] (split rows, dstate <= kBwdTileMaxDstate).
   constexpr int kContrib = kStatesPerRound * 2 * kScanChunk;
   static_assert(kContrib >= 3 * kScanChunk, "du, ddelta and dz rows fit in the contributions' space");
+  static_assert(kContrib >= kStagedInputs * kScanChunk, "so do the staged inputs");
   float* contrib = smem;
   float* rows = smem + kBwdWarps * kContrib + warp * kBwdStateRows * pitch;
   constexpr bool acc_in_smem = kStaged;
@@ -1221,7 +1330,16 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     float gy[K], dtu[K], S[K], Tsum[K];
     float dD = 0.f;
     __syncwarp();  // the previous channel's dA row is written out
-    if (active) {
+    // Staged inputs imply vector_out, whose last barrier freed contrib; every warp is active.
+    if constexpr (kTokenMajorInputs) {
+      stage_token_major_inputs<T>(p, tile.span, d - warp, chunk_start, true, contrib);
+      stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, 1.f, N, pitch, rows);
+      stage_state_row(p.checkpoints + chunk_row, 1, 1.f, N, pitch, rows + pitch);
+      stage_state_row(p.adjoint_carry + chunk_row, 1, 1.f, N, pitch, rows + 2 * pitch);
+      __syncthreads();
+      staged_chunk_inputs<kReverse>(contrib, in, gy);
+      __syncthreads();  // the first state round overwrites the staged rows
+    } else if (active) {
       stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, 1.f, N, pitch, rows);
       stage_state_row(p.checkpoints + chunk_row, 1, 1.f, N, pitch, rows + pitch);
       stage_state_row(p.adjoint_carry + chunk_row, 1, 1.f, N, pitch, rows + 2 * pitch);
@@ -1302,7 +1420,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         float* staged = contrib + warp * kScanChunk;
         put_row_items(staged, du);
         put_row_items(staged + kBwdWarps * kScanChunk, ddt);
-        if (p.z.ptr != nullptr) {
+        if (p.z.ptr != nullptr && !kTokenMajorInputs) {  // else written with the staging
           float gate[K], dz[K];
           load_gate_gradients<T>(p, tile.span, d, pos, gate, dz);
           put_row_items(staged + 2 * kBwdWarps * kScanChunk, dz);
@@ -1325,7 +1443,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
       __syncthreads();
       write_gradient_steps<T>(contrib, p.du, tile.span, d0, chunk_start);
       write_gradient_steps<T>(contrib + kBwdWarps * kScanChunk, p.ddelta, tile.span, d0, chunk_start);
-      if (p.z.ptr != nullptr) {
+      if (p.z.ptr != nullptr && !kTokenMajorInputs) {
         write_gradient_steps<T>(contrib + 2 * kBwdWarps * kScanChunk, p.dz, tile.span, d0, chunk_start);
       }
       __syncthreads();  // the next channels' contributions overwrite the staged rows
@@ -1357,10 +1475,11 @@ size_t fwd_smem(int dstate) {
       kFwdPrefetch<T, kTokenMajor> ? size_t{16} * kPrefetchTensors * kPrefetchVectors<T> * kFwdWarps * 32 : 0;
   return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate) + prefetch;
 }
-inline size_t bwd_summary_smem(int dstate) {
+inline size_t bwd_summary_smem(int dstate, bool inputs_token_major) {
   const int pitch = state_pitch(dstate);
   const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * pitch * kScanChunk : 0;
-  return sizeof(float) * (size_t{3} * kBwdWarps * pitch + tile_C);
+  const size_t inputs = inputs_token_major ? size_t{1} * kStagedInputs * kBwdWarps * kScanChunk : 0;
+  return sizeof(float) * (size_t{3} * kBwdWarps * pitch + tile_C + inputs);
 }
 inline size_t bwd_main_smem(int dstate) {
   const int pitch = state_pitch(dstate);
@@ -1396,7 +1515,7 @@ cudaError_t launch_fwd(const ScanParams& params, cudaStream_t stream) {
 template <typename input_t, bool kReverse>
 cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
-  const size_t summary_smem = bwd_summary_smem(params.dstate), main_smem = bwd_main_smem(params.dstate);
+  const size_t summary_smem = bwd_summary_smem(params.dstate, params.inputs_token_major), main_smem = bwd_main_smem(params.dstate);
   const bool staged = params.dstate <= kBwdTileMaxDstate;
   const auto summary_kernel = staged ? selective_scan_bwd_summary_kernel<input_t, kReverse, true>
                                      : selective_scan_bwd_summary_kernel<input_t, kReverse, false>;
@@ -1413,8 +1532,9 @@ cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  const auto main_kernel = params.dstate <= kBwdTileMaxDstate ? selective_scan_bwd_main_kernel<input_t, kReverse, true>
-                                                               : selective_scan_bwd_main_kernel<input_t, kReverse, false>;
+  const auto main_kernel = params.inputs_token_major ? selective_scan_bwd_main_kernel<input_t, kReverse, true, true>
+                           : staged                  ? selective_scan_bwd_main_kernel<input_t, kReverse, true, false>
+                                                     : selective_scan_bwd_main_kernel<input_t, kReverse, false, false>;
   err = allow_smem(main_kernel, main_smem);
   if (err != cudaSuccess) return err;
   main_kernel<<<grid, kBwdWarps * 32, main_smem, stream>>>(params);
@@ -1435,13 +1555,13 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
                         : scan_detail::launch_bwd<input_t, false>(params, stream);
 }
 
-// Both directions share one occupancy (same registers and shared memory up to rounding).
+// Both directions and input layouts share one occupancy (same registers and shared memory).
 template <typename input_t>
 cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* ctas) {
   using namespace scan_detail;
   const size_t smem = bwd_main_smem(dstate);
-  const auto kernel = dstate <= kBwdTileMaxDstate ? selective_scan_bwd_main_kernel<input_t, false, true>
-                                                  : selective_scan_bwd_main_kernel<input_t, false, false>;
+  const auto kernel = dstate <= kBwdTileMaxDstate ? selective_scan_bwd_main_kernel<input_t, false, true, false>
+                                                  : selective_scan_bwd_main_kernel<input_t, false, false, false>;
   const cudaError_t err = allow_smem(kernel, smem);
   if (err != cudaSuccess) return err;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas, kernel, kBwdWarps * 32, smem);

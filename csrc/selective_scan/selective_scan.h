@@ -21,6 +21,8 @@ constexpr int kSeqAlign = 8;
 constexpr int kScanMaxDstate = 256;
 // Warps per backward CTA (each takes its own channels).
 constexpr int kScanBwdWarps = 8;
+// Up to this dstate the backward keeps a chunk's B and C, and its dB/dC sums, in shared memory.
+constexpr int kScanBwdStagedMaxDstate = 32;
 
 enum class ScanDtype { kFloat32, kFloat16, kBFloat16 };
 
@@ -81,6 +83,11 @@ struct ScanBwdParams : ScanParams {
   // main pass then writes each time step's 8 channels as one vector through shared memory, and
   // computes dz itself (the summary pass does otherwise).
   bool grads_token_major = false;
+  // With grads_token_major, dstate <= 32 and u, delta, dout (and z, out_pre) token-major with 16-byte
+  // aligned rows: both passes read a chunk's 8 channels of each input as one vector per time step,
+  // staged through shared memory, instead of 2-byte loads from 8 rows; the main pass then writes
+  // dz at that point, since it needs nothing from the scan.
+  bool inputs_token_major = false;
   float* dinitial_state = nullptr;  // (num_seqs, dim, dstate)
   // Per-chunk partial sums, reduced over chunks by the launcher in a fixed order.
   float* dA_partial = nullptr;          // (total_chunks, dim, dstate)

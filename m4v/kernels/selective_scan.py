@@ -401,7 +401,11 @@ def _backward(ctx, dout, dlast_state, _dcheckpoints, _dout_pre):
     u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, checkpoints, out_pre = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(u)
-    grads = selective_scan_bwd(dout.contiguous(), dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state,
+    elif not (ctx.backend == "cuda" and dout.stride(1) == 1):
+        # The CUDA kernels read a token-major dout (the mixer's, from out_proj) in place: its
+        # transposed copy took 0.31 ms at 15,360 tokens.
+        dout = dout.contiguous()
+    grads = selective_scan_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state,
                                cu_seqlens, checkpoints, out_pre, ctx.delta_softplus, ctx.reverse, ctx.backend)
     du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = grads
     return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
