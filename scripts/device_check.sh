@@ -2,7 +2,7 @@
 # Builds, checks and times on the GPU machine in one call; logs go to $OUT.
 #   bash scripts/device_check.sh peer-build   # start mamba_ssm's build (from .peer/) in the background
 #   bash scripts/device_check.sh check        # build m4v, GPU tests (TESTS, TEST_FILTER), compute-sanitizer (SANITIZE)
-#   bash scripts/device_check.sh bench        # wait for the peer build, then the scan benchmark
+#   bash scripts/device_check.sh bench        # wait for the peer build, then the scan benchmark (BENCH_ARGS added)
 #   bash scripts/device_check.sh recompose    # the re-composition benchmark
 #   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
@@ -79,7 +79,7 @@ case "${1:-check}" in
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     wait_for_peer
     tail -3 "$PEER_DIR/build.log" 2>/dev/null
-    python3 benchmarks/bench_selective_scan.py --json "$OUT/h100-selective-scan.json" 2>&1 | tee "$OUT/bench.log"
+    python3 benchmarks/bench_selective_scan.py ${BENCH_ARGS:-} --json "$OUT/h100-selective-scan.json" 2>&1 | tee "$OUT/bench.log"
     ;;
   efficiency)
     # Issue-4 benchmarks; the peer build (started first) supplies the mamba_ssm lines.
