@@ -910,65 +910,87 @@ __device__ __forceinline__ void put_row_items(float* row, const float (&v)[K]) {
 enum StagedInput { kStagedU, kStagedDt, kStagedGy, kStagedInputs };
 static_assert(kBwdWarps * 32 == kScanChunk, "one thread per time step of a chunk");
 
-// The kBwdWarps channels from d0 of row tensor t at step pos (zeros when out of range).
+// One time step's raw vectors of the kBwdWarps channels from d0: u, delta, dout, z, out_pre.
 template <typename T>
-__device__ __forceinline__ void load_step_channels(const RowTensor& t, const SeqSpan& span, int d0, int pos,
-                                                   bool in_range, float (&v)[kBwdWarps]) {
-  constexpr int kVec = 16 / sizeof(T);
+struct StepVectors {
+  static constexpr int kVec = 16 / sizeof(T), kCount = kBwdWarps / kVec;
   static_assert(kBwdWarps % kVec == 0, "whole vectors of channels");
-  if (in_range) {
-    const uint4* src = reinterpret_cast<const uint4*>(row_ptr<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride);
+  uint4 u[kCount], delta[kCount], dout[kCount], z[kCount], out_pre[kCount];
+};
+
+template <typename T>
+__device__ __forceinline__ void load_step_vectors(const RowTensor& t, const SeqSpan& span, int d0, int pos,
+                                                  bool in_range, uint4 (&v)[StepVectors<T>::kCount]) {
+  const uint4* src = reinterpret_cast<const uint4*>(row_ptr<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride);
 #pragma unroll
-    for (int i = 0; i < kBwdWarps / kVec; ++i) {
-      const uint4 raw = __ldcg(src + i);  // read once by this CTA
-      const T* e = reinterpret_cast<const T*>(&raw);
+  for (int i = 0; i < StepVectors<T>::kCount; ++i) v[i] = in_range ? __ldcg(src + i) : make_uint4(0, 0, 0, 0);
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack_step(const uint4 (&v)[StepVectors<T>::kCount], float (&out)[kBwdWarps]) {
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) v[i * kVec + j] = to_float(e[j]);
-    }
-  } else {
+  for (int i = 0; i < StepVectors<T>::kCount; ++i) {
+    const T* e = reinterpret_cast<const T*>(&v[i]);
 #pragma unroll
-    for (int c = 0; c < kBwdWarps; ++c) v[c] = 0.f;
+    for (int j = 0; j < StepVectors<T>::kVec; ++j) out[i * StepVectors<T>::kVec + j] = to_float(e[j]);
   }
 }
 
-// Stages the chunk's inputs of channels [d0, d0 + kBwdWarps) into `rows` (see StagedInput); with
-// `write_dz` and a gate, also writes dz = dout * y * silu'(z) from the pre-gate output. Cooperative
-// over the CTA; the caller synchronises before reading the rows.
+// Issues this thread's step of the chunk's inputs for channels [d0, d0 + kBwdWarps) (zeros out of
+// the sequence); the main pass issues the next channels' right after its state rounds, so their
+// latency overlaps its output phase instead of stalling the whole CTA at the next staging.
+template <typename T>
+__device__ __forceinline__ void load_token_major_inputs(const ScanBwdParams& p, const SeqSpan& span, int d0,
+                                                        int chunk_start, bool with_dz, StepVectors<T>& raw) {
+  const int pos = chunk_start + static_cast<int>(threadIdx.x);
+  const bool in_range = pos >= span.lo && pos < span.len;
+  load_step_vectors<T>(p.u, span, d0, pos, in_range, raw.u);
+  load_step_vectors<T>(p.delta, span, d0, pos, in_range, raw.delta);
+  load_step_vectors<T>(p.dout, span, d0, pos, in_range, raw.dout);
+  if (p.z.ptr != nullptr) {
+    load_step_vectors<T>(p.z, span, d0, pos, in_range, raw.z);
+    if (with_dz) load_step_vectors<T>(p.out_pre, span, d0, pos, in_range, raw.out_pre);
+  }
+}
+
+// Stages the loaded inputs into `rows` (see StagedInput); with `write_dz` and a gate, also writes
+// dz = dout * y * silu'(z) from the pre-gate output. Cooperative over the CTA; the caller
+// synchronises before reading the rows.
 template <typename T>
 __device__ __forceinline__ void stage_token_major_inputs(const ScanBwdParams& p, const SeqSpan& span, int d0,
-                                                         int chunk_start, bool write_dz, float* rows) {
+                                                         int chunk_start, bool write_dz, const StepVectors<T>& raw,
+                                                         float* rows) {
   const int step = threadIdx.x, pos = chunk_start + step;
   const bool in_range = pos >= span.lo && pos < span.len;
   const bool gated = p.z.ptr != nullptr;
-  float u[kBwdWarps], dt[kBwdWarps], gy[kBwdWarps], z[kBwdWarps], y[kBwdWarps];
-  load_step_channels<T>(p.u, span, d0, pos, in_range, u);
-  load_step_channels<T>(p.delta, span, d0, pos, in_range, dt);
-  load_step_channels<T>(p.dout, span, d0, pos, in_range, gy);
+  float u[kBwdWarps], dt[kBwdWarps], gy[kBwdWarps], z[kBwdWarps], y[kBwdWarps], dz[kBwdWarps];
+  unpack_step<T>(raw.u, u);
+  unpack_step<T>(raw.delta, dt);
+  unpack_step<T>(raw.dout, gy);
   if (gated) {
-    load_step_channels<T>(p.z, span, d0, pos, in_range, z);
-    if (write_dz) load_step_channels<T>(p.out_pre, span, d0, pos, in_range, y);
+    unpack_step<T>(raw.z, z);
+    if (write_dz) unpack_step<T>(raw.out_pre, y);
   }
-  float dz[kBwdWarps];
 #pragma unroll
   for (int c = 0; c < kBwdWarps; ++c) {
     const float pre = dt[c] + (p.delta_bias != nullptr ? p.delta_bias[d0 + c] : 0.f);
     dt[c] = in_range ? (p.delta_softplus ? softplus<T>(pre) : pre) : 0.f;
     if (gated) {
       const float sg = sigmoid(z[c]);
-      dz[c] = gy[c] * y[c] * sg * (1.f + z[c] * (1.f - sg));
+      if (write_dz) dz[c] = gy[c] * y[c] * sg * (1.f + z[c] * (1.f - sg));
       gy[c] *= z[c] * sg;
     }
   }
   if (gated && write_dz && in_range) {
-    constexpr int kVec = 16 / sizeof(T);
+    constexpr int kVec = StepVectors<T>::kVec;
     uint4* dst = reinterpret_cast<uint4*>(row_ptr_mut<T>(p.dz, span, d0) + static_cast<int64_t>(pos) * p.dz.len_stride);
 #pragma unroll
-    for (int i = 0; i < kBwdWarps / kVec; ++i) {
-      uint4 raw;
-      T* e = reinterpret_cast<T*>(&raw);
+    for (int i = 0; i < StepVectors<T>::kCount; ++i) {
+      uint4 packed;
+      T* e = reinterpret_cast<T*>(&packed);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(dz[i * kVec + j]);
-      dst[i] = raw;
+      dst[i] = packed;
     }
   }
   const int at = split_index(step);
@@ -1003,6 +1025,34 @@ __host__ __device__ constexpr int state_pitch(int dstate) { return (dstate + 1) 
 __device__ __forceinline__ void stage_state_row(const float* src, int64_t stride, float scale, int N, int pitch,
                                                 float* row) {
   for (int n = threadIdx.x & 31; n < pitch; n += 32) row[n] = n < N ? src[n * stride] * scale : 0.f;
+}
+
+// A lane's entry (state `lane`) of the main pass's A, checkpoint and adjoint-carry rows of channel d,
+// for dstate <= 32 (pitch <= 32: one entry per lane), held in registers until store_state_values.
+static_assert(kBwdTileMaxDstate <= 32, "one state per lane");
+struct StateRowValues {
+  float A, checkpoint, carry;
+};
+
+__device__ __forceinline__ StateRowValues load_state_values(const ScanBwdParams& p, int global_chunk, int d) {
+  const int n = threadIdx.x & 31;
+  const int64_t chunk_row = (static_cast<int64_t>(global_chunk) * p.dim + d) * p.dstate;
+  StateRowValues v{0.f, 0.f, 0.f};
+  if (n < p.dstate) {
+    v.A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
+    v.checkpoint = p.checkpoints[chunk_row + n];
+    v.carry = p.adjoint_carry[chunk_row + n];
+  }
+  return v;
+}
+
+__device__ __forceinline__ void store_state_values(const StateRowValues& v, int pitch, float* rows) {
+  const int n = threadIdx.x & 31;
+  if (n < pitch) {
+    rows[n] = v.A;
+    rows[pitch + n] = v.checkpoint;
+    rows[2 * pitch + n] = v.carry;
+  }
 }
 
 // The channels [d_begin, d_end) that a backward CTA owns, and its chunk.
@@ -1070,7 +1120,9 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
     ChunkInputs in;
     if (staged_inputs != nullptr) {
       __syncthreads();  // every warp has read the previous channels' staged rows
-      stage_token_major_inputs<T>(p, tile.span, d - warp, tile.chunk * kScanChunk, false, staged_inputs);
+      StepVectors<T> raw;
+      load_token_major_inputs<T>(p, tile.span, d - warp, tile.chunk * kScanChunk, false, raw);
+      stage_token_major_inputs<T>(p, tile.span, d - warp, tile.chunk * kScanChunk, false, raw, staged_inputs);
       stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
       __syncthreads();
       staged_chunk_inputs<kReverse>(staged_inputs, in, gy);
@@ -1315,6 +1367,14 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   __syncthreads();
 
   const int iterations = (tile.d_end - tile.d_begin + kBwdWarps - 1) / kBwdWarps;
+  // kTokenMajorInputs: the next channels' inputs and state rows, in flight from the end of the
+  // current channels' state rounds.
+  StepVectors<T> next_inputs;
+  StateRowValues next_rows;
+  if constexpr (kTokenMajorInputs) {
+    load_token_major_inputs<T>(p, tile.span, tile.d_begin, chunk_start, true, next_inputs);
+    next_rows = load_state_values(p, tile.global_chunk, tile.d_begin + warp);
+  }
   for (int it = 0; it < iterations; ++it) {
     const int d = tile.d_begin + it * kBwdWarps + warp;
     // Uniform within the warp. An idle warp runs the state rounds on zero inputs (zero
@@ -1332,10 +1392,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     __syncwarp();  // the previous channel's dA row is written out
     // Staged inputs imply vector_out, whose last barrier freed contrib; every warp is active.
     if constexpr (kTokenMajorInputs) {
-      stage_token_major_inputs<T>(p, tile.span, d - warp, chunk_start, true, contrib);
-      stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, 1.f, N, pitch, rows);
-      stage_state_row(p.checkpoints + chunk_row, 1, 1.f, N, pitch, rows + pitch);
-      stage_state_row(p.adjoint_carry + chunk_row, 1, 1.f, N, pitch, rows + 2 * pitch);
+      stage_token_major_inputs<T>(p, tile.span, d - warp, chunk_start, true, next_inputs, contrib);
+      store_state_values(next_rows, pitch, rows);
       __syncthreads();
       staged_chunk_inputs<kReverse>(contrib, in, gy);
       __syncthreads();  // the first state round overwrites the staged rows
@@ -1397,6 +1455,12 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
         }
       }
       __syncthreads();
+    }
+    if constexpr (kTokenMajorInputs) {
+      if (it + 1 < iterations) {
+        load_token_major_inputs<T>(p, tile.span, d - warp + kBwdWarps, chunk_start, true, next_inputs);
+        next_rows = load_state_values(p, tile.global_chunk, d + kBwdWarps);
+      }
     }
 
     if (active) {
