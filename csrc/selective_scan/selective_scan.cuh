@@ -1579,7 +1579,8 @@ cudaError_t launch_fwd(const ScanParams& params, cudaStream_t stream) {
 template <typename input_t, bool kReverse>
 cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
-  const size_t summary_smem = bwd_summary_smem(params.dstate, params.inputs_token_major), main_smem = bwd_main_smem(params.dstate);
+  const size_t summary_smem = bwd_summary_smem(params.dstate, params.inputs_token_major);
+  const size_t main_smem = bwd_main_smem(params.dstate);
   const bool staged = params.dstate <= kBwdTileMaxDstate;
   const auto summary_kernel = staged ? selective_scan_bwd_summary_kernel<input_t, kReverse, true>
                                      : selective_scan_bwd_summary_kernel<input_t, kReverse, false>;
