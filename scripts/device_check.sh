@@ -47,13 +47,16 @@ pack_bf16() {
 # The mamba_ssm lines of the benchmarks: waits (at most 10 minutes) for a peer build started by
 # `peer-build`; without one the benchmarks run without mamba_ssm at once.
 wait_for_peer() {
-  [ -d "$PEER_DIR" ] || { echo "mamba_ssm: no peer build started, timing without it"; return 0; }
+  compgen -G "$PEER_DIR/mamba_ssm-*" >/dev/null || { echo "mamba_ssm: no peer build started, timing without it"; return 0; }
   for _ in $(seq 120); do [ -f "$PEER_DIR/build.rc" ] && break; sleep 5; done
   echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
 }
 
 case "${1:-check}" in
   peer-build)
+    # The sdist is git-ignored: the device call must carry .peer. Without it no build starts and no
+    # $PEER_DIR is made, so the benchmarks run without mamba_ssm at once instead of waiting for it.
+    compgen -G ".peer/mamba_ssm-*.tar.gz" >/dev/null || { echo "mamba_ssm: no .peer/ sdist here (carry .peer)"; exit 1; }
     rm -rf "$PEER_DIR" && mkdir -p "$PEER_DIR" && tar xzf .peer/mamba_ssm-*.tar.gz -C "$PEER_DIR"
     cd "$PEER_DIR"/mamba_ssm-* || exit 1
     sed -i 's/+ cc_flag/+ ["-gencode", "arch=compute_90,code=sm_90"]/' setup.py

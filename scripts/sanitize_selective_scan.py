@@ -46,6 +46,7 @@ if __name__ == "__main__":
     run(70, dstate=256, dim=8, groups=1)
     run(600, dim=16, token_major=True)
     run(0, seq_lens=(300, 0, 1, 77), dim=16, reverse=True, init=True, token_major=True, dtype=torch.float32)
+    run(0, seq_lens=(300, 0, 1, 77), dim=16, dstate=15, init=True, token_major=True)  # cp.async zero fills
     run(520, dim=32, reverse=True, token_major=True)  # token-major gradients' vector path, 3 chunks
     run(300, dim=8, dtype=torch.float16, token_major=True)
     print("sanitize cases ran")

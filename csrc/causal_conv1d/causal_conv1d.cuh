@@ -34,12 +34,35 @@ template <> struct Raw<4> { using type = unsigned int; };
 template <> struct Raw<2> { using type = unsigned short; };
 
 template <typename T, int kVec>
-__device__ __forceinline__ void load_vec(const T* p, float (&v)[kVec]) {
-  using R = typename Raw<kVec * sizeof(T)>::type;
-  const R raw = *reinterpret_cast<const R*>(p);
+using RawVec = typename Raw<kVec * sizeof(T)>::type;
+
+template <typename T, int kVec>
+__device__ __forceinline__ void unpack_vec(const RawVec<T, kVec>& raw, float (&v)[kVec]) {
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int j = 0; j < kVec; ++j) v[j] = to_float(e[j]);
+}
+
+template <typename T, int kVec>
+__device__ __forceinline__ void load_vec(const T* p, float (&v)[kVec]) {
+  unpack_vec<T, kVec>(*reinterpret_cast<const RawVec<T, kVec>*>(p), v);
+}
+
+// The forward reads its rows a group at a time, all loads issued before the first row's store: in
+// a loop of one load and one store per row, the compiler cannot move a load above the previous
+// row's store (the pointers may alias), so each thread had a single row in flight and the kernel
+// ran at a third of the memory bandwidth. Loads are read-only (__ldg) and raw, converted when
+// used. (The backward, grouped the same way, needed 161 registers and was not faster in the mixer:
+// see benchmarks/NOTES.md, v14.)
+constexpr int kFwdRowGroup = 8;
+
+template <typename T, int kVec, int kGroup>
+__device__ __forceinline__ void load_row_group(const T* first, int64_t row_stride, int rows,
+                                               RawVec<T, kVec> (&raw)[kGroup]) {
+#pragma unroll
+  for (int i = 0; i < kGroup; ++i) {
+    raw[i] = i < rows ? __ldg(reinterpret_cast<const RawVec<T, kVec>*>(first + i * row_stride)) : RawVec<T, kVec>{};
+  }
 }
 
 template <typename T, int kVec>
@@ -119,7 +142,8 @@ __device__ __forceinline__ void shift(float (&window)[kWidth][kVec]) {
   }
 }
 
-__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
+__device__ __forceinline__ float sigmoid(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
+__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.f + __expf(-x)); }
 
 template <typename T, int kWidth, int kVec>
 __global__ void __launch_bounds__(kBlockX * kBlockY) causal_conv1d_fwd_kernel(ConvParams p) {
@@ -139,18 +163,25 @@ __global__ void __launch_bounds__(kBlockX * kBlockY) causal_conv1d_fwd_kernel(Co
   }
   SeqCursor cursor(p, t0);
   const int t_end = min(t0 + kConvFwdTile, p.seqlen);
-#pragma unroll 4
-  for (int t = t0; t < t_end; ++t) {
-    load_vec<T>(x + t * x_row, window[kWidth - 1]);
-    cursor.advance(t);
-    float acc[kVec];
-    conv_row(w, bias, window, t, cursor.start, acc);
-    if (p.silu) {
+  static_assert(kConvFwdTile % kFwdRowGroup == 0, "whole row groups per tile");
+  for (int g = t0; g < t_end; g += kFwdRowGroup) {
+    RawVec<T, kVec> raw[kFwdRowGroup];
+    load_row_group<T, kVec, kFwdRowGroup>(x + g * x_row, x_row, t_end - g, raw);
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) acc[j] = silu(acc[j]);
+    for (int i = 0; i < kFwdRowGroup; ++i) {
+      const int t = g + i;
+      if (t >= t_end) break;
+      unpack_vec<T, kVec>(raw[i], window[kWidth - 1]);
+      cursor.advance(t);
+      float acc[kVec];
+      conv_row(w, bias, window, t, cursor.start, acc);
+      if (p.silu) {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) acc[j] = silu(acc[j]);
+      }
+      store_vec<T>(out + t * row, acc);
+      shift(window);
     }
-    store_vec<T>(out + t * row, acc);
-    shift(window);
   }
 }
 
@@ -196,7 +227,7 @@ __global__ void __launch_bounds__(kBlockX * kBlockY) causal_conv1d_bwd_kernel(Co
         conv_row(w, bias, xw, r, cursor.start, pre);
 #pragma unroll
         for (int j = 0; j < kVec; ++j) {
-          const float s = 1.f / (1.f + __expf(-pre[j]));
+          const float s = sigmoid(pre[j]);
           g[j] *= s * (1.f + pre[j] * (1.f - s));
         }
       }

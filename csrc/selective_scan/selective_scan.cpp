@@ -306,7 +306,8 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   if (z.has_value()) p.dz = row_tensor(dz);
   p.grads_token_major = token_major && p.channels_per_group % kScanBwdWarps == 0 && vector_rows(du) &&
                         vector_rows(ddelta) && (!z.has_value() || vector_rows(dz));
-  p.inputs_token_major = p.grads_token_major && p.dstate <= kScanBwdStagedMaxDstate && vector_rows(u) &&
+  p.inputs_token_major = p.grads_token_major && u.element_size() == 2 && p.dstate <= kScanBwdStagedMaxDstate &&
+                         vector_rows(u) &&
                          vector_rows(delta) && vector_rows(dout) &&
                          (!z.has_value() || (vector_rows(*z) && vector_rows(out_pre)));
   p.dinitial_state = dinitial_state.data_ptr<float>();

@@ -842,9 +842,6 @@ __device__ __forceinline__ void load_output_gradient(const ScanBwdParams& p, con
   }
 }
 
-// The gradient reaching y (before the gate) in scan order, and dz = dout * y * silu'(z) written
-// from the pre-gate output the forward saved. All loads are issued together, so a channel costs
-// one memory latency.
 // dz (memory order) and, in gy, the gradient reaching y before the gate (still in memory order).
 // All loads are issued together, so a channel costs one memory latency.
 template <typename T>
@@ -901,75 +898,87 @@ __device__ __forceinline__ void put_row_items(float* row, const float (&v)[K]) {
   dst[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
-// Token-major inputs (p.inputs_token_major). A CTA's kBwdWarps channels [d0, d0 + kBwdWarps) at one
-// time step are one or two 16-byte vectors, so one thread per step loads them, and the chunk's
-// dt (bias added, softplus applied, 0 outside the sequence), u, and the gradient reaching y
-// before the gate leave as split rows [kStagedInputs][kBwdWarps][kScanChunk] for each warp to read
-// its channel from. 2-byte loads from 8 rows (a warp's 32 lanes in 32 different rows) cost the
-// mixer's main pass twice the contiguous layout's time.
+// Token-major inputs (p.inputs_token_major, 16-bit inputs). A CTA's kBwdWarps channels [d0, d0 +
+// kBwdWarps) at one time step are one 16-byte vector per tensor, so the thread of each step copies
+// them with cp.async into its own slots of [kRawInputs][kScanChunk] uint4s, issued one round of
+// channels ahead: no registers hold them in flight (held in registers, ptxas spilled them, and each
+// spill store waited for its load), and the thread needs no barrier before it unpacks its own. It
+// then stages the chunk's dt (bias added, softplus applied, 0 outside the sequence), u, and the
+// gradient reaching y before the gate as split rows [kStagedInputs][kBwdWarps][kScanChunk] for each
+// warp to read its channel from. 2-byte loads from 8 rows (a warp's 32 lanes in 32 different rows)
+// cost the mixer's main pass twice the contiguous layout's time.
 enum StagedInput { kStagedU, kStagedDt, kStagedGy, kStagedInputs };
+enum RawInput { kRawU, kRawDelta, kRawDout, kRawZ, kRawOutPre, kRawInputs };
 static_assert(kBwdWarps * 32 == kScanChunk, "one thread per time step of a chunk");
-
-// One time step's raw vectors of the kBwdWarps channels from d0: u, delta, dout, z, out_pre.
+constexpr int kRawFloats = kRawInputs * kScanChunk * 4;  // the slots, in floats
 template <typename T>
-struct StepVectors {
-  static constexpr int kVec = 16 / sizeof(T), kCount = kBwdWarps / kVec;
-  static_assert(kBwdWarps % kVec == 0, "whole vectors of channels");
-  uint4 u[kCount], delta[kCount], dout[kCount], z[kCount], out_pre[kCount];
-};
+constexpr bool kTokenMajorStaging = sizeof(T) == 2;  // the launcher sets inputs_token_major for these only
 
-template <typename T>
-__device__ __forceinline__ void load_step_vectors(const RowTensor& t, const SeqSpan& span, int d0, int pos,
-                                                  bool in_range, uint4 (&v)[StepVectors<T>::kCount]) {
-  const uint4* src = reinterpret_cast<const uint4*>(row_ptr<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride);
-#pragma unroll
-  for (int i = 0; i < StepVectors<T>::kCount; ++i) v[i] = in_range ? __ldcg(src + i) : make_uint4(0, 0, 0, 0);
-}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
-template <typename T>
-__device__ __forceinline__ void unpack_step(const uint4 (&v)[StepVectors<T>::kCount], float (&out)[kBwdWarps]) {
-#pragma unroll
-  for (int i = 0; i < StepVectors<T>::kCount; ++i) {
-    const T* e = reinterpret_cast<const T*>(&v[i]);
-#pragma unroll
-    for (int j = 0; j < StepVectors<T>::kVec; ++j) out[i * StepVectors<T>::kVec + j] = to_float(e[j]);
+// cp.async of `bytes` (4 or 16), or zeros into the slot when !copy (then nothing is read: src may
+// be any valid address).
+template <int kBytes>
+__device__ __forceinline__ void cp_async_or_zero(void* smem, const void* gmem, bool copy) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if constexpr (kBytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(copy ? 16 : 0) : "memory");
+  } else {
+    static_assert(kBytes == 4, "the 4-byte state entries");
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(gmem), "r"(copy ? 4 : 0) : "memory");
   }
 }
 
-// Issues this thread's step of the chunk's inputs for channels [d0, d0 + kBwdWarps) (zeros out of
-// the sequence); the main pass issues the next channels' right after its state rounds, so their
-// latency overlaps its output phase instead of stalling the whole CTA at the next staging.
 template <typename T>
-__device__ __forceinline__ void load_token_major_inputs(const ScanBwdParams& p, const SeqSpan& span, int d0,
-                                                        int chunk_start, bool with_dz, StepVectors<T>& raw) {
-  const int pos = chunk_start + static_cast<int>(threadIdx.x);
+__device__ __forceinline__ void copy_step_vector(const RowTensor& t, const SeqSpan& span, int d0, int pos,
+                                                 bool in_range, uint4* slot) {
+  const T* src = in_range ? row_ptr<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride
+                          : static_cast<const T*>(t.ptr);
+  cp_async_or_zero<16>(slot, src, in_range);
+}
+
+// Issues this thread's step of the inputs of channels [d0, d0 + kBwdWarps) into `raw` (zeros out of
+// the sequence); the caller commits the group.
+template <typename T>
+__device__ __forceinline__ void prefetch_token_major_inputs(const ScanBwdParams& p, const SeqSpan& span, int d0,
+                                                            int chunk_start, bool with_out_pre, uint4* raw) {
+  static_assert(kBwdWarps * sizeof(T) == 16, "one vector per time step and tensor");
+  const int step = threadIdx.x, pos = chunk_start + step;
   const bool in_range = pos >= span.lo && pos < span.len;
-  load_step_vectors<T>(p.u, span, d0, pos, in_range, raw.u);
-  load_step_vectors<T>(p.delta, span, d0, pos, in_range, raw.delta);
-  load_step_vectors<T>(p.dout, span, d0, pos, in_range, raw.dout);
+  copy_step_vector<T>(p.u, span, d0, pos, in_range, raw + kRawU * kScanChunk + step);
+  copy_step_vector<T>(p.delta, span, d0, pos, in_range, raw + kRawDelta * kScanChunk + step);
+  copy_step_vector<T>(p.dout, span, d0, pos, in_range, raw + kRawDout * kScanChunk + step);
   if (p.z.ptr != nullptr) {
-    load_step_vectors<T>(p.z, span, d0, pos, in_range, raw.z);
-    if (with_dz) load_step_vectors<T>(p.out_pre, span, d0, pos, in_range, raw.out_pre);
+    copy_step_vector<T>(p.z, span, d0, pos, in_range, raw + kRawZ * kScanChunk + step);
+    if (with_out_pre) copy_step_vector<T>(p.out_pre, span, d0, pos, in_range, raw + kRawOutPre * kScanChunk + step);
   }
 }
 
-// Stages the loaded inputs into `rows` (see StagedInput); with `write_dz` and a gate, also writes
-// dz = dout * y * silu'(z) from the pre-gate output. Cooperative over the CTA; the caller
-// synchronises before reading the rows.
+template <typename T>
+__device__ __forceinline__ void unpack_step(const uint4& v, float (&out)[kBwdWarps]) {
+  const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+  for (int c = 0; c < kBwdWarps; ++c) out[c] = to_float(e[c]);
+}
+
+// Stages this thread's prefetched step into `rows` (see StagedInput) once its copies have landed;
+// with `write_dz` and a gate, also writes dz = dout * y * silu'(z) from the pre-gate output.
+// Cooperative over the CTA; the caller synchronises before reading the rows.
 template <typename T>
 __device__ __forceinline__ void stage_token_major_inputs(const ScanBwdParams& p, const SeqSpan& span, int d0,
-                                                         int chunk_start, bool write_dz, const StepVectors<T>& raw,
+                                                         int chunk_start, bool write_dz, const uint4* raw,
                                                          float* rows) {
+  cp_async_wait_all();
   const int step = threadIdx.x, pos = chunk_start + step;
   const bool in_range = pos >= span.lo && pos < span.len;
   const bool gated = p.z.ptr != nullptr;
   float u[kBwdWarps], dt[kBwdWarps], gy[kBwdWarps], z[kBwdWarps], y[kBwdWarps], dz[kBwdWarps];
-  unpack_step<T>(raw.u, u);
-  unpack_step<T>(raw.delta, dt);
-  unpack_step<T>(raw.dout, gy);
+  unpack_step<T>(raw[kRawU * kScanChunk + step], u);
+  unpack_step<T>(raw[kRawDelta * kScanChunk + step], dt);
+  unpack_step<T>(raw[kRawDout * kScanChunk + step], gy);
   if (gated) {
-    unpack_step<T>(raw.z, z);
-    if (write_dz) unpack_step<T>(raw.out_pre, y);
+    unpack_step<T>(raw[kRawZ * kScanChunk + step], z);
+    if (write_dz) unpack_step<T>(raw[kRawOutPre * kScanChunk + step], y);
   }
 #pragma unroll
   for (int c = 0; c < kBwdWarps; ++c) {
@@ -982,16 +991,11 @@ __device__ __forceinline__ void stage_token_major_inputs(const ScanBwdParams& p,
     }
   }
   if (gated && write_dz && in_range) {
-    constexpr int kVec = StepVectors<T>::kVec;
-    uint4* dst = reinterpret_cast<uint4*>(row_ptr_mut<T>(p.dz, span, d0) + static_cast<int64_t>(pos) * p.dz.len_stride);
+    uint4 packed;
+    T* e = reinterpret_cast<T*>(&packed);
 #pragma unroll
-    for (int i = 0; i < StepVectors<T>::kCount; ++i) {
-      uint4 packed;
-      T* e = reinterpret_cast<T*>(&packed);
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(dz[i * kVec + j]);
-      dst[i] = packed;
-    }
+    for (int c = 0; c < kBwdWarps; ++c) e[c] = from_float<T>(dz[c]);
+    *reinterpret_cast<uint4*>(row_ptr_mut<T>(p.dz, span, d0) + static_cast<int64_t>(pos) * p.dz.len_stride) = packed;
   }
   const int at = split_index(step);
 #pragma unroll
@@ -1027,32 +1031,19 @@ __device__ __forceinline__ void stage_state_row(const float* src, int64_t stride
   for (int n = threadIdx.x & 31; n < pitch; n += 32) row[n] = n < N ? src[n * stride] * scale : 0.f;
 }
 
-// A lane's entry (state `lane`) of the main pass's A, checkpoint and adjoint-carry rows of channel d,
-// for dstate <= 32 (pitch <= 32: one entry per lane), held in registers until store_state_values.
+// The main pass's A, checkpoint and adjoint-carry rows of channel d ([3][pitch], zero past
+// dstate), copied with cp.async by the warp's lanes, one state each (dstate <= 32), in the same
+// group as the channels' prefetch_token_major_inputs.
 static_assert(kBwdTileMaxDstate <= 32, "one state per lane");
-struct StateRowValues {
-  float A, checkpoint, carry;
-};
-
-__device__ __forceinline__ StateRowValues load_state_values(const ScanBwdParams& p, int global_chunk, int d) {
+__device__ __forceinline__ void prefetch_state_rows(const ScanBwdParams& p, int global_chunk, int d, int pitch,
+                                                    float* rows) {
   const int n = threadIdx.x & 31;
-  const int64_t chunk_row = (static_cast<int64_t>(global_chunk) * p.dim + d) * p.dstate;
-  StateRowValues v{0.f, 0.f, 0.f};
-  if (n < p.dstate) {
-    v.A = p.A[d * p.A_dim_stride + n * p.A_state_stride];
-    v.checkpoint = p.checkpoints[chunk_row + n];
-    v.carry = p.adjoint_carry[chunk_row + n];
-  }
-  return v;
-}
-
-__device__ __forceinline__ void store_state_values(const StateRowValues& v, int pitch, float* rows) {
-  const int n = threadIdx.x & 31;
-  if (n < pitch) {
-    rows[n] = v.A;
-    rows[pitch + n] = v.checkpoint;
-    rows[2 * pitch + n] = v.carry;
-  }
+  if (n >= pitch) return;
+  const bool real = n < p.dstate;
+  const int64_t at = (static_cast<int64_t>(global_chunk) * p.dim + d) * p.dstate + n;
+  cp_async_or_zero<4>(rows + n, real ? p.A + d * p.A_dim_stride + n * p.A_state_stride : p.A, real);
+  cp_async_or_zero<4>(rows + pitch + n, real ? p.checkpoints + at : p.checkpoints, real);
+  cp_async_or_zero<4>(rows + 2 * pitch + n, real ? p.adjoint_carry + at : p.adjoint_carry, real);
 }
 
 // The channels [d_begin, d_end) that a backward CTA owns, and its chunk.
@@ -1103,12 +1094,23 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][pitch]).
   float* rows = smem + warp * 3 * pitch;
   const float* tile_C = nullptr;
-  float* staged_inputs = nullptr;  // kStaged and p.inputs_token_major: the CTA's channels' inputs
+  // kStaged and p.inputs_token_major: the CTA's channels' staged inputs, then their raw slots (no
+  // out_pre: dz is the main pass's).
+  float* staged_inputs = nullptr;
+  uint4* raw = nullptr;
+  const int chunk_start = tile.chunk * kScanChunk;
   if constexpr (kStaged) {  // every channel of the CTA reads the same C chunk
     float* staged = smem + kBwdWarps * 3 * pitch;
-    load_state_tile<T>(p.C, tile.span, tile.group, 0, pitch, N, tile.chunk * kScanChunk, staged);
+    load_state_tile<T>(p.C, tile.span, tile.group, 0, pitch, N, chunk_start, staged);
     tile_C = staged;
-    if (p.inputs_token_major) staged_inputs = staged + pitch * kScanChunk;
+    if constexpr (kTokenMajorStaging<T>) {
+      if (p.inputs_token_major) {
+        staged_inputs = staged + pitch * kScanChunk;
+        raw = reinterpret_cast<uint4*>(staged_inputs + kStagedInputs * kBwdWarps * kScanChunk);
+        prefetch_token_major_inputs<T>(p, tile.span, tile.d_begin, chunk_start, false, raw);
+        cp_async_commit();
+      }
+    }
   }
   __syncthreads();
   const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
@@ -1119,13 +1121,20 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
     float gy[K];
     ChunkInputs in;
     if (staged_inputs != nullptr) {
-      __syncthreads();  // every warp has read the previous channels' staged rows
-      StepVectors<T> raw;
-      load_token_major_inputs<T>(p, tile.span, d - warp, tile.chunk * kScanChunk, false, raw);
-      stage_token_major_inputs<T>(p, tile.span, d - warp, tile.chunk * kScanChunk, false, raw, staged_inputs);
-      stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
-      __syncthreads();
-      staged_chunk_inputs<kReverse>(staged_inputs, in, gy);
+      if constexpr (kTokenMajorStaging<T>) {
+        const int d0 = d - warp;
+        __syncthreads();  // every warp has read the previous channels' staged rows
+        stage_token_major_inputs<T>(p, tile.span, d0, chunk_start, false, raw, staged_inputs);
+        // The next channels' copies land during this channel's state loop (into this thread's own
+        // slots, which it has just read).
+        if (d0 + kBwdWarps < tile.d_end) {
+          prefetch_token_major_inputs<T>(p, tile.span, d0 + kBwdWarps, chunk_start, false, raw);
+          cp_async_commit();
+        }
+        stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
+        __syncthreads();
+        staged_chunk_inputs<kReverse>(staged_inputs, in, gy);
+      }
     } else {
       stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
       if (p.z.ptr != nullptr && !p.grads_token_major) {  // else the main pass writes dz
@@ -1295,6 +1304,13 @@ __device__ __forceinline__ float warp_sum_pair(float first, float second) {
 constexpr int kStatesPerRound = 2;
 // Per-warp rows of per-state values in the main pass: A, checkpoint, adjoint carry, dA.
 constexpr int kBwdStateRows = 4;
+// Floats of the main pass's contributions' space; with token-major inputs it extends past the
+// contributions to hold the staged inputs followed by the raw slots.
+__host__ __device__ constexpr int main_contrib_floats(bool inputs_token_major) {
+  const int contributions = kBwdWarps * kStatesPerRound * 2 * kScanChunk;
+  const int staging = kStagedInputs * kBwdWarps * kScanChunk + kRawFloats;
+  return inputs_token_major && staging > contributions ? staging : contributions;
+}
 static_assert(kStatesPerRound == 2, "state_pitch pads dstate to whole rounds");
 
 // Fixed-order sum of one float4 over the CTA's warps' contributions (a tree, for a short chain).
@@ -1338,16 +1354,22 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   const int chunk_lo = max(tile.span.lo - chunk_start, 0);
 
   // Shared memory: per-warp contributions [kBwdWarps][kStatesPerRound][2][kScanChunk] (split
-  // rows), per-warp state rows [kBwdWarps][4][pitch] (A, checkpoint, adjoint carry, dA), then the
-  // block's sums over channels [2][N][kScanChunk] (split rows, dstate <= kSmemAccMaxDstate), then
-  // the chunk's B and C [2][pitch][kScanChunk] (split rows, dstate <= kBwdTileMaxDstate).
+  // rows; with token-major inputs this space also holds the staged inputs, then the raw slots
+  // beyond it: see main_contrib_floats), per-warp state rows [kBwdWarps][4][pitch] (A, checkpoint,
+  // adjoint carry, dA), then the block's sums over channels [2][N][kScanChunk] (split rows, dstate
+  // <= kSmemAccMaxDstate), then the chunk's B and C [2][pitch][kScanChunk] (split rows, dstate <=
+  // kBwdTileMaxDstate).
   constexpr int kContrib = kStatesPerRound * 2 * kScanChunk;
   static_assert(kContrib >= 3 * kScanChunk, "du, ddelta and dz rows fit in the contributions' space");
-  static_assert(kContrib >= kStagedInputs * kScanChunk, "so do the staged inputs");
   float* contrib = smem;
-  float* rows = smem + kBwdWarps * kContrib + warp * kBwdStateRows * pitch;
+  // The raw slots come after the staged inputs, so that a round's copies (issued after its state
+  // rounds) overlap neither the output phase's du/ddelta rows nor the next staging's writes; they
+  // overlap the contributions, which are free from then until the next state round.
+  uint4* raw = reinterpret_cast<uint4*>(smem + kStagedInputs * kBwdWarps * kScanChunk);
+  float* state_rows = smem + main_contrib_floats(kTokenMajorInputs);
+  float* rows = state_rows + warp * kBwdStateRows * pitch;
   constexpr bool acc_in_smem = kStaged;
-  float* acc_smem = smem + kBwdWarps * (kContrib + kBwdStateRows * pitch);
+  float* acc_smem = state_rows + kBwdWarps * kBwdStateRows * pitch;
   const float* tile_B = nullptr;
   const float* tile_C = nullptr;
   if constexpr (kStaged) {
@@ -1367,13 +1389,12 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   __syncthreads();
 
   const int iterations = (tile.d_end - tile.d_begin + kBwdWarps - 1) / kBwdWarps;
-  // kTokenMajorInputs: the next channels' inputs and state rows, in flight from the end of the
-  // current channels' state rounds.
-  StepVectors<T> next_inputs;
-  StateRowValues next_rows;
+  // kTokenMajorInputs: a round's inputs and state rows are copied from the end of the previous
+  // round's state rounds.
   if constexpr (kTokenMajorInputs) {
-    load_token_major_inputs<T>(p, tile.span, tile.d_begin, chunk_start, true, next_inputs);
-    next_rows = load_state_values(p, tile.global_chunk, tile.d_begin + warp);
+    prefetch_state_rows(p, tile.global_chunk, tile.d_begin + warp, pitch, rows);
+    prefetch_token_major_inputs<T>(p, tile.span, tile.d_begin, chunk_start, true, raw);
+    cp_async_commit();
   }
   for (int it = 0; it < iterations; ++it) {
     const int d = tile.d_begin + it * kBwdWarps + warp;
@@ -1392,8 +1413,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     __syncwarp();  // the previous channel's dA row is written out
     // Staged inputs imply vector_out, whose last barrier freed contrib; every warp is active.
     if constexpr (kTokenMajorInputs) {
-      stage_token_major_inputs<T>(p, tile.span, d - warp, chunk_start, true, next_inputs, contrib);
-      store_state_values(next_rows, pitch, rows);
+      stage_token_major_inputs<T>(p, tile.span, d - warp, chunk_start, true, raw, contrib);
       __syncthreads();
       staged_chunk_inputs<kReverse>(contrib, in, gy);
       __syncthreads();  // the first state round overwrites the staged rows
@@ -1457,9 +1477,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
       __syncthreads();
     }
     if constexpr (kTokenMajorInputs) {
-      if (it + 1 < iterations) {
-        load_token_major_inputs<T>(p, tile.span, d - warp + kBwdWarps, chunk_start, true, next_inputs);
-        next_rows = load_state_values(p, tile.global_chunk, d + kBwdWarps);
+      if (it + 1 < iterations) {  // the last state round's barrier freed the rows and slots
+        prefetch_state_rows(p, tile.global_chunk, d + kBwdWarps, pitch, rows);
+        prefetch_token_major_inputs<T>(p, tile.span, d - warp + kBwdWarps, chunk_start, true, raw);
+        cp_async_commit();
       }
     }
 
@@ -1542,12 +1563,13 @@ size_t fwd_smem(int dstate) {
 inline size_t bwd_summary_smem(int dstate, bool inputs_token_major) {
   const int pitch = state_pitch(dstate);
   const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * pitch * kScanChunk : 0;
-  const size_t inputs = inputs_token_major ? size_t{1} * kStagedInputs * kBwdWarps * kScanChunk : 0;
+  const size_t raw_floats = size_t{1} * kRawOutPre * kScanChunk * 4;  // no out_pre slots
+  const size_t inputs = inputs_token_major ? size_t{1} * kStagedInputs * kBwdWarps * kScanChunk + raw_floats : 0;
   return sizeof(float) * (size_t{3} * kBwdWarps * pitch + tile_C + inputs);
 }
-inline size_t bwd_main_smem(int dstate) {
+inline size_t bwd_main_smem(int dstate, bool inputs_token_major) {
   const int pitch = state_pitch(dstate);
-  size_t floats = size_t{1} * kBwdWarps * (kStatesPerRound * 2 * kScanChunk + kBwdStateRows * pitch);
+  size_t floats = main_contrib_floats(inputs_token_major) + size_t{1} * kBwdWarps * kBwdStateRows * pitch;
   if (dstate <= kSmemAccMaxDstate) floats += size_t{2} * dstate * kScanChunk;
   if (dstate <= kBwdTileMaxDstate) floats += size_t{2} * pitch * kScanChunk;
   return sizeof(float) * floats;
@@ -1580,7 +1602,7 @@ template <typename input_t, bool kReverse>
 cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
   const size_t summary_smem = bwd_summary_smem(params.dstate, params.inputs_token_major);
-  const size_t main_smem = bwd_main_smem(params.dstate);
+  const size_t main_smem = bwd_main_smem(params.dstate, params.inputs_token_major);
   const bool staged = params.dstate <= kBwdTileMaxDstate;
   const auto summary_kernel = staged ? selective_scan_bwd_summary_kernel<input_t, kReverse, true>
                                      : selective_scan_bwd_summary_kernel<input_t, kReverse, false>;
@@ -1597,9 +1619,11 @@ cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  const auto main_kernel = params.inputs_token_major ? selective_scan_bwd_main_kernel<input_t, kReverse, true, true>
-                           : staged                  ? selective_scan_bwd_main_kernel<input_t, kReverse, true, false>
-                                                     : selective_scan_bwd_main_kernel<input_t, kReverse, false, false>;
+  auto main_kernel = staged ? selective_scan_bwd_main_kernel<input_t, kReverse, true, false>
+                            : selective_scan_bwd_main_kernel<input_t, kReverse, false, false>;
+  if constexpr (kTokenMajorStaging<input_t>) {
+    if (params.inputs_token_major) main_kernel = selective_scan_bwd_main_kernel<input_t, kReverse, true, true>;
+  }
   err = allow_smem(main_kernel, main_smem);
   if (err != cudaSuccess) return err;
   main_kernel<<<grid, kBwdWarps * 32, main_smem, stream>>>(params);
@@ -1620,11 +1644,12 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
                         : scan_detail::launch_bwd<input_t, false>(params, stream);
 }
 
-// Both directions and input layouts share one occupancy (same registers and shared memory).
+// Both directions and input layouts share one occupancy (same registers; the token-major inputs'
+// extra shared memory still fits two CTAs per SM, and the larger size is the one asked about).
 template <typename input_t>
 cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* ctas) {
   using namespace scan_detail;
-  const size_t smem = bwd_main_smem(dstate);
+  const size_t smem = bwd_main_smem(dstate, kTokenMajorStaging<input_t> && dstate <= kBwdTileMaxDstate);
   const auto kernel = dstate <= kBwdTileMaxDstate ? selective_scan_bwd_main_kernel<input_t, false, true, false>
                                                   : selective_scan_bwd_main_kernel<input_t, false, false, false>;
   const cudaError_t err = allow_smem(kernel, smem);

@@ -83,10 +83,11 @@ struct ScanBwdParams : ScanParams {
   // main pass then writes each time step's 8 channels as one vector through shared memory, and
   // computes dz itself (the summary pass does otherwise).
   bool grads_token_major = false;
-  // With grads_token_major, dstate <= 32 and u, delta, dout (and z, out_pre) token-major with 16-byte
-  // aligned rows: both passes read a chunk's 8 channels of each input as one vector per time step,
-  // staged through shared memory, instead of 2-byte loads from 8 rows; the main pass then writes
-  // dz at that point, since it needs nothing from the scan.
+  // With grads_token_major, 16-bit inputs, dstate <= 32 and u, delta, dout (and z, out_pre)
+  // token-major with 16-byte aligned rows: both passes copy a chunk's 8 channels of each input as
+  // one vector per time step (cp.async, a round of channels ahead) and stage them through shared
+  // memory, instead of 2-byte loads from 8 rows; the main pass then writes dz at that point, since
+  // it needs nothing from the scan.
   bool inputs_token_major = false;
   float* dinitial_state = nullptr;  // (num_seqs, dim, dstate)
   // Per-chunk partial sums, reduced over chunks by the launcher in a fixed order.

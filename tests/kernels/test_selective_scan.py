@@ -322,7 +322,7 @@ def test_cuda_many_short_packed_sequences(dtype, case, poison_outputs):
 
 @pytest.mark.skipif(not HAS_GPU, reason="the token-major fast paths are GPU kernels")
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", [
     Case(dim=16, seqlen=1000, dstate=16, groups=1),                            # both fast paths
     Case(dim=24, seqlen=777, dstate=32, groups=3, reverse=True),                # 8 channels per group
