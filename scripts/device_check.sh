@@ -4,6 +4,7 @@
 #   bash scripts/device_check.sh check        # build m4v, GPU tests (TESTS, TEST_FILTER), compute-sanitizer (SANITIZE)
 #   bash scripts/device_check.sh bench        # wait for the peer build, then the scan benchmark (BENCH_ARGS added)
 #   bash scripts/device_check.sh recompose    # the re-composition benchmark
+#   bash scripts/device_check.sh conv         # the causal-conv1d benchmark (against cuDNN's depthwise conv)
 #   bash scripts/device_check.sh efficiency   # whole model, then mixer vs attention (after the peer build)
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
 #   bash scripts/device_check.sh ship         # the shipped m4v-shapes model's whole recipe, then its evaluation
@@ -14,7 +15,8 @@
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
 #   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
 #                                             # tests compile every shape and outlast a call) + benchmark (SCAN_ARGS)
-#                                             # + mixer of the tree, then of each benchmarks/patches/*.patch
+#                                             # + conv benchmark + mixer of the tree, then of each
+#                                             # benchmarks/patches/*.patch
 #   bash scripts/device_check.sh profile      # ncu of a scan kernel (KERNEL, default the forward): stalls, and
 #                                             # executed counts per SASS line
 set -uo pipefail
@@ -175,23 +177,26 @@ case "${1:-check}" in
     # prediction): the tree as it is, then each patch applied alone, same run, same peer. PATCHES
     # (names without .patch) picks some; a patch's header lines "SCAN_TESTS: ..." and "SCAN_ARGS: ..."
     # (before its diff; git apply skips them) replace those settings for its round, and "MIXER: no"
-    # skips the mixer there. Each round's logs are packed into $OUT/rounds.tar as it ends, so that a
-    # call cut short still brings back the finished rounds (and stays within the files returned).
+    # skips the mixer there ("TEST_FILE: ..." runs another test file's tests). Each round's logs
+    # are packed into $OUT/rounds.tar as it ends, so that a call cut short still brings back the
+    # finished rounds (and stays within the files returned).
     install_wheels; wait_for_peer
     ROUNDS="$OUT/rounds"; mkdir -p "$ROUNDS"
     scan_round() {  # name [patch]: build, the scan's GPU tests, the scan benchmark, the mixer (token-major scan)
-      local tests=${SCAN_TESTS:-not triton} args=${SCAN_ARGS:-} mixer=yes
+      local tests=${SCAN_TESTS:-not triton} args=${SCAN_ARGS:-} mixer=yes test_file=tests/kernels/test_selective_scan.py
       if [ -n "${2:-}" ]; then
         tests=$(sed -n 's/^SCAN_TESTS: //p' "$2" | head -1 | grep . || echo "$tests")
+        test_file=$(sed -n 's/^TEST_FILE: //p' "$2" | head -1 | grep . || echo "$test_file")
         args=$(sed -n 's/^SCAN_ARGS: //p' "$2" | head -1 | grep . || echo "$args")
         mixer=$(sed -n 's/^MIXER: //p' "$2" | head -1 | grep . || echo yes)
       fi
-      echo "== round $1 (tests: $tests; bench: $args; mixer: $mixer)"
+      echo "== round $1 (tests: $test_file -k $tests; bench: $args; mixer: $mixer)"
       build_m4v || return 1
-      timeout 300 python3 -m pytest tests/kernels/test_selective_scan.py -q -x -k "$tests" 2>&1 \
+      timeout 300 python3 -m pytest "$test_file" -q -x -k "$tests" 2>&1 \
         | tee "$ROUNDS/tests-$1.log" | tail -3
       python3 benchmarks/bench_selective_scan.py $args --json "$ROUNDS/scan-$1.json" 2>&1 | tee "$ROUNDS/bench-$1.log" \
         | tail -14
+      (cd benchmarks && python3 bench_conv1d.py --json "$ROUNDS/conv-$1.json") 2>&1 | grep -v '^\[{' | tail -5
       if [ "$mixer" != no ]; then
         (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens 15360 --json "$ROUNDS/mixer-$1.json" >/dev/null 2>&1)
         python3 -c "import json, sys; [print('mixer', r['mixer'], r['scope'], r['pass'], r['ms']) for r in \
@@ -227,5 +232,9 @@ case "${1:-check}" in
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     python3 benchmarks/bench_recompose.py --json "$OUT/h100-recompose.json" 2>&1 | tee "$OUT/bench-recompose.log"
+    ;;
+  conv)
+    python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    (cd benchmarks && python3 bench_conv1d.py --json "$OUT/h100-conv1d.json") 2>&1 | grep -v '^\[{'
     ;;
 esac
