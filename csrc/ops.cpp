@@ -23,6 +23,8 @@ TORCH_LIBRARY(m4v, m) {
       "selective_scan_bwd_cuda(Tensor dout, Tensor? dlast_state, Tensor u, Tensor delta, Tensor A, Tensor B, "
       "Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor? cu_seqlens, "
       "Tensor checkpoints, Tensor out_pre, bool delta_softplus, bool reverse) -> Tensor[]");
+  m.def("selective_scan_bwd_paths(Tensor u, Tensor delta, Tensor dout, Tensor? z, Tensor out_pre, int groups, "
+        "int dstate) -> int[]");
   m.def("causal_conv1d_fwd_cuda(Tensor x, Tensor weight, Tensor? bias, Tensor? cu_seqlens, bool silu) -> Tensor");
   m.def(
       "causal_conv1d_bwd_cuda(Tensor dout, Tensor x, Tensor weight, Tensor? bias, Tensor? cu_seqlens, bool silu) "

@@ -173,6 +173,31 @@ bool vector_states(const Tensor& t) {
 // Output layout rule (mirrored by the fake kernel): token-major when u is.
 bool token_major_input(const Tensor& u) { return u.stride(1) == 1 && u.stride(2) != 1; }
 
+// A new (batch, dim, seqlen) output or gradient of u's shape in the output rule's layout: a
+// token-major gradient then reaches a token-major producer through autograd without a transpose.
+Tensor new_scan_tensor(const Tensor& u) {
+  return token_major_input(u) ? new_token_major_output(u.size(0), u.size(1), u.size(2), u.options())
+                              : new_row_output(u.size(0), u.size(1), u.size(2), u.options());
+}
+
+// The backward's vector paths (ScanBwdParams::grads_token_major and inputs_token_major) for these
+// tensors' layouts, du, ddelta and dz being the gradients the launcher allocated (new_scan_tensor).
+struct BwdPaths {
+  bool grads_token_major = false, inputs_token_major = false;
+};
+
+BwdPaths choose_bwd_paths(const Tensor& u, const Tensor& delta, const Tensor& dout, const OptTensor& z,
+                          const Tensor& out_pre, const Tensor& du, const Tensor& ddelta, const Tensor& dz,
+                          int64_t channels_per_group, int64_t dstate) {
+  BwdPaths paths;
+  paths.grads_token_major = token_major_input(u) && channels_per_group % kScanBwdWarps == 0 && vector_rows(du) &&
+                            vector_rows(ddelta) && (!z.has_value() || vector_rows(dz));
+  paths.inputs_token_major = paths.grads_token_major && u.element_size() == 2 &&
+                             dstate <= kScanBwdStagedMaxDstate && vector_rows(u) && vector_rows(delta) &&
+                             vector_rows(dout) && (!z.has_value() || (vector_rows(*z) && vector_rows(out_pre)));
+  return paths;
+}
+
 // Rows of the checkpoint buffer: a static upper bound, so no host sync is needed for varlen (each
 // sequence's grid adds at most kSeqAlign - 1 lead steps and one partial chunk).
 int64_t checkpoint_rows(const ScanParams& p) {
@@ -191,16 +216,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> selective_scan_fwd_cuda(const Tensor&
   ScanParams p;
   auto keep = fill_common(p, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse);
   const bool token_major = token_major_input(u);
-  auto new_scan_output = [&] {
-    return token_major ? new_token_major_output(u.size(0), u.size(1), u.size(2), u.options())
-                       : new_row_output(u.size(0), u.size(1), u.size(2), u.options());
-  };
-  Tensor out = new_scan_output();
+  Tensor out = new_scan_tensor(u);
   Tensor last_state = new_output({p.num_seqs, p.dim, p.dstate}, u.options().dtype(at::kFloat));
   Tensor checkpoints = new_output({save_checkpoints ? checkpoint_rows(p) : 0, p.dim, p.dstate},
                                   u.options().dtype(at::kFloat));
   // With a gate, the backward needs y before it: kept when a backward will follow.
-  Tensor out_pre = save_checkpoints && z.has_value() ? new_scan_output() : at::empty({0}, u.options());
+  Tensor out_pre = save_checkpoints && z.has_value() ? new_scan_tensor(u) : at::empty({0}, u.options());
   p.out = row_tensor(out);
   if (out_pre.numel() > 0) p.out_pre = row_tensor(out_pre);
   p.rows_token_major = token_major && p.channels_per_group % 8 == 0 && vector_rows(u) && vector_rows(delta) &&
@@ -280,16 +301,9 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   p.dout = row_tensor(dout);
 
   const auto f32 = u.options().dtype(at::kFloat);
-  // The gradients follow u's layout rule (token-major when u is), so autograd hands them to a
-  // token-major producer without a transpose.
-  const bool token_major = token_major_input(u);
-  auto new_gradient = [&] {
-    return token_major ? new_token_major_output(u.size(0), u.size(1), u.size(2), u.options())
-                       : new_row_output(u.size(0), u.size(1), u.size(2), u.options());
-  };
-  Tensor du = new_gradient();
-  Tensor ddelta = new_gradient();
-  Tensor dz = z.has_value() ? new_gradient() : at::empty({0}, u.options());
+  Tensor du = new_scan_tensor(u);
+  Tensor ddelta = new_scan_tensor(u);
+  Tensor dz = z.has_value() ? new_scan_tensor(u) : at::empty({0}, u.options());
   Tensor dinitial_state = new_output({p.num_seqs, p.dim, p.dstate}, f32);
   // Chunk slots past the last real chunk (varlen upper bound) stay zero and drop out of the sums.
   Tensor dA_partial = at::zeros({rows, p.dim, p.dstate}, f32);
@@ -304,12 +318,9 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   p.du = row_tensor(du);
   p.ddelta = row_tensor(ddelta);
   if (z.has_value()) p.dz = row_tensor(dz);
-  p.grads_token_major = token_major && p.channels_per_group % kScanBwdWarps == 0 && vector_rows(du) &&
-                        vector_rows(ddelta) && (!z.has_value() || vector_rows(dz));
-  p.inputs_token_major = p.grads_token_major && u.element_size() == 2 && p.dstate <= kScanBwdStagedMaxDstate &&
-                         vector_rows(u) &&
-                         vector_rows(delta) && vector_rows(dout) &&
-                         (!z.has_value() || (vector_rows(*z) && vector_rows(out_pre)));
+  const BwdPaths paths = choose_bwd_paths(u, delta, dout, z, out_pre, du, ddelta, dz, p.channels_per_group, p.dstate);
+  p.grads_token_major = paths.grads_token_major;
+  p.inputs_token_major = paths.inputs_token_major;
   p.dinitial_state = dinitial_state.data_ptr<float>();
   p.dA_partial = dA_partial.data_ptr<float>();
   p.dD_partial = dD_partial.data_ptr<float>();
@@ -335,7 +346,25 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state};
 }
 
+// [grads_token_major, inputs_token_major] as selective_scan_bwd_cuda would choose them for these
+// layouts (B and C, A and the rest do not enter): the tests' check that the mixer's layout takes
+// the fast paths. Layout only, so it runs on any device.
+std::vector<int64_t> selective_scan_bwd_paths(const Tensor& u, const Tensor& delta, const Tensor& dout,
+                                              const OptTensor& z, const Tensor& out_pre, int64_t groups,
+                                              int64_t dstate) {
+  TORCH_CHECK(u.dim() == 3 && groups > 0 && u.size(1) % groups == 0,
+              "selective_scan_bwd_paths: u must be (batch, dim, seqlen) with dim divisible by groups");
+  const Tensor du = new_scan_tensor(u);
+  const Tensor dz = z.has_value() ? new_scan_tensor(u) : at::empty({0}, u.options());
+  const BwdPaths paths = choose_bwd_paths(u, delta, dout, z, out_pre, du, du, dz, u.size(1) / groups, dstate);
+  return {paths.grads_token_major, paths.inputs_token_major};
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(m4v, CompositeExplicitAutograd, m) {
+  m.impl("selective_scan_bwd_paths", &selective_scan_bwd_paths);
+}
 
 TORCH_LIBRARY_IMPL(m4v, CUDA, m) {
   m.impl("selective_scan_fwd_cuda", &selective_scan_fwd_cuda);

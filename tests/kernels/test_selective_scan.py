@@ -443,6 +443,38 @@ def test_checkpoint_rows_cover_the_aligned_chunk_grids(backend, seq_lens):
     assert checkpoint_rows(backend, 3, 2 * chunk + 1, None) == 9
 
 
+def _extension_loaded() -> bool:
+    try:
+        import m4v._C  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+# The CUDA backward's vector paths for a layout: [grads_token_major, inputs_token_major] (the
+# launcher's choice, queried through the compiled extension; layout only, so it runs on the CPU).
+@pytest.mark.skipif(not _extension_loaded(), reason="the compiled extension makes the CUDA path choice")
+@pytest.mark.parametrize("dtype, dim, dstate, layout, expected", [
+    (torch.bfloat16, 16, 16, "mixer", (1, 1)),          # MambaMixer's layout: both vector paths
+    (torch.float16, 24, 32, "mixer", (1, 1)),
+    (torch.float32, 16, 16, "mixer", (1, 0)),           # fp32: vector gradients, generic input loads
+    (torch.bfloat16, 16, 64, "mixer", (1, 0)),          # dstate > 32
+    (torch.bfloat16, 16, 16, "mixer_row_dout", (1, 0)),  # dout not token-major
+    (torch.bfloat16, 12, 16, "mixer", (0, 0)),          # channels not in whole blocks of 8
+    (torch.bfloat16, 16, 16, "contiguous", (0, 0)),
+])
+def test_cuda_backward_path_choice(dtype, dim, dstate, layout, expected):
+    batch, seqlen = 2, 300
+    u, delta, z = (torch.randn(batch, dim, seqlen, dtype=dtype) for _ in range(3))
+    if layout != "contiguous":  # as MambaMixer: token-major views, z one half of a wider projection
+        u, delta = (t.mT.contiguous().mT for t in (u, delta))
+        z = torch.cat([z.mT, torch.zeros_like(z.mT)], dim=-1)[..., :dim].mT
+    out_pre = torch.empty_like(u)  # the forward keeps it in u's layout
+    dout = torch.randn(batch, dim, seqlen, dtype=dtype) if layout == "mixer_row_dout" else torch.randn_like(u)
+    paths = torch.ops.m4v.selective_scan_bwd_paths(u, delta, dout, z, out_pre, 1, dstate)
+    assert tuple(paths) == expected
+
+
 @pytest.mark.parametrize("token_major", [False, True], ids=["contiguous", "token_major"])
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_opcheck(backend, token_major):
