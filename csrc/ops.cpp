@@ -3,6 +3,8 @@
 // These are the CUDA back ends. The public ops (m4v::selective_scan_fwd / _bwd, m4v::causal_conv1d,
 // m4v::recompose, m4v::inverse_recompose) are defined in Python with a `backend` argument, fake
 // implementations and autograd, and call these when the CUDA backend is selected.
+// selective_scan_bwd_paths reports which vector paths the CUDA backward takes for given layouts
+// (for the tests; it looks at strides only, on any device).
 #include <Python.h>
 #include <torch/library.h>
 
