@@ -67,12 +67,11 @@ __device__ __forceinline__ void load_row_group(const T* first, int64_t row_strid
 
 template <typename T, int kVec>
 __device__ __forceinline__ void store_vec(T* p, const float (&v)[kVec]) {
-  using R = typename Raw<kVec * sizeof(T)>::type;
-  R raw;
+  RawVec<T, kVec> raw;
   T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
   for (int j = 0; j < kVec; ++j) e[j] = from_float<T>(v[j]);
-  *reinterpret_cast<R*>(p) = raw;
+  *reinterpret_cast<RawVec<T, kVec>*>(p) = raw;
 }
 
 template <int kVec>

@@ -478,6 +478,20 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Every group but the newest has landed (each chunk commits two groups, possibly empty).
 __device__ __forceinline__ void cp_async_wait_older() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// cp.async of `bytes` (4 or 16), or zeros into the slot when !copy (then nothing is read: src may
+// be any valid address).
+template <int kBytes>
+__device__ __forceinline__ void cp_async_or_zero(void* smem, const void* gmem, bool copy) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if constexpr (kBytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(copy ? 16 : 0) : "memory");
+  } else {
+    static_assert(kBytes == 4, "the 4-byte state entries");
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(gmem), "r"(copy ? 4 : 0) : "memory");
+  }
+}
 
 // Whether a lane's kFwdItems items of a row at `pos` can be copied as whole 16-byte vectors.
 template <typename T>
@@ -913,21 +927,6 @@ static_assert(kBwdWarps * 32 == kScanChunk, "one thread per time step of a chunk
 constexpr int kRawFloats = kRawInputs * kScanChunk * 4;  // the slots, in floats
 template <typename T>
 constexpr bool kTokenMajorStaging = sizeof(T) == 2;  // the launcher sets inputs_token_major for these only
-
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-
-// cp.async of `bytes` (4 or 16), or zeros into the slot when !copy (then nothing is read: src may
-// be any valid address).
-template <int kBytes>
-__device__ __forceinline__ void cp_async_or_zero(void* smem, const void* gmem, bool copy) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  if constexpr (kBytes == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(copy ? 16 : 0) : "memory");
-  } else {
-    static_assert(kBytes == 4, "the 4-byte state entries");
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(gmem), "r"(copy ? 4 : 0) : "memory");
-  }
-}
 
 template <typename T>
 __device__ __forceinline__ void copy_step_vector(const RowTensor& t, const SeqSpan& span, int d0, int pos,
