@@ -12,10 +12,14 @@ per element.
 
 ``--variants reverse varlen`` adds m4v's reverse scan and a varlen run (the shape's batch packed
 into one row of unequal sequences, boundaries off the chunk grid), each with its cost over the
-plain scan of the same run; mamba_ssm has neither, so those rows have no peer. Their records carry
-a "variant" key; plain records keep the format above.
+plain scan of the same run; mamba_ssm has neither, so those rows have no peer. ``token_major``
+passes the tensors as MambaMixer does: u, delta, z (and dout) as views of (batch, seqlen, dim)
+tensors, B and C as slices of x_proj's (batch, seqlen, dt_rank + 2 * dstate) output; mamba_ssm
+runs it too (it copies such inputs to contiguous ones). Records of a variant carry a "variant"
+key; plain records keep the format above.
 
-    python benchmarks/bench_selective_scan.py [--shapes 1,3072,16384,16 ...] [--variants plain reverse varlen]
+    python benchmarks/bench_selective_scan.py [--shapes 1,3072,16384,16 ...]
+                                              [--variants plain reverse varlen token_major]
                                               [--backends cuda triton mamba_ssm] [--json out.json]
 """
 
@@ -30,7 +34,7 @@ from _report import emit_records
 COPY_BYTES_PER_S = 3.0e12
 EXPS_PER_S = 3.94e12
 DEFAULT_SHAPES = [(1, 3072, 16384, 16), (1, 3072, 65536, 16), (2, 2048, 32768, 16)]
-VARIANTS = ("plain", "reverse", "varlen")
+VARIANTS = ("plain", "reverse", "varlen", "token_major")
 # Where a varlen run cuts each packed sequence (fractions of its length): unequal pieces whose
 # boundaries do not fall on the 256-step chunk grid.
 VARLEN_CUTS = (0.0, 0.137, 0.402, 0.551, 0.813, 1.0)
@@ -60,13 +64,28 @@ def make_inputs(shape, dtype, requires_grad, variant="plain"):
         batch, seqlen = 1, batch * seqlen
     dev = "cuda"
     g = requires_grad
-    u = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=g)
-    delta = (0.5 * torch.rand(batch, dim, seqlen, device=dev) - 4.0).to(dtype).requires_grad_(g)
+
+    def activation(sample=torch.randn):
+        """(batch, dim, seqlen); for token_major a view of a (batch, seqlen, dim) tensor."""
+        if variant == "token_major":
+            return sample(batch, seqlen, dim, device=dev).to(dtype).mT.requires_grad_(g)
+        return sample(batch, dim, seqlen, device=dev).to(dtype).requires_grad_(g)
+
+    u = activation()
+    # softplus(delta) about 0.02-0.03: slow decay, as trained dt biases give
+    delta = activation(lambda *size, device: 0.5 * torch.rand(*size, device=device) - 4.0)
+    z = activation()
     A = (-torch.rand(dim, dstate, device=dev) - 0.5).requires_grad_(g)
-    B = torch.randn(batch, dstate, seqlen, device=dev, dtype=dtype, requires_grad=g)
-    C = torch.randn(batch, dstate, seqlen, device=dev, dtype=dtype, requires_grad=g)
+    if variant == "token_major":
+        # B and C as slices of x_proj's (batch, seqlen, dt_rank + 2 * dstate) output, with Mamba's
+        # default dt_rank (expand 2: ceil(d_model / 16)); at dim 2880 its rows are not 16-byte aligned
+        dt_rank = -(-dim // 32)
+        proj = torch.randn(batch, seqlen, dt_rank + 2 * dstate, device=dev, dtype=dtype)
+        B, C = (t.mT.requires_grad_(g) for t in proj[..., dt_rank:].split(dstate, dim=-1))
+    else:
+        B = torch.randn(batch, dstate, seqlen, device=dev, dtype=dtype, requires_grad=g)
+        C = torch.randn(batch, dstate, seqlen, device=dev, dtype=dtype, requires_grad=g)
     D = torch.randn(dim, device=dev, requires_grad=g)
-    z = torch.randn(batch, dim, seqlen, device=dev, dtype=dtype, requires_grad=g)
     return (u, delta, A, B, C, D, z), kwargs
 
 
@@ -113,7 +132,7 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="*", default=None, help="batch,dim,seqlen,dstate ...")
     parser.add_argument("--passes", nargs="*", default=["fwd", "fwd_bwd"])
     parser.add_argument("--variants", nargs="*", default=["plain"], choices=VARIANTS,
-                        help="plain, and m4v's reverse and varlen scans (timed against plain)")
+                        help="plain, and m4v's reverse, varlen and token-major scans (timed against plain)")
     parser.add_argument("--backends", nargs="*", default=None,
                         help="time only these of cuda, triton, mamba_ssm (default: every one available)")
     parser.add_argument("--json", default=None, help="write the records here")
@@ -134,7 +153,7 @@ def main(argv=None):
             for variant in variants:
                 times = {}
                 for name, fn in fns.items():
-                    if variant != "plain" and name == "mamba_ssm":
+                    if variant in ("reverse", "varlen") and name == "mamba_ssm":
                         continue
                     ms = time_ms(fn, pass_name, shape, dtype, variant)
                     times[name] = ms

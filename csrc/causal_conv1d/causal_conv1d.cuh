@@ -48,13 +48,14 @@ __device__ __forceinline__ void load_vec(const T* p, float (&v)[kVec]) {
   unpack_vec<T, kVec>(*reinterpret_cast<const RawVec<T, kVec>*>(p), v);
 }
 
-// The forward reads its rows a group at a time, all loads issued before the first row's store: in
+// Both passes read their rows a group at a time, all loads issued before the first row's store: in
 // a loop of one load and one store per row, the compiler cannot move a load above the previous
 // row's store (the pointers may alias), so each thread had a single row in flight and the kernel
 // ran at a third of the memory bandwidth. Loads are read-only (__ldg) and raw, converted when
-// used. (The backward, grouped the same way, needed 161 registers and was not faster in the mixer:
-// see benchmarks/NOTES.md, v14.)
+// used. The backward's group (x and dout rows) takes 161 registers and still wins: 0.231 -> 0.174
+// ms at the mixer's shape (benchmarks/NOTES.md, v14b).
 constexpr int kFwdRowGroup = 8;
+constexpr int kBwdRowGroup = 8;
 
 template <typename T, int kVec, int kGroup>
 __device__ __forceinline__ void load_row_group(const T* first, int64_t row_stride, int rows,
@@ -215,56 +216,66 @@ __global__ void __launch_bounds__(kBlockX * kBlockY) causal_conv1d_bwd_kernel(Co
   SeqCursor cursor(p, t0);
   const int t_end = min(t0 + kConvBwdTile, p.seqlen);
   // Row r's gradient completes dx[r - (width - 1)]; rows past the end contribute nothing.
-  for (int r = t0; r < t_end + kWidth - 1; ++r) {
-    float g[kVec];
-    if (r < p.seqlen) {
-      load_vec<T>(x + r * x_row, xw[kWidth - 1]);
-      load_vec<T>(dout + r * row, g);
-      cursor.advance(r);
-      if (p.silu) {
-        float pre[kVec];
-        conv_row(w, bias, xw, r, cursor.start, pre);
+  const int r_end = t_end + kWidth - 1;
+  for (int r0 = t0; r0 < r_end; r0 += kBwdRowGroup) {
+    RawVec<T, kVec> x_raw[kBwdRowGroup], dout_raw[kBwdRowGroup];
+    const int loaded = min(r_end, p.seqlen) - r0;
+    load_row_group<T, kVec, kBwdRowGroup>(x + r0 * x_row, x_row, loaded, x_raw);
+    load_row_group<T, kVec, kBwdRowGroup>(dout + r0 * row, row, loaded, dout_raw);
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          const float s = sigmoid(pre[j]);
-          g[j] *= s * (1.f + pre[j] * (1.f - s));
-        }
-      }
-      if (r < t_end) {
+    for (int i = 0; i < kBwdRowGroup; ++i) {
+      const int r = r0 + i;
+      if (r >= r_end) break;
+      float g[kVec];
+      if (r < p.seqlen) {
+        unpack_vec<T, kVec>(x_raw[i], xw[kWidth - 1]);
+        unpack_vec<T, kVec>(dout_raw[i], g);
+        cursor.advance(r);
+        if (p.silu) {
+          float pre[kVec];
+          conv_row(w, bias, xw, r, cursor.start, pre);
 #pragma unroll
-        for (int k = 0; k < kWidth; ++k) {
-          if (r - (kWidth - 1) + k >= cursor.start) {
-#pragma unroll
-            for (int j = 0; j < kVec; ++j) dw[k][j] = fmaf(g[j], xw[k][j], dw[k][j]);
+          for (int j = 0; j < kVec; ++j) {
+            const float s = sigmoid(pre[j]);
+            g[j] *= s * (1.f + pre[j] * (1.f - s));
           }
         }
+        if (r < t_end) {
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) db[j] += g[j];
-      }
-    } else {
-      zero(g);
-      zero(xw[kWidth - 1]);
-    }
+          for (int k = 0; k < kWidth; ++k) {
+            if (r - (kWidth - 1) + k >= cursor.start) {
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) gw[kWidth - 1][j] = g[j];
-    g_start[kWidth - 1] = cursor.start;
-    const int q = r - (kWidth - 1);
-    if (q >= t0) {
-      float acc[kVec];
-      zero(acc);
+              for (int j = 0; j < kVec; ++j) dw[k][j] = fmaf(g[j], xw[k][j], dw[k][j]);
+            }
+          }
 #pragma unroll
-      for (int k = 0; k < kWidth; ++k) {  // gradient row q + k reached x[q] through tap width-1-k
-        if (q >= g_start[k]) {
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) acc[j] = fmaf(w[kWidth - 1 - k][j], gw[k][j], acc[j]);
+          for (int j = 0; j < kVec; ++j) db[j] += g[j];
         }
+      } else {
+        zero(g);
+        zero(xw[kWidth - 1]);
       }
-      store_vec<T>(dx + q * row, acc);
-    }
-    shift(xw);
-    shift(gw);
 #pragma unroll
-    for (int k = 0; k + 1 < kWidth; ++k) g_start[k] = g_start[k + 1];
+      for (int j = 0; j < kVec; ++j) gw[kWidth - 1][j] = g[j];
+      g_start[kWidth - 1] = cursor.start;
+      const int q = r - (kWidth - 1);
+      if (q >= t0) {
+        float acc[kVec];
+        zero(acc);
+#pragma unroll
+        for (int k = 0; k < kWidth; ++k) {  // gradient row q + k reached x[q] through tap width-1-k
+          if (q >= g_start[k]) {
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) acc[j] = fmaf(w[kWidth - 1 - k][j], gw[k][j], acc[j]);
+          }
+        }
+        store_vec<T>(dx + q * row, acc);
+      }
+      shift(xw);
+      shift(gw);
+#pragma unroll
+      for (int k = 0; k + 1 < kWidth; ++k) g_start[k] = g_start[k + 1];
+    }
   }
   const int64_t slot = static_cast<int64_t>(blockIdx.z) * ((p.seqlen + kConvBwdTile - 1) / kConvBwdTile) + tile;
 #pragma unroll

@@ -7,6 +7,7 @@ float32 shapes; with a GPU the same tests run for the cuda and triton backends.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import pytest
@@ -240,20 +241,21 @@ def _backend_cases():
     return cases
 
 
-def mixer_layout(u, delta, A, B, C, D, z):
+def mixer_layout(u, delta, A, B, C, D, z, lead=8):
     """The inputs as MambaMixer passes them, built differentiably: u and delta are (batch, dim,
     seqlen) views of token-major tensors, z of one half of a twice-as-wide projection, and B and C
-    of slices of one (batch, seqlen, 8 + 2 * groups * dstate) projection (unit state stride)."""
+    of slices of one (batch, seqlen, lead + 2 * groups * dstate) projection (unit state stride;
+    ``lead`` stands for dt_rank)."""
     batch, groups, dstate, seqlen = B.shape
     u, delta = (t.mT.contiguous().mT for t in (u, delta))
     if z is not None:
         z = torch.cat([z.mT, torch.zeros_like(z.mT)], dim=-1)[..., :z.shape[1]].mT
     width = groups * dstate
     token_major = lambda t: t.permute(0, 3, 1, 2).reshape(batch, seqlen, width)  # noqa: E731
-    proj = torch.cat([torch.zeros(batch, seqlen, 8, dtype=B.dtype, device=B.device), token_major(B),
+    proj = torch.cat([torch.zeros(batch, seqlen, lead, dtype=B.dtype, device=B.device), token_major(B),
                       token_major(C)], dim=-1)
     as_grouped = lambda t: t.reshape(batch, seqlen, groups, dstate).permute(0, 2, 3, 1)  # noqa: E731
-    return u, delta, A, as_grouped(proj[..., 8:8 + width]), as_grouped(proj[..., 8 + width:]), D, z
+    return u, delta, A, as_grouped(proj[..., lead:lead + width]), as_grouped(proj[..., lead + width:]), D, z
 
 
 def _check_backend_against_reference(backend, case, dtype, layout=None):
@@ -342,6 +344,17 @@ def test_mixer_layout_matches_reference(backend, dtype, case, poison_outputs):
         assert out.stride(1) == 1 and out.mT.is_contiguous()
     elif backend == "cuda":  # seqlen 1: the view is also contiguous, so the padded-row layout applies
         assert case.seqlen == 1 and out.stride(2) == 1
+
+
+# B and C rows that are not 16-byte aligned (an x_proj output of width 7 + 2 * dstate): the CUDA
+# forward copies them to aligned rows for its vector path; the backward reads them as they are.
+@pytest.mark.skipif(not HAS_GPU, reason="the token-major fast paths are GPU kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [Case(dim=16, seqlen=1000, dstate=16, groups=1),
+                                  Case(dim=32, seqlen=513, dstate=32, groups=2, reverse=True, with_init=True)],
+                         ids=case_id)
+def test_cuda_mixer_layout_with_unaligned_state_rows(dtype, case, poison_outputs):
+    _check_backend_against_reference("cuda", case, dtype, layout=functools.partial(mixer_layout, lead=7))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
