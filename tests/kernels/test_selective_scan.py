@@ -185,6 +185,32 @@ def test_gradcheck_float64_through_the_op(case):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("used", ["out", "last_state"])
+def test_gradients_of_one_output_alone(backend, used):
+    """Only out, or only last_state, reaches the loss: the other output's gradient is None inside
+    the op's backward (not materialised as zeros) and must count as zero."""
+    case = Case(dim=8, seqlen=130, dstate=16, groups=1, with_init=True)
+    args, kwargs = make_inputs(case, dtype=torch.float32)
+    leaves, kw = _differentiable(args, kwargs)
+    out, last = selective_scan(*leaves, return_last_state=True, backend=backend, **kw)
+    ref_leaves, ref_kw = _differentiable([t.double() if t is not None else None for t in args],
+                                         {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                                          for k, v in kwargs.items()})
+    ref_out, ref_last = selective_scan_ref(*ref_leaves, return_last_state=True, **ref_kw)
+    picked, ref_picked = (out, ref_out) if used == "out" else (last, ref_last)
+    weight = torch.randn_like(ref_picked)
+    grads = torch.autograd.grad((picked * weight.to(picked.dtype)).sum(), _grad_leaves(leaves, kw),
+                                allow_unused=True, materialize_grads=True)
+    ref_grads = torch.autograd.grad((ref_picked * weight).sum(), _grad_leaves(ref_leaves, ref_kw),
+                                    allow_unused=True, materialize_grads=True)
+    for g, rg in zip(grads, ref_grads):
+        if rg.count_nonzero() == 0:  # C, D and z do not reach last_state: exactly zero, no NaN
+            assert g.count_nonzero() == 0
+        else:
+            assert rel_err(g, rg) < TOLERANCE[torch.float32][1]
+
+
 def test_reference_long_sequence_against_recurrence():
     case = Case(batch=1, dim=2, seqlen=2049, dstate=2, groups=1, with_init=True)
     args, kwargs = make_inputs(case, device="cpu", dtype=torch.float64)
