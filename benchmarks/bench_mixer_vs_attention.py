@@ -132,10 +132,12 @@ def print_kernel_table(step, title: str, rows: int = 30) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
 
 
-def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmdim=False):
+def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmdim=False, only=None):
     records = []
     for tokens in tokens_list:
         for (scope, name), (module, call, inputs) in build_cases(tokens, device, dtype, scan_backend).items():
+            if only is not None and name not in only:
+                continue
             module = module.to(device=device, dtype=dtype)
             for pass_name in passes:
                 leaves = [t.detach().requires_grad_(pass_name == "fwd_bwd") for t in inputs]
@@ -218,6 +220,9 @@ def main(argv=None):
     parser.add_argument("--plot-only", default=None, help="draw the PNG from an earlier JSON and exit")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run of the script itself")
     parser.add_argument("--profile", action="store_true", help="print the kernel table of each MM-DiM case")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="time only these cases (mmdim, attn_cudnn, attn_flash, mamba_ssm, attn_auto), "
+                             "e.g. for A/B runs of one change")
     args = parser.parse_args(argv)
     if args.plot_only:
         with open(args.plot_only) as f:
@@ -231,7 +236,7 @@ def main(argv=None):
         print("bench_mixer_vs_attention: needs a CUDA GPU (or --cpu-smoke)", file=sys.stderr)
         return 1
     else:
-        records = run(args.tokens, "cuda", torch.bfloat16, "auto", args.passes, args.json, args.profile)
+        records = run(args.tokens, "cuda", torch.bfloat16, "auto", args.passes, args.json, args.profile, args.only)
     print_table(records)
     emit_records(records, args.json)
     if args.png:
