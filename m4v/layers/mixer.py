@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from m4v.kernels.conv1d import causal_conv1d
 from m4v.kernels.selective_scan import selective_scan
-from m4v.layers.split_linear import split_linear
 
 
 class MambaMixer(nn.Module):
@@ -73,7 +72,7 @@ class MambaMixer(nn.Module):
         """
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: hidden must be (batch, seqlen, {self.d_model}), got {tuple(hidden.shape)}")
-        x, z = split_linear(hidden, self.in_proj.weight, self.in_proj.bias, (self.d_inner, self.d_inner))
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = causal_conv1d(x, self.conv_weight, self.conv_bias, cu_seqlens, activation="silu", backend=self.backend)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # the bias goes into the scan's softplus
