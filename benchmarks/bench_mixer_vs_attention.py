@@ -130,6 +130,27 @@ def print_kernel_table(step, title: str, rows: int = 30) -> None:
         torch.cuda.synchronize()
     print(f"# kernels of {title}")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+    print_op_table(step, title)
+
+
+def print_op_table(step, title: str, rows: int = 20) -> None:
+    """The PyTorch ops of one call of ``step`` by the GPU time of the kernels each launched
+    itself, grouped by input shapes: names the elementwise kernels of the kernel table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        step()
+        torch.cuda.synchronize()
+
+    def self_device_us(event):
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+    ops = [e for e in prof.key_averages(group_by_input_shape=True) if e.key.startswith("aten::") and self_device_us(e)]
+    ops.sort(key=self_device_us, reverse=True)
+    print(f"# ops of {title} (by their own kernels' GPU time)")
+    print(f"{'us':>9} {'calls':>5}  op, input shapes")
+    for e in ops[:rows]:
+        print(f"{self_device_us(e):9.1f} {e.count:5d}  {e.key} {e.input_shapes}")
 
 
 def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmdim=False, only=None):
