@@ -9,7 +9,7 @@ from m4v.kernels import selective_scan
 
 
 def run(seqlen, dim=24, dstate=16, groups=2, dtype=torch.bfloat16, reverse=False, seq_lens=None, init=False,
-        token_major=False):
+        token_major=False, state_lead=0):
     dev = "cuda"
     batch = 2 if seq_lens is None else 1
     if seq_lens is not None:
@@ -31,6 +31,14 @@ def run(seqlen, dim=24, dstate=16, groups=2, dtype=torch.bfloat16, reverse=False
     if token_major:  # the forward's vector fast paths: unit channel stride, unit state stride
         u, delta, z = (t.mT.contiguous().mT for t in (u, delta, z))
         B, C = (t.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1) for t in (B, C))
+    if token_major and state_lead:  # B and C as slices of an x_proj output: rows off 16-byte alignment
+        width = groups * dstate
+        proj = torch.zeros(batch, seqlen, state_lead + 2 * width, device=dev, dtype=dtype)
+        proj[..., state_lead:state_lead + width] = B.detach().permute(0, 3, 1, 2).reshape(batch, seqlen, width)
+        proj[..., state_lead + width:] = C.detach().permute(0, 3, 1, 2).reshape(batch, seqlen, width)
+        proj.requires_grad_(True)
+        B, C = (t.reshape(batch, seqlen, groups, dstate).permute(0, 2, 3, 1)
+                for t in proj[..., state_lead:].split(width, dim=-1))
     out, last = selective_scan(u, delta, A, B, C, D, z, bias, True, True, initial_state=x0, reverse=reverse,
                                cu_seqlens=cu, backend="cuda")
     (out.float().square().sum() + last.sum()).backward()
@@ -49,4 +57,5 @@ if __name__ == "__main__":
     run(0, seq_lens=(300, 0, 1, 77), dim=16, dstate=15, init=True, token_major=True)  # cp.async zero fills
     run(520, dim=32, reverse=True, token_major=True)  # token-major gradients' vector path, 3 chunks
     run(300, dim=8, dtype=torch.float16, token_major=True)
+    run(700, dim=16, groups=1, token_major=True, state_lead=7)  # the forward's aligned copy of B and C
     print("sanitize cases ran")
