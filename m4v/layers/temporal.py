@@ -72,8 +72,7 @@ class TemporalBranch(nn.Module):
         q, key, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, key, v))
         time = torch.cat([torch.arange(history_len, device=video.device),
                           torch.full((k * k,), history_len, device=video.device)])
-        mask = time[:, None] >= time[None, :]
-        out = F.scaled_dot_product_attention(q, key, v, attn_mask=mask)
+        out = time_causal_attention(q, key, v, time)
         out = rearrange(out[:, :, history_len:], "b h n d -> b n (h d)")
         out = rearrange(out, "b (ky kx) (c h w) -> b c (ky h) (kx w)", ky=k, kx=k, c=self.channels, h=h0)
         out = F.interpolate(out, size=(current.height, current.width), mode="nearest")
@@ -81,4 +80,17 @@ class TemporalBranch(nn.Module):
         return update * self.gate.to(video.dtype)
 
 
-__all__ = ["TemporalBranch"]
+def time_causal_attention(q: Tensor, key: Tensor, v: Tensor, time: Tensor) -> Tensor:
+    """Softmax attention in which token i sees token j when time[i] >= time[j].
+
+    q, key, v (batch, heads, n, d) with n = frames (tens) and d = the folded frame size (thousands),
+    time (n,). Written as two small matmuls: SDPA sends this shape (float32, d > 256) to its
+    memory-efficient kernel, which took 1.2 ms forward and 4.2 ms backward per MM-DiM block in the
+    block benchmark at 15,360 tokens (four 48 x 80 frames: n = 4, d = 30,720), for 4 MFLOP.
+    """
+    scores = (q @ key.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(time[:, None] < time[None, :], float("-inf"))  # each row keeps its own token
+    return scores.softmax(dim=-1) @ v
+
+
+__all__ = ["TemporalBranch", "time_causal_attention"]

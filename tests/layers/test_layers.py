@@ -13,6 +13,7 @@ from m4v.kernels import selective_scan_ref
 from m4v.kernels.recompose import FrameSpec
 from m4v.layers import (MambaMixer, MMDiMBlock, MMDiTBlock, MultiModalMamba, SingleStreamAttentionBlock,
                         TemporalBranch, TokenContext)
+from m4v.layers.temporal import time_causal_attention
 
 HIDDEN, HEADS, ROPE = 32, 2, (4, 6, 6)
 FRAMES = [FrameSpec(2, 2, 0), FrameSpec(2, 2, 0), FrameSpec(4, 4, 1), FrameSpec(4, 4, 1)]
@@ -214,3 +215,20 @@ def test_mixer_compiles_with_inductor_at_odd_length():
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(hidden.grad, eager_grad, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("n_history, n_current, d", [(0, 1, 8), (3, 1, 30), (5, 4, 7)])
+def test_time_causal_attention_matches_sdpa(n_history, n_current, d):
+    """The temporal branch's attention against SDPA with the same boolean mask, float64."""
+    time = torch.cat([torch.arange(n_history), torch.full((n_current,), n_history)])
+    n = time.numel()
+    q, key, v = (torch.randn(2, 3, n, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = time_causal_attention(q, key, v, time)
+    expected = F.scaled_dot_product_attention(q, key, v, attn_mask=time[:, None] >= time[None, :])
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, key, v), g)
+    expected_grads = torch.autograd.grad(expected, (q, key, v), g)
+    for a, b in zip(grads, expected_grads):
+        assert not torch.isnan(a).any()
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
