@@ -108,9 +108,9 @@ class MMDiMBlock(nn.Module):
         text = text + gate * (mixed_text + self.mlp(h_text))
         video = video + gate * (mixed_video + self.mlp(h_video))
         if self.temporal is not None:
-            current = ctx.frames[-1].tokens
-            update = self.temporal(h_video, ctx.frames)
-            video = torch.cat([video[:, :-current], video[:, -current:] + update], dim=1)
+            # In place on the sum (its backward keeps no output): a cat copied all V tokens to
+            # change the current frame's.
+            video[:, -ctx.frames[-1].tokens:] += self.temporal(h_video, ctx.frames)
         return text, video
 
 
