@@ -223,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--frames", type=int, default=33)
     gen.add_argument("--height", type=int, default=64)
     gen.add_argument("--width", type=int, default=64)
-    gen.add_argument("--steps", type=_steps, default=(10, 10, 10), help="first frame, per stage: 10,10,10")
-    gen.add_argument("--video-steps", type=_steps, default=(5, 5, 5), help="later frames, per stage: 5,5,5")
+    gen.add_argument("--steps", type=_steps, default=None,
+                     help="first frame, per stage, e.g. 10,10,10 (default: the model's own)")
+    gen.add_argument("--video-steps", type=_steps, default=None,
+                     help="later frames, per stage, e.g. 5,5,5 (default: the model's own)")
     gen.add_argument("--guidance", type=float, default=4.0)
     gen.add_argument("--video-guidance", type=float, default=3.0)
     gen.add_argument("--seed", type=int, default=0)

@@ -208,8 +208,9 @@ class EvalConfig:
     judge_size: int = 32         # the judges see frames at this size
     judge_frames: int = 9        # attribute accuracy on the first judge_frames frames
     num_videos: int = 48
-    steps: tuple[int, ...] = (10, 10, 10)       # the sampler of `m4v generate`'s defaults
-    video_steps: tuple[int, ...] = (5, 5, 5)
+    # Euler steps per stage of the first / later frames; empty: each model's own, as `m4v generate`.
+    steps: tuple[int, ...] = ()
+    video_steps: tuple[int, ...] = ()
     guidance: float = 4.0
     video_guidance: float = 3.0
     seed: int = 1234
@@ -279,7 +280,7 @@ def evaluate(pipe, judges: Judges, guidance: tuple[float, float] | None = None, 
     videos = []
     for start in range(0, len(captions), 16):
         out = pipe(captions[start:start + 16], num_frames=frames, height=config.size, width=config.size,
-                   num_inference_steps=config.steps, video_num_inference_steps=config.video_steps,
+                   num_inference_steps=config.steps or None, video_num_inference_steps=config.video_steps or None,
                    guidance_scale=first_guidance, video_guidance_scale=later_guidance,
                    generator=generator, progress=progress)
         videos.append(torch.from_numpy(out).permute(0, 1, 4, 2, 3))  # (batch, frames, 3, H, W)

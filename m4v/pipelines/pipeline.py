@@ -11,6 +11,7 @@ of exchanging keys and values as ring attention does. Neither is switched on her
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Callable, Optional, Sequence
@@ -97,11 +98,44 @@ class M4VPipeline:
         if os.path.isfile(scheduler_path):
             with open(scheduler_path) as f:
                 values = json.load(f)
-            values["stage_range"] = tuple(values["stage_range"])
+            for name in ("stage_range", "num_inference_steps", "video_num_inference_steps"):
+                if name in values:
+                    values[name] = tuple(values[name])
             if isinstance(values.get("renoise_sigma"), list):
                 values["renoise_sigma"] = tuple(values["renoise_sigma"])
             scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(**values))
         return cls(transformer, text, autoencoder, scheduler)
+
+    def restaged(self, stage_range: Sequence[float]) -> "M4VPipeline":
+        """This model over another pyramid, to train from: the scheduler gets ``stage_range`` (0 to
+        1, one window per stage; sampler defaults reset), the transformer that many stages. Each new
+        stage keeps the register of the old stage at its resolution (counted from the finest; a
+        pyramid deeper than the old one repeats the coarsest register); every other weight is
+        copied. The text encoder and autoencoder are shared, not copied.
+
+        A model whose coarsest stage cannot hold what the caption says (a shape at 4 x 4 latents)
+        can be retrained on fewer, finer stages from its own weights.
+        """
+        stage_range = tuple(float(b) for b in stage_range)
+        stages = len(stage_range) - 1
+        config = dataclasses.replace(self.scheduler.config, stage_range=stage_range, num_inference_steps=(),
+                                     video_num_inference_steps=())
+        sigma = config.renoise_sigma
+        if not isinstance(sigma, (int, float)):  # one per jump: the finest jumps keep theirs
+            jumps = stages - 1
+            config = dataclasses.replace(config, renoise_sigma=tuple(sigma)[len(sigma) - jumps:]
+                                         if jumps <= len(sigma) else sigma[0])
+        scheduler = PyramidFlowScheduler(config)
+        old = self.transformer
+        transformer = M4VTransformer(dataclasses.replace(old.config, num_stages=stages)).to(self.device, self.dtype)
+        state = old.state_dict()
+        offset = old.config.num_stages - stages
+        keep = torch.tensor([max(offset + stage, 0) for stage in range(stages)])
+        for name, tensor in state.items():
+            if name.endswith("mamba.registers"):
+                state[name] = tensor[keep.to(tensor.device)]
+        transformer.load_state_dict(state)
+        return M4VPipeline(transformer, self.text_encoder, self.autoencoder, scheduler)
 
     def to(self, device: torch.device | str) -> "M4VPipeline":
         for module in (self.transformer, self.text_encoder, self.autoencoder):
@@ -188,9 +222,9 @@ class M4VPipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], negative_prompt: Optional[str | Sequence[str]] = None,
                  num_frames: int = 33, height: int = 64, width: int = 64,
-                 num_inference_steps: int | Sequence[int] = (4, 4, 4),
-                 video_num_inference_steps: int | Sequence[int] = (2, 2, 2), guidance_scale: float = 7.0,
-                 video_guidance_scale: float = 5.0, generator: Optional[torch.Generator] = None,
+                 num_inference_steps: Optional[int | Sequence[int]] = None,
+                 video_num_inference_steps: Optional[int | Sequence[int]] = None, guidance_scale: float = 4.0,
+                 video_guidance_scale: float = 3.0, generator: Optional[torch.Generator] = None,
                  output_type: str = "np", callback: Optional[Callable[[dict], None]] = None,
                  progress: bool = True):
         """Generates videos.
@@ -200,8 +234,9 @@ class M4VPipeline:
                 ("" by default), one or one per prompt.
             num_frames: 1 + temporal_factor * k (e.g. 1 + 8 k). height, width: multiples of
                 ``size_multiple()``.
-            num_inference_steps: Euler steps per pyramid stage for the first frame;
-                video_num_inference_steps: the same for every later frame.
+            num_inference_steps: Euler steps per pyramid stage for the first frame (one int: the
+                same for every stage); video_num_inference_steps: the same for every later frame.
+                None: the model's own (``scheduler.default_steps``).
             guidance_scale, video_guidance_scale: CFG scales for the first / later frames (1 = off).
             generator: a torch.Generator for reproducible noise (on the pipeline's device).
             output_type: "np" -> (batch, frames, H, W, 3) float32 in [0, 1]; "pil" -> per prompt a
@@ -222,8 +257,10 @@ class M4VPipeline:
         multiple = self.size_multiple()
         if height < multiple or width < multiple or height % multiple or width % multiple:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height} x {width}")
-        first_steps = self._check_steps("num_inference_steps", num_inference_steps)
-        later_steps = self._check_steps("video_num_inference_steps", video_num_inference_steps)
+        first_steps = self._check_steps("num_inference_steps", self.scheduler.default_steps()
+                                        if num_inference_steps is None else num_inference_steps)
+        later_steps = self._check_steps("video_num_inference_steps", self.scheduler.default_steps(video=True)
+                                        if video_num_inference_steps is None else video_num_inference_steps)
 
         text = self.text_encoder.encode(prompts + negatives, self.device)
         batch, channels = len(prompts), self.autoencoder.latent_channels

@@ -1,4 +1,4 @@
-"""Pyramidal flow matching (PyramidFlow-style): Euler steps over three resolution stages.
+"""Pyramidal flow matching (PyramidFlow-style): Euler steps over resolution stages (three by default).
 
 Conventions (the one place they are written down; training and the reward one-step estimate use
 the same ones):
@@ -42,10 +42,20 @@ class PyramidFlowSchedulerConfig:
     # The noise level at which stages 1, 2, ... start: one number for all, or one per stage from 1.
     renoise_sigma: float | tuple[float, ...] = 1.0 / 3.0
     block_correlation: float = 0.5         # rho: correlation of the re-noise inside a 2x2 block
+    # The sampler's step placement inside a stage: step k of N starts at local time
+    # u = t / (t + shift (1 - t)), t = k / N (shift 1: uniform; > 1: more steps near the noise,
+    # SD3's timestep shift). Sparse, high-contrast latents (a small bright object on a flat
+    # background) are decided at small u, where uniform steps leave one or two steps.
+    time_shift: float = 1.0
+    # The Euler steps per stage the model was made for (the pipeline's and `m4v generate`'s
+    # defaults): of the first frame, and of every later one. Empty: 10 and 5 per stage.
+    num_inference_steps: tuple[int, ...] = ()
+    video_num_inference_steps: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["stage_range"] = list(self.stage_range)
+        for name in ("stage_range", "num_inference_steps", "video_num_inference_steps"):
+            out[name] = list(getattr(self, name))
         if not isinstance(self.renoise_sigma, (int, float)):
             out["renoise_sigma"] = list(self.renoise_sigma)
         return out
@@ -69,6 +79,8 @@ class PyramidFlowScheduler:
         bounds = self.config.stage_range
         if len(bounds) < 2 or any(b <= a for a, b in zip(bounds, bounds[1:])) or bounds[0] != 0 or bounds[-1] != 1:
             raise ValueError(f"stage_range must rise strictly from 0 to 1, got {bounds}")
+        if not self.config.time_shift > 0:
+            raise ValueError(f"time_shift must be > 0, got {self.config.time_shift}")
         if not 0 <= self.config.block_correlation <= 1:
             raise ValueError(f"block_correlation must be in [0, 1], got {self.config.block_correlation}")
         sigma = self.config.renoise_sigma
@@ -77,6 +89,16 @@ class PyramidFlowScheduler:
             raise ValueError(f"renoise_sigma must be one number or {len(bounds) - 2} (one per stage from 1), "
                              f"each in (0, 1], got {sigma}")
         self.renoise_sigmas = sigmas
+        for name in ("num_inference_steps", "video_num_inference_steps"):
+            steps = getattr(self.config, name)
+            if steps and (len(steps) != len(bounds) - 1 or any(not isinstance(s, int) or s < 1 for s in steps)):
+                raise ValueError(f"{name} must be empty or {len(bounds) - 1} positive ints (one per stage), "
+                                 f"got {steps}")
+
+    def default_steps(self, video: bool = False) -> tuple[int, ...]:
+        """Euler steps per stage of the first frame (``video``: of every later frame)."""
+        steps = self.config.video_num_inference_steps if video else self.config.num_inference_steps
+        return tuple(steps) or ((5 if video else 10),) * self.num_stages
 
     @property
     def num_stages(self) -> int:
@@ -86,11 +108,12 @@ class PyramidFlowScheduler:
         return self.config.stage_range[stage], self.config.stage_range[stage + 1]
 
     def steps(self, stage: int, num_steps: int) -> list[tuple[float, float, float]]:
-        """(tau, u, u_next) of each Euler step of ``stage``: uniform in local time."""
+        """(tau, u, u_next) of each Euler step of ``stage``, placed by ``time_shift`` (1: uniform in u)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         a, b = self.window(stage)
-        return [(a + (b - a) * k / num_steps, k / num_steps, (k + 1) / num_steps) for k in range(num_steps)]
+        u = [shift_time(k / num_steps, self.config.time_shift) for k in range(num_steps + 1)]
+        return [(a + (b - a) * u[k], u[k], u[k + 1]) for k in range(num_steps)]
 
     @staticmethod
     def step(x: Tensor, velocity: Tensor, u: float, u_next: float) -> Tensor:
@@ -142,6 +165,12 @@ class PyramidFlowScheduler:
         return (1 - u_) * x_start + u_ * x_end, a + (b - a) * u, x_end - x_start
 
 
+def shift_time(t, shift: float):
+    """``t / (t + shift (1 - t))``: maps [0, 1] onto itself, 0 and 1 fixed; ``shift`` > 1 moves
+    every point towards 0 (the noise). A float or a tensor."""
+    return t / (t + shift * (1 - t))
+
+
 def randn(shape: Sequence[int], generator: Optional[torch.Generator], device: torch.device | str,
           dtype: torch.dtype) -> Tensor:
     """Standard normal noise on ``device``, drawn where the generator lives (a CPU generator can
@@ -172,4 +201,4 @@ def downsample(x: Tensor, factor: int = 2) -> Tensor:
     return pooled.reshape(*lead, *pooled.shape[-2:])
 
 
-__all__ = ["PyramidFlowScheduler", "PyramidFlowSchedulerConfig", "randn", "upsample", "downsample"]
+__all__ = ["PyramidFlowScheduler", "PyramidFlowSchedulerConfig", "randn", "shift_time", "upsample", "downsample"]

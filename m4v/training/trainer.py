@@ -36,7 +36,7 @@ from m4v.data.shapes import SHAPE_AREA, SHAPE_CENTROID_ROW, SHAPES, ShapeScene
 from m4v.eval.quality import box_blur
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
-from m4v.pipelines.scheduler import PyramidFlowScheduler, downsample, history_pyramid, randn
+from m4v.pipelines.scheduler import PyramidFlowScheduler, downsample, history_pyramid, randn, shift_time
 from m4v.training.lora import has_lora, merged_copy
 
 
@@ -68,6 +68,14 @@ class TrainConfig:
     # Empty: keep the pipeline's scheduler. Otherwise its re-noise level at each jump (stages 1, 2,
     # ...; see m4v/pipelines/scheduler.py), saved with the trained pipeline.
     renoise_sigma: tuple[float, ...] = ()
+    # Empty: keep the pipeline's pyramid. Otherwise retrain it over these stage windows (0 ... 1;
+    # M4VPipeline.restaged): [0, 1] is one stage at full latent size, where a shape is drawable
+    # from the first step (at the default pyramid's 4 x 4 stage 0 an object is about one cell).
+    stage_range: tuple[float, ...] = ()
+    # The local flow time is drawn as shift_time(U(0, 1), time_shift), and the pipeline's sampler
+    # places its steps the same way (saved with it). > 1 trains more near the noise, where a sparse
+    # scene (one small object) is decided; 1: uniform, and the pipeline's placement is kept.
+    time_shift: float = 1.0
     # Share of batches whose stage >= 1 start point is the coarse copy of the same scene drawn with
     # every object's shape changed (colour, place, size and motion kept). At sampling time the
     # coarse stages cannot carry a shape (an object is about one 4 x 4 cell), so a model trained
@@ -87,6 +95,11 @@ class TrainConfig:
     # from the true video. The shape word is read at the finest stage (m4v probe-text), so a swap
     # there alone may teach it while the coarser stages keep trusting where objects are.
     coarse_stages: tuple[int, ...] = ()
+    # > 0: each latent cell's flow-matching error weighs 1 + this x the share of its pixels that
+    # show an object (object_cover; normalised per sample): an object covers 1-5% of a frame.
+    # Measured (benchmarks/NOTES.md, eighteenth session): at 10 and 30 objects come out over-sharp
+    # and shape falls below chance.
+    object_loss_weight: float = 0.0
     precision: str = "bf16"            # "bf16" (autocast on CUDA) or "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 200
@@ -138,8 +151,15 @@ class FlowMatchingLoss(nn.Module):
     transformer and text encoder, the frozen autoencoder and the scheduler."""
 
     def __init__(self, pipe: M4VPipeline, history_noise_max: float, bf16: bool, caption_dropout: float = 0.0,
-                 stage_weights: tuple[float, ...] = (), coarse_stages: tuple[int, ...] = ()):
+                 stage_weights: tuple[float, ...] = (), coarse_stages: tuple[int, ...] = (),
+                 object_loss_weight: float = 0.0, time_shift: float = 1.0):
         super().__init__()
+        if not time_shift > 0:
+            raise ValueError(f"time_shift must be > 0, got {time_shift}")
+        self.time_shift = time_shift
+        if not object_loss_weight >= 0:
+            raise ValueError(f"object_loss_weight must be >= 0, got {object_loss_weight}")
+        self.object_loss_weight = object_loss_weight
         self.transformer, self.text_encoder, self.autoencoder = pipe.transformer, pipe.text_encoder, pipe.autoencoder
         self.autoencoder.requires_grad_(False)
         self.scheduler, self.history_noise_max, self.bf16 = pipe.scheduler, history_noise_max, bf16
@@ -174,6 +194,8 @@ class FlowMatchingLoss(nn.Module):
         unit = int(torch.randint(latents.shape[2], (1,), generator=generator))
         stage = self.draw_stage(generator) if stage is None else stage
         u = torch.rand(batch, generator=generator)
+        if self.time_shift != 1.0:
+            u = shift_time(u, self.time_shift)
         current = downsample(latents[:, :, unit], 2 ** (stages - 1 - stage))
         coarse = None
         if coarse_video is not None and stage in self.coarse_stages:
@@ -186,7 +208,33 @@ class FlowMatchingLoss(nn.Module):
             history.append((1 - sigma) * clean + sigma * randn(clean.shape, generator, device, clean.dtype))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cuda"):
             velocity = self.transformer(x_u, tau, text.states, text.mask, text.pooled, history=history, stage=stage)
-        return F.mse_loss(velocity.float(), target.float())
+        if not self.object_loss_weight:
+            return F.mse_loss(velocity.float(), target.float())
+        cell = self.autoencoder.spatial_factor * 2 ** (stages - 1 - stage)
+        cover = object_cover(video, unit, self.autoencoder.temporal_factor, cell)
+        return object_weighted_mse(velocity.float(), target.float(), cover, self.object_loss_weight)
+
+
+def object_weighted_mse(velocity: Tensor, target: Tensor, cover: Tensor, object_weight: float) -> Tensor:
+    """The mean squared error of (batch, C, h, w) velocities, each cell weighted by
+    ``1 + object_weight * cover`` (cover: (batch, 1, h, w)) and normalised per sample, so that the
+    loss keeps plain MSE's scale (and equals it at weight 0)."""
+    weight = 1 + object_weight * cover
+    error = (velocity - target).square().mean(1, keepdim=True)
+    return ((weight * error).sum((1, 2, 3)) / weight.sum((1, 2, 3))).mean()
+
+
+def object_cover(video: Tensor, unit: int, temporal_factor: int, cell: int) -> Tensor:
+    """(batch, 1, h, w): the share of each latent cell's pixels (``cell`` x ``cell`` of them, over
+    the frames of latent frame ``unit``) that show an object rather than the background, for
+    ``video`` (batch, 3, frames, H, W) of a causal autoencoder (frame 0 alone, then groups of
+    ``temporal_factor``). The background is each video's median colour (objects cover a few
+    percent of a frame)."""
+    background = video.flatten(2).median(dim=2).values[:, :, None, None, None]
+    shows = ((video - background).abs().amax(dim=1) > 0.05).float()  # (batch, frames, H, W)
+    start = 0 if unit == 0 else 1 + (unit - 1) * temporal_factor
+    frames = shows[:, start:1 if unit == 0 else start + temporal_factor]
+    return F.avg_pool2d(frames.mean(1, keepdim=True), cell)
 
 
 class Trainer:
@@ -198,6 +246,8 @@ class Trainer:
             raise ValueError(f"precision must be 'bf16' or 'fp32', got {config.precision!r}")
         if config.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
+        if config.stage_range:
+            pipe = pipe.restaged(config.stage_range)
         self.pipe, self.config = pipe.to(config.device), config
         if not 0 <= config.coarse_shape_swap <= 1:
             raise ValueError(f"coarse_shape_swap must be in [0, 1], got {config.coarse_shape_swap}")
@@ -206,6 +256,9 @@ class Trainer:
         if config.renoise_sigma:
             pipe.scheduler = PyramidFlowScheduler(dataclasses.replace(pipe.scheduler.config,
                                                                       renoise_sigma=tuple(config.renoise_sigma)))
+        if config.time_shift != 1.0:
+            pipe.scheduler = PyramidFlowScheduler(dataclasses.replace(pipe.scheduler.config,
+                                                                      time_shift=config.time_shift))
         self.model = pipe.transformer
         self.model.gradient_checkpointing = config.gradient_checkpointing
         # The trainable weights only: with LoRA adapters (m4v.training.lora) the rest is frozen.
@@ -215,7 +268,8 @@ class Trainer:
         self.data = ShapesVideoDataset(config.dataset_size, config.frames, config.height, config.width, config.seed)
         self.objective = FlowMatchingLoss(pipe, config.history_noise_max, config.precision == "bf16",
                                           config.caption_dropout, tuple(config.stage_weights),
-                                          tuple(config.coarse_stages))
+                                          tuple(config.coarse_stages), config.object_loss_weight,
+                                          config.time_shift)
         # Several processes (torchrun): DDP averages the gradients; each rank draws its own batches.
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.wrapped = (DistributedDataParallel(self.objective, find_unused_parameters=True) if self.world > 1
@@ -401,4 +455,4 @@ class Trainer:
         return True
 
 
-__all__ = ["Trainer", "TrainConfig", "FlowMatchingLoss", "initial_pipeline"]
+__all__ = ["Trainer", "TrainConfig", "FlowMatchingLoss", "initial_pipeline", "object_cover", "object_weighted_mse"]

@@ -101,3 +101,44 @@ def test_mismatched_parts_are_refused(pipe):
 
     with pytest.raises(ValueError, match="latent channels"):
         M4VPipeline(pipe.transformer, pipe.text_encoder, PixelPatchAutoencoder(latent_channels=16))
+
+
+def test_restaged_keeps_the_finest_registers_and_every_other_weight(tmp_path):
+    pipe = M4VPipeline.from_preset(seed=0)
+    one = pipe.restaged((0.0, 1.0))
+    assert one.scheduler.num_stages == 1 and one.transformer.config.num_stages == 1
+    assert one.size_multiple() == pipe.size_multiple() // 4
+    old, new = pipe.transformer.state_dict(), one.transformer.state_dict()
+    assert old.keys() == new.keys()
+    for name, tensor in new.items():
+        expected = old[name][2:] if name.endswith("mamba.registers") else old[name]
+        assert torch.equal(tensor, expected), name
+    assert one.text_encoder is pipe.text_encoder and one.autoencoder is pipe.autoencoder
+    deeper = pipe.restaged((0.0, 0.25, 0.5, 0.75, 1.0))
+    registers = next(t for n, t in deeper.transformer.state_dict().items() if n.endswith("mamba.registers"))
+    original = next(t for n, t in old.items() if n.endswith("mamba.registers"))
+    assert torch.equal(registers, original[[0, 0, 1, 2]])
+    # It generates, saves and loads as a one-stage model.
+    latents = one("a red circle", num_frames=17, height=16, width=16, num_inference_steps=2,
+                  video_num_inference_steps=1, progress=False, output_type="latent",
+                  generator=torch.Generator().manual_seed(0))
+    assert latents.shape == (1, 4, 3, 2, 2) and torch.isfinite(latents).all()
+    one.save_pretrained(tmp_path)
+    assert M4VPipeline.from_pretrained(tmp_path).scheduler.config == one.scheduler.config
+
+
+def test_restaged_keeps_the_finest_jumps_renoise():
+    pipe = M4VPipeline.from_preset(seed=0)
+    pipe.scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=(0.5, 0.25)))
+    assert pipe.restaged((0.0, 0.5, 1.0)).scheduler.renoise_sigmas == (0.25,)
+    assert pipe.restaged((0.0, 1.0)).scheduler.renoise_sigmas == ()
+
+
+def test_the_models_own_steps_are_the_default():
+    pipe = M4VPipeline.from_preset(seed=0)
+    pipe.scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(num_inference_steps=(2, 1, 1),
+                                                                     video_num_inference_steps=(1, 1, 1)))
+    calls = []
+    pipe("a", num_frames=17, height=64, width=64, progress=False, output_type="latent",
+         callback=lambda info: calls.append(info["frame"]))
+    assert calls.count(0) == 4 and calls.count(1) == 3 and calls.count(2) == 3

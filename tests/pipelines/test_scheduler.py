@@ -97,3 +97,36 @@ def test_bad_configs():
         PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=(0.5, 0.0)))
     with pytest.raises(ValueError, match="stage"):
         PyramidFlowScheduler().jump(torch.zeros(1, 1, 2, 2), 0)
+    with pytest.raises(ValueError, match="time_shift"):
+        PyramidFlowScheduler(PyramidFlowSchedulerConfig(time_shift=0.0))
+    with pytest.raises(ValueError, match="num_inference_steps must be empty or 3"):
+        PyramidFlowScheduler(PyramidFlowSchedulerConfig(num_inference_steps=(10, 10)))
+    with pytest.raises(ValueError, match="video_num_inference_steps"):
+        PyramidFlowScheduler(PyramidFlowSchedulerConfig(video_num_inference_steps=(5, 0, 5)))
+
+
+def test_time_shift_places_more_steps_near_the_noise():
+    """time_shift s puts step k of N at u = t / (t + s (1 - t)), t = k / N: from 0 to 1, rising,
+    denser near u = 0 for s > 1; Euler on the straight path stays exact."""
+    scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(time_shift=3.0))
+    steps = scheduler.steps(2, 4)
+    starts = [t / (t + 3 * (1 - t)) for t in (0.0, 0.25, 0.5, 0.75)]
+    assert [s[1] for s in steps] == pytest.approx(starts)
+    assert steps[-1][2] == 1.0 and all(a[2] == b[1] for a, b in zip(steps, steps[1:]))
+    assert steps[0][2] - steps[0][1] < steps[-1][2] - steps[-1][1]
+    a, b = scheduler.window(2)
+    assert [s[0] for s in steps] == pytest.approx([a + (b - a) * u for u in starts])
+    start, end = torch.randn(1, 2, 4, 4, dtype=torch.float64), torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    x = start
+    for _, u, u_next in steps:
+        x = scheduler.step(x, end - start, u, u_next)
+    torch.testing.assert_close(x, end)
+
+
+def test_default_steps_are_the_models_own():
+    assert PyramidFlowScheduler().default_steps() == (10, 10, 10)
+    assert PyramidFlowScheduler().default_steps(video=True) == (5, 5, 5)
+    one = PyramidFlowScheduler(PyramidFlowSchedulerConfig(stage_range=(0.0, 1.0), num_inference_steps=(20,),
+                                                          video_num_inference_steps=(8,)))
+    assert one.num_stages == 1 and one.default_steps() == (20,) and one.default_steps(video=True) == (8,)
+    assert one.config.to_dict()["num_inference_steps"] == [20]

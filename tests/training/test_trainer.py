@@ -13,7 +13,7 @@ from m4v.data import ShapesVideoDataset
 from m4v.pipelines import M4VPipeline
 from m4v.training import TrainConfig, Trainer
 from m4v.eval.quality import box_blur
-from m4v.training.trainer import other_shapes
+from m4v.training.trainer import FlowMatchingLoss, object_cover, object_weighted_mse, other_shapes
 
 
 def make_trainer(tmp_path, **overrides):
@@ -244,3 +244,71 @@ def test_reward_tune_and_eval_commands(tmp_path, capsys):
     drift = results[str(tuned)]["drift"]
     assert results[str(tuned)]["frames"] == 17 and len(drift["critic"]) == 3  # 2x the 9-frame clips: 3 units
     assert all(0 <= v <= 1 for v in drift["critic"])
+
+
+def test_stage_range_retrains_over_fewer_stages(tmp_path):
+    trainer = make_trainer(tmp_path, stage_range=(0.0, 1.0), steps=2)
+    assert trainer.pipe.scheduler.num_stages == 1 and trainer.model.config.num_stages == 1
+    records = trainer.run(progress=False)
+    assert math.isfinite(records[-1]["loss"])
+    loaded = M4VPipeline.from_pretrained(os.path.join(trainer.checkpoint_dir(), "pipeline"))
+    assert loaded.scheduler.config.stage_range == (0.0, 1.0) and loaded.transformer.config.num_stages == 1
+    resumed = make_trainer(tmp_path, stage_range=(0.0, 1.0), steps=2)
+    assert resumed.load_checkpoint() and resumed.step == 2
+
+
+def test_object_cover_is_the_objects_share_of_each_cell():
+    data = ShapesVideoDataset(20, frames=9, seed=0)
+    index = next(i for i in range(20) if len(data.scene(i).objects) == 1)
+    video = data[index][0][None]
+    background = torch.full_like(video, video.flatten(2).median(2).values.max().item())
+    assert object_cover(background, 1, 4, 4).abs().max() == 0
+    shows = ((video - video[:, :, :, :1, :1]).abs().amax(1) > 0.05).float()  # corners show background
+    for unit, frames in ((0, slice(0, 1)), (1, slice(1, 5)), (2, slice(5, 9))):
+        cover = object_cover(video, unit, 4, 4)
+        assert cover.shape == (1, 1, 16, 16) and 0 <= cover.min() and cover.max() <= 1
+        torch.testing.assert_close(cover.sum() * 16, shows[:, frames].sum() / (frames.stop - frames.start))
+    assert object_cover(video, 1, 4, 8).shape == (1, 1, 8, 8)
+
+
+def test_object_weighted_mse_weighs_object_cells_and_keeps_mse_scale():
+    velocity, target = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    cover = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    cover[:, :, 1, 2] = 0.5
+    torch.testing.assert_close(object_weighted_mse(velocity, target, cover, 0.0),
+                               torch.nn.functional.mse_loss(velocity, target))
+    error = (velocity - target).square().mean(1, keepdim=True)
+    weight = 1 + 10 * cover
+    expected = torch.stack([(weight[b] * error[b]).sum() / weight[b].sum() for b in range(2)]).mean()
+    torch.testing.assert_close(object_weighted_mse(velocity, target, cover, 10.0), expected)
+    with pytest.raises(ValueError, match="object_loss_weight"):
+        FlowMatchingLoss(M4VPipeline.from_preset(seed=0), 1 / 3, False, object_loss_weight=-1.0)
+
+
+def test_object_loss_weight_trains(tmp_path):
+    trainer = make_trainer(tmp_path, object_loss_weight=10.0, steps=2)
+    assert math.isfinite(trainer.run(progress=False)[-1]["loss"])
+
+
+def test_time_shift_draws_flow_times_towards_the_noise(tmp_path, monkeypatch):
+    """time_shift s draws u = t / (t + s (1 - t)), t ~ U(0, 1) (median 1 / (1 + s)), and saves the
+    same step placement with the pipeline's sampler."""
+    trainer = make_trainer(tmp_path, time_shift=3.0)
+    assert trainer.pipe.scheduler.config.time_shift == 3.0
+    drawn = []
+    original = trainer.pipe.scheduler.training_sample
+
+    def spy(x_end, stage, u, generator=None, coarse=None):
+        drawn.append(u.clone())
+        return original(x_end, stage, u, generator, coarse)
+
+    monkeypatch.setattr(trainer.pipe.scheduler, "training_sample", spy)
+    video, captions, _ = trainer.batch()
+    with torch.no_grad():
+        for _ in range(100):
+            trainer.loss(video, captions)
+    u = torch.cat(drawn)
+    assert 0 <= u.min() and u.max() < 1
+    assert abs(float(u.median()) - 0.25) < 0.08
+    with pytest.raises(ValueError, match="time_shift"):
+        FlowMatchingLoss(M4VPipeline.from_preset(seed=0), 1 / 3, False, time_shift=0.0)
