@@ -253,12 +253,11 @@ class Trainer:
             raise ValueError(f"coarse_shape_swap must be in [0, 1], got {config.coarse_shape_swap}")
         if not (isinstance(config.coarse_blur_passes, int) and config.coarse_blur_passes >= 0):
             raise ValueError(f"coarse_blur_passes must be a non-negative integer, got {config.coarse_blur_passes!r}")
-        if config.renoise_sigma:
-            pipe.scheduler = PyramidFlowScheduler(dataclasses.replace(pipe.scheduler.config,
-                                                                      renoise_sigma=tuple(config.renoise_sigma)))
-        if config.time_shift != 1.0:
-            pipe.scheduler = PyramidFlowScheduler(dataclasses.replace(pipe.scheduler.config,
-                                                                      time_shift=config.time_shift))
+        # Sampler settings the training decides are saved with the trained pipeline.
+        sampler = {**({"renoise_sigma": tuple(config.renoise_sigma)} if config.renoise_sigma else {}),
+                   **({"time_shift": config.time_shift} if config.time_shift != 1.0 else {})}
+        if sampler:
+            pipe.scheduler = PyramidFlowScheduler(dataclasses.replace(pipe.scheduler.config, **sampler))
         self.model = pipe.transformer
         self.model.gradient_checkpointing = config.gradient_checkpointing
         # The trainable weights only: with LoRA adapters (m4v.training.lora) the rest is frozen.
