@@ -25,6 +25,17 @@ def test_any_size(frames, height, width):
     assert caption.startswith("a ")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_render_matches_cpu():
+    # Trainers draw their batches on the GPU; the videos must be the dataset's own.
+    data = ShapesVideoDataset(length=16, frames=9, height=40, width=56, seed=3, two_object_fraction=0.5)
+    for index in range(len(data)):
+        scene = data.scene(index)
+        cpu, gpu = data.render(scene), data.render(scene, "cuda").cpu()
+        # Pixels on an outline may flip where float rounding differs; at most a handful per clip.
+        assert (cpu != gpu).any(0).sum() <= 0.002 * cpu[0].numel(), index
+
+
 def test_captions_match_colour_and_motion():
     data = ShapesVideoDataset(40, frames=9, height=64, width=64, seed=1, two_object_fraction=0.0)
     for i in range(40):

@@ -100,18 +100,20 @@ class ShapesVideoDataset(Dataset):
                                        0.08 + 0.06 * float(torch.rand((), generator=gen))))
         return ShapeScene(tuple(objects))
 
-    def render(self, scene: ShapeScene) -> Tensor:
+    def render(self, scene: ShapeScene, device: torch.device | str = "cpu") -> Tensor:
+        """The video (3, frames, height, width) of ``scene``, drawn on ``device`` (a trainer renders
+        its batches on the GPU: on the CPU, drawing them took longer than the training step)."""
         unit = min(self.height, self.width)
-        rows = (torch.linspace(0, 1, self.height) * self.height / unit).view(1, -1, 1)
-        cols = (torch.linspace(0, 1, self.width) * self.width / unit).view(1, 1, -1)
-        time = torch.arange(self.frames, dtype=torch.float32).view(-1, 1, 1)
-        video = torch.tensor(BACKGROUND).view(3, 1, 1, 1).repeat(1, self.frames, self.height, self.width)
+        rows = (torch.linspace(0, 1, self.height, device=device) * self.height / unit).view(1, -1, 1)
+        cols = (torch.linspace(0, 1, self.width, device=device) * self.width / unit).view(1, 1, -1)
+        time = torch.arange(self.frames, dtype=torch.float32, device=device).view(-1, 1, 1)
+        video = torch.tensor(BACKGROUND, device=device).view(3, 1, 1, 1).repeat(1, self.frames, self.height, self.width)
         for obj in scene.objects:  # later objects are drawn over earlier ones
             dy, dx = DIRECTIONS[obj.direction]
             centre = ((obj.start[0] + dy * self.speed * time) * self.height / unit,
                       (obj.start[1] + dx * self.speed * time) * self.width / unit)
             mask = _mask(obj.shape, rows, cols, centre, obj.size)  # (frames, H, W)
-            video = torch.where(mask, torch.tensor(COLOURS[obj.colour]).view(3, 1, 1, 1), video)
+            video = torch.where(mask, torch.tensor(COLOURS[obj.colour], device=device).view(3, 1, 1, 1), video)
         return video * 2 - 1
 
     def __getitem__(self, index: int) -> tuple[Tensor, str]:

@@ -281,11 +281,12 @@ class Trainer:
     def batch(self, stage: Optional[int] = None) -> tuple[Tensor, list[str], Optional[Tensor]]:
         """(videos, captions, the coarse stages' videos or None): see ``coarse_shape_swap`` and
         ``coarse_blur_passes``. ``stage``: the batch's pyramid stage, when drawn already; then the
-        coarse copy is only rendered if that stage starts from it (rendering is on the CPU, and a
-        run's GPU waits for it)."""
+        coarse copy is only rendered if that stage starts from it. Both are drawn on the training
+        device."""
         index = [int(i) for i in torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)]
         scenes = [self.data.scene(i) for i in index]
-        video = torch.stack([self.data.render(s) for s in scenes]).to(self.config.device)
+        device = self.config.device
+        video = torch.stack([self.data.render(s, device) for s in scenes])
         coarse = None
         wanted = stage is None or stage in self.objective.coarse_stages
         if self.config.coarse_shape_swap > 0 and float(torch.rand((), generator=self.generator)) < \
@@ -293,8 +294,7 @@ class Trainer:
             row_per_radius = min(self.config.height, self.config.width) / self.config.height
             coarse = torch.stack([self.data.render(other_shapes(s, self.generator,
                                                                 self.config.coarse_swap_same_footprint,
-                                                                row_per_radius)) for s in scenes])
-            coarse = coarse.to(self.config.device)
+                                                                row_per_radius), device) for s in scenes])
         if self.config.coarse_blur_passes > 0 and wanted:
             coarse = box_blur(video if coarse is None else coarse, self.config.coarse_blur_passes)
         return video, [s.caption for s in scenes], coarse
@@ -323,8 +323,7 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.step()
         with torch.no_grad():
-            for shadow, p in zip(self.ema, self.params):
-                shadow.lerp_(p.detach(), 1 - self.config.ema_decay)
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - self.config.ema_decay)
         self.step += 1
 
     @contextlib.contextmanager
