@@ -101,8 +101,8 @@ class ShapesVideoDataset(Dataset):
         return ShapeScene(tuple(objects))
 
     def render(self, scene: ShapeScene, device: torch.device | str = "cpu") -> Tensor:
-        """The video (3, frames, height, width) of ``scene``, drawn on ``device`` (a trainer renders
-        its batches on the GPU: on the CPU, drawing them took longer than the training step)."""
+        """The video (3, frames, height, width) of ``scene``, drawn on ``device`` (a trainer draws
+        its batches where it trains, so they need no host-to-device copy)."""
         unit = min(self.height, self.width)
         rows = (torch.linspace(0, 1, self.height, device=device) * self.height / unit).view(1, -1, 1)
         cols = (torch.linspace(0, 1, self.width, device=device) * self.width / unit).view(1, 1, -1)
