@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -25,13 +27,30 @@ def test_any_size(frames, height, width):
     assert caption.startswith("a ")
 
 
+def test_render_batch_matches_each_scene():
+    # A batch mixes one- and two-object scenes; each video must be the one its scene draws alone
+    # (a two-object scene's second object lies over its first).
+    data = ShapesVideoDataset(length=24, frames=5, height=24, width=40, seed=7, two_object_fraction=0.5)
+    scenes = [data.scene(i) for i in range(len(data))]
+    assert {len(s.objects) for s in scenes} == {1, 2}
+    batch = data.render_batch(scenes)
+    assert batch.shape == (24, 3, 5, 24, 40)
+    for scene, video in zip(scenes, batch):
+        assert torch.equal(video, data.render(scene))
+        single = [data.render_batch([dataclasses.replace(scene, objects=(obj,))])[0] for obj in scene.objects]
+        covered = (single[-1] != data.render_batch([dataclasses.replace(scene, objects=())])[0]).any(0)
+        assert torch.equal(video[:, covered], single[-1][:, covered])
+    with pytest.raises(ValueError, match="scenes"):
+        data.render_batch([])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_render_matches_cpu():
     # Trainers draw their batches on the GPU; the videos must be the dataset's own.
     data = ShapesVideoDataset(length=16, frames=9, height=40, width=56, seed=3, two_object_fraction=0.5)
-    for index in range(len(data)):
-        scene = data.scene(index)
-        cpu, gpu = data.render(scene), data.render(scene, "cuda").cpu()
+    scenes = [data.scene(index) for index in range(len(data))]
+    for index, (scene, gpu) in enumerate(zip(scenes, data.render_batch(scenes, "cuda").cpu())):
+        cpu = data.render(scene)
         # Pixels on an outline may flip where float rounding differs; at most a handful per clip.
         assert (cpu != gpu).any(0).sum() <= 0.002 * cpu[0].numel(), index
 

@@ -43,12 +43,14 @@ SHAPE_AREA = {"circle": torch.pi, "square": 1.7 ** 2, "triangle": 2 * 0.58 * 2}
 SHAPE_CENTROID_ROW = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 3.0}
 
 
-def _mask(shape: str, rows: Tensor, cols: Tensor, centre: tuple[Tensor, Tensor], radius: float) -> Tensor:
+def _mask(shape: str, rows: Tensor, cols: Tensor, centre: tuple[Tensor, Tensor], radius: Tensor) -> Tensor:
+    """Where ``shape`` covers the pixel grid; ``centre`` and ``radius`` broadcast against it."""
     dy, dx = rows - centre[0], cols - centre[1]
     if shape == "circle":
-        return dy.square() + dx.square() <= radius ** 2
+        return dy.square() + dx.square() <= radius.square()
     if shape == "square":
-        return (dy.abs() <= radius * 0.85) & (dx.abs() <= radius * 0.85)
+        half_side = radius * 0.85
+        return (dy.abs() <= half_side) & (dx.abs() <= half_side)
     # An upward triangle: below the apex, above the base, inside the two slanted sides.
     return (dy >= -radius) & (dy <= radius) & (dx.abs() <= (dy + radius) * 0.58)
 
@@ -101,19 +103,37 @@ class ShapesVideoDataset(Dataset):
         return ShapeScene(tuple(objects))
 
     def render(self, scene: ShapeScene, device: torch.device | str = "cpu") -> Tensor:
-        """The video (3, frames, height, width) of ``scene``, drawn on ``device`` (a trainer draws
-        its batches where it trains, so they need no host-to-device copy)."""
+        """The video (3, frames, height, width) of ``scene``, drawn on ``device``."""
+        return self.render_batch([scene], device)[0]
+
+    def render_batch(self, scenes: list[ShapeScene], device: torch.device | str = "cpu") -> Tensor:
+        """The videos (len(scenes), 3, frames, height, width) of ``scenes``, drawn on ``device`` in
+        one pass per object slot and shape: a trainer draws its batches where it trains, and a
+        loop over scenes would launch a few dozen small kernels per video."""
+        if not scenes:
+            raise ValueError("scenes must not be empty")
         unit = min(self.height, self.width)
-        rows = (torch.linspace(0, 1, self.height, device=device) * self.height / unit).view(1, -1, 1)
-        cols = (torch.linspace(0, 1, self.width, device=device) * self.width / unit).view(1, 1, -1)
-        time = torch.arange(self.frames, dtype=torch.float32, device=device).view(-1, 1, 1)
-        video = torch.tensor(BACKGROUND, device=device).view(3, 1, 1, 1).repeat(1, self.frames, self.height, self.width)
-        for obj in scene.objects:  # later objects are drawn over earlier ones
-            dy, dx = DIRECTIONS[obj.direction]
-            centre = ((obj.start[0] + dy * self.speed * time) * self.height / unit,
-                      (obj.start[1] + dx * self.speed * time) * self.width / unit)
-            mask = _mask(obj.shape, rows, cols, centre, obj.size)  # (frames, H, W)
-            video = torch.where(mask, torch.tensor(COLOURS[obj.colour], device=device).view(3, 1, 1, 1), video)
+        rows = (torch.linspace(0, 1, self.height, device=device) * self.height / unit).view(1, 1, -1, 1)
+        cols = (torch.linspace(0, 1, self.width, device=device) * self.width / unit).view(1, 1, 1, -1)
+        time = torch.arange(self.frames, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        video = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1, 1).repeat(
+            len(scenes), 1, self.frames, self.height, self.width)
+        per_scene = lambda values: torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1).to(device)  # noqa: E731
+        for slot in range(max(len(scene.objects) for scene in scenes)):  # later objects over earlier ones
+            drawn = [(i, scene.objects[slot]) for i, scene in enumerate(scenes) if slot < len(scene.objects)]
+            index = torch.tensor([i for i, _ in drawn], device=device)
+            step = [DIRECTIONS[o.direction] for _, o in drawn]
+            centre = ((per_scene([o.start[0] for _, o in drawn]) + per_scene([d[0] * self.speed for d in step]) * time)
+                      * self.height / unit,
+                      (per_scene([o.start[1] for _, o in drawn]) + per_scene([d[1] * self.speed for d in step]) * time)
+                      * self.width / unit)
+            radius = per_scene([o.size for _, o in drawn])
+            mask = torch.zeros(len(drawn), self.frames, self.height, self.width, dtype=torch.bool, device=device)
+            for shape in SHAPES:
+                of_shape = per_scene([o.shape == shape for _, o in drawn]).bool()
+                mask |= of_shape & _mask(shape, rows, cols, centre, radius)
+            colour = per_scene([c for _, o in drawn for c in COLOURS[o.colour]]).view(-1, 3, 1, 1, 1)
+            video[index] = torch.where(mask[:, None], colour, video[index])
         return video * 2 - 1
 
     def __getitem__(self, index: int) -> tuple[Tensor, str]:

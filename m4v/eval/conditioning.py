@@ -58,11 +58,11 @@ def caption_sensitivity(pipe: M4VPipeline, num_scenes: int = 8, local_times: tup
         """First latent frames (scenes, C, h, w) and captions with ``attribute`` set to ``value``."""
         changed = [dataclasses.replace(s, objects=(dataclasses.replace(s.objects[0], **{attribute: value}),))
                    for s in scenes]
-        video = torch.stack([data.render(s) for s in changed]).to(device)
+        video = data.render_batch(changed, device)
         return pipe.autoencoder.encode(video)[:, :, 0].float(), [s.caption for s in changed]
 
     variants = {a: [variant(a, v) for v in values] for a, values in PROBED.items()}
-    true_latent = pipe.autoencoder.encode(torch.stack([data.render(s) for s in scenes]).to(device))[:, :, 0].float()
+    true_latent = pipe.autoencoder.encode(data.render_batch(scenes, device))[:, :, 0].float()
     report = {}
     for stage in range(stages):
         factor = 2 ** (stages - 1 - stage)

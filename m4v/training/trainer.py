@@ -286,15 +286,14 @@ class Trainer:
         index = [int(i) for i in torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator)]
         scenes = [self.data.scene(i) for i in index]
         device = self.config.device
-        video = torch.stack([self.data.render(s, device) for s in scenes])
+        video = self.data.render_batch(scenes, device)
         coarse = None
         wanted = stage is None or stage in self.objective.coarse_stages
         if self.config.coarse_shape_swap > 0 and float(torch.rand((), generator=self.generator)) < \
                 self.config.coarse_shape_swap and wanted:
             row_per_radius = min(self.config.height, self.config.width) / self.config.height
-            coarse = torch.stack([self.data.render(other_shapes(s, self.generator,
-                                                                self.config.coarse_swap_same_footprint,
-                                                                row_per_radius), device) for s in scenes])
+            coarse = self.data.render_batch([other_shapes(s, self.generator, self.config.coarse_swap_same_footprint,
+                                                          row_per_radius) for s in scenes], device)
         if self.config.coarse_blur_passes > 0 and wanted:
             coarse = box_blur(video if coarse is None else coarse, self.config.coarse_blur_passes)
         return video, [s.caption for s in scenes], coarse
