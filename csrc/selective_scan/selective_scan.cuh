@@ -352,6 +352,12 @@ __device__ __forceinline__ void tile_items(const float* row, bool reverse, float
 constexpr int kFwdItems = 16;
 constexpr int kFwdLanes = kScanChunk / kFwdItems;  // lanes per channel
 constexpr int kFwdWarps = 4;
+constexpr int kFwdThreads = kFwdWarps * 32;
+// The token-major staging loops walk a chunk's steps kFwdThreads at a time with a compile-time trip
+// count, so they unroll without loop branches (with blockDim.x they kept 2 branches and a
+// BSSY/BSYNC pair per loop and chunk).
+constexpr int kFwdStepsPerThread = kScanChunk / kFwdThreads;
+static_assert(kScanChunk % kFwdThreads == 0, "whole time steps per thread");
 constexpr int kFwdChannels = kFwdWarps * 32 / kFwdLanes;
 constexpr int kFwdLanePitch = kFwdItems + 4;
 constexpr int kFwdRowPitch = kFwdLanes * kFwdLanePitch;
@@ -375,7 +381,9 @@ __device__ __forceinline__ void stage_vectors(const T* first, int64_t len_stride
                                               float* rows) {
   constexpr int kVec = 16 / sizeof(T);
   static_assert(kRows % kVec == 0, "whole vectors only");
-  for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
+#pragma unroll
+  for (int i = 0; i < kFwdStepsPerThread; ++i) {
+    const int step = threadIdx.x + i * kFwdThreads;
     const int pos = chunk_start + step;
     float v[kRows];
     if (pos >= lo && pos < len) {
@@ -400,7 +408,9 @@ template <typename T>
 __device__ __forceinline__ void write_rows_token_major(const float* rows, const RowTensor& t, const SeqSpan& span,
                                                        int lo, int d0, int chunk_start) {
   constexpr int kVec = 16 / sizeof(T);
-  for (int step = threadIdx.x; step < kScanChunk; step += blockDim.x) {
+#pragma unroll
+  for (int k = 0; k < kFwdStepsPerThread; ++k) {
+    const int step = threadIdx.x + k * kFwdThreads;
     const int pos = chunk_start + step;
     if (pos < lo || pos >= span.len) continue;
     T* dst = row_ptr_mut<T>(t, span, d0) + static_cast<int64_t>(pos) * t.len_stride;
@@ -534,7 +544,9 @@ template <typename T>
 __device__ __forceinline__ void prefetch_steps(const T* first, int64_t len_stride, int lo, int len, int chunk_start,
                                                uint4* slots) {
   static_assert(kFwdChannels * sizeof(T) == 16, "one vector per time step");
-  for (int step = threadIdx.x; step < kScanChunk; step += kFwdWarps * 32) {
+#pragma unroll
+  for (int i = 0; i < kFwdStepsPerThread; ++i) {
+    const int step = threadIdx.x + i * kFwdThreads;
     const int pos = chunk_start + step;
     if (pos >= lo && pos < len) cp_async_16(slots + step, first + static_cast<int64_t>(pos) * len_stride);
   }
@@ -544,7 +556,9 @@ __device__ __forceinline__ void prefetch_steps(const T* first, int64_t len_strid
 template <typename T>
 __device__ __forceinline__ void stage_prefetched_steps(const uint4* slots, int lo, int len, int chunk_start,
                                                        float* rows) {
-  for (int step = threadIdx.x; step < kScanChunk; step += kFwdWarps * 32) {
+#pragma unroll
+  for (int i = 0; i < kFwdStepsPerThread; ++i) {
+    const int step = threadIdx.x + i * kFwdThreads;
     float v[kFwdChannels];
     if (chunk_start + step >= lo && chunk_start + step < len) {
       const uint4 raw = slots[step];
