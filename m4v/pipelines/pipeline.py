@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from m4v.autoencoders import PixelPatchAutoencoder, VideoAutoencoder, load_autoencoder
-from m4v.models import M4VTransformer, get_config
+from m4v.models import M4VTransformer, StageExperts, get_config, load_transformer
 from m4v.pipelines.scheduler import PyramidFlowScheduler, PyramidFlowSchedulerConfig, history_pyramid
 from m4v.text import HashingTextEncoder, TextEmbeddings, TextEncoder, load_text_encoder
 
@@ -34,13 +34,13 @@ class M4VPipeline:
     with classifier-free guidance) -> autoencoder decode -> frames.
 
     Args:
-        transformer: the ``M4VTransformer``.
+        transformer: the ``M4VTransformer``, or ``StageExperts`` (one per pyramid stage group).
         text_encoder: a ``TextEncoder`` whose state and pooled sizes match the transformer's.
         autoencoder: a ``VideoAutoencoder`` with the transformer's latent channels.
         scheduler: the ``PyramidFlowScheduler`` (default config if None).
     """
 
-    def __init__(self, transformer: M4VTransformer, text_encoder: TextEncoder, autoencoder: VideoAutoencoder,
+    def __init__(self, transformer: M4VTransformer | StageExperts, text_encoder: TextEncoder, autoencoder: VideoAutoencoder,
                  scheduler: Optional[PyramidFlowScheduler] = None):
         config = transformer.config
         if text_encoder.state_dim != config.text_dim or text_encoder.pooled_dim != config.pooled_dim:
@@ -90,7 +90,7 @@ class M4VPipeline:
                         dtype: Optional[torch.dtype] = None) -> "M4VPipeline":
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"model directory {directory} does not exist")
-        transformer = M4VTransformer.from_pretrained(os.path.join(directory, "transformer"), device, dtype)
+        transformer = load_transformer(os.path.join(directory, "transformer"), device, dtype)
         text = load_text_encoder(os.path.join(directory, "text_encoder"), device)
         autoencoder = load_autoencoder(os.path.join(directory, "autoencoder"), device)
         scheduler_path = os.path.join(directory, "scheduler.json")
@@ -116,6 +116,8 @@ class M4VPipeline:
         A model whose coarsest stage cannot hold what the caption says (a shape at 4 x 4 latents)
         can be retrained on fewer, finer stages from its own weights.
         """
+        if isinstance(self.transformer, StageExperts):
+            raise ValueError("restaged needs a single transformer, not stage experts")
         stage_range = tuple(float(b) for b in stage_range)
         stages = len(stage_range) - 1
         config = dataclasses.replace(self.scheduler.config, stage_range=stage_range, num_inference_steps=(),
@@ -136,6 +138,23 @@ class M4VPipeline:
                 state[name] = tensor[keep.to(tensor.device)]
         transformer.load_state_dict(state)
         return M4VPipeline(transformer, self.text_encoder, self.autoencoder, scheduler)
+
+    def with_stage_expert(self, expert: M4VTransformer, stages: Sequence[int]) -> "M4VPipeline":
+        """This pipeline with ``expert`` serving pyramid ``stages`` (the others keep their
+        transformer). The expert must have been trained against this pipeline's text encoder
+        (``TrainConfig.train_text_encoder`` false); modules are shared, not copied."""
+        current = self.transformer
+        experts, route = (list(current.experts), list(current.route)) if isinstance(current, StageExperts) else (
+            [current], [0] * current.config.num_stages)
+        stages = sorted(set(int(s) for s in stages))
+        if not stages or stages[0] < 0 or stages[-1] >= len(route):
+            raise ValueError(f"stages must be pyramid stages in [0, {len(route)}), got {stages}")
+        for stage in stages:
+            route[stage] = len(experts)
+        experts.append(expert)
+        used = sorted(set(route))  # drop the experts no stage runs any more
+        transformer = StageExperts([experts[i] for i in used], [used.index(r) for r in route])
+        return M4VPipeline(transformer, self.text_encoder, self.autoencoder, self.scheduler)
 
     def to(self, device: torch.device | str) -> "M4VPipeline":
         for module in (self.transformer, self.text_encoder, self.autoencoder):

@@ -100,6 +100,10 @@ class TrainConfig:
     # Measured (benchmarks/NOTES.md, eighteenth session): at 10 and 30 objects come out over-sharp
     # and shape falls below chance.
     object_loss_weight: float = 0.0
+    # False: the text encoder stays as loaded, so the trained transformer reads the same text states
+    # as its starting pipeline's and can serve as that pipeline's expert for some stages
+    # (M4VPipeline.with_stage_expert).
+    train_text_encoder: bool = True
     precision: str = "bf16"            # "bf16" (autocast on CUDA) or "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 200
@@ -259,6 +263,8 @@ class Trainer:
         if sampler:
             pipe.scheduler = PyramidFlowScheduler(dataclasses.replace(pipe.scheduler.config, **sampler))
         self.model = pipe.transformer
+        if not config.train_text_encoder:
+            pipe.text_encoder.requires_grad_(False)
         self.model.gradient_checkpointing = config.gradient_checkpointing
         # The trainable weights only: with LoRA adapters (m4v.training.lora) the rest is frozen.
         self.params = [p for p in [*self.model.parameters(), *pipe.text_encoder.parameters()] if p.requires_grad]

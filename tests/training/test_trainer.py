@@ -191,6 +191,21 @@ def test_checkpoint_holds_a_loadable_pipeline(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(trainer.ema, trainer.params))  # which differ from the raw ones
 
 
+def test_a_frozen_text_encoder_is_saved_as_loaded(tmp_path):
+    """train_text_encoder false: the transformer trains, the text encoder's weights stay the
+    starting pipeline's (what a stage expert needs) and are not in the optimizer."""
+    trainer = make_trainer(tmp_path, steps=2, train_text_encoder=False)
+    start = {k: v.clone() for k, v in trainer.pipe.text_encoder.state_dict().items()}
+    transformer_start = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.run(progress=False)
+    text_ids = {id(p) for p in trainer.pipe.text_encoder.parameters()}
+    assert not any(id(p) in text_ids for p in trainer.params)
+    saved = M4VPipeline.from_pretrained(os.path.join(tmp_path, "checkpoint", "pipeline"))
+    for name, tensor in saved.text_encoder.state_dict().items():
+        assert torch.equal(tensor, start[name]), name
+    assert any(not torch.equal(a, b) for a, b in zip(transformer_start, saved.transformer.parameters()))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     grads = []
     for flag in (False, True):
