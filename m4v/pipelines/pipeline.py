@@ -98,7 +98,7 @@ class M4VPipeline:
         if os.path.isfile(scheduler_path):
             with open(scheduler_path) as f:
                 values = json.load(f)
-            for name in ("stage_range", "num_inference_steps", "video_num_inference_steps"):
+            for name in ("stage_range", "num_inference_steps", "video_num_inference_steps", "guidance_interval"):
                 if name in values:
                     values[name] = tuple(values[name])
             if isinstance(values.get("renoise_sigma"), list):
@@ -214,7 +214,8 @@ class M4VPipeline:
             text: ``text_encoder.encode(prompts + negatives)`` (the negatives are used when guidance != 1).
             history: the earlier latent frames, each (batch, C, h, w) at full latent size.
             shape: (batch, C, h, w) of the unit at full latent size.
-            steps: Euler steps per stage. guidance: the CFG scale (1 = off).
+            steps: Euler steps per stage. guidance: the CFG scale (1 = off), applied inside the
+                scheduler's ``guidance_interval``.
             on_step: called after every step with {"stage", "step", "tau", "latent"}.
             stop_before: return the top stage's latent before its step ``stop_before`` (reward
                 tuning takes that step itself, with gradients).
@@ -232,7 +233,8 @@ class M4VPipeline:
             for step, (tau, u, u_next) in enumerate(self.scheduler.steps(stage, steps[stage])):
                 if stage == stages - 1 and step == stop_before:
                     return x
-                velocity = self.guided_velocity(x, tau, text, pyramid, stage, guidance)
+                scale = self.scheduler.guidance_at(tau, guidance)
+                velocity = self.guided_velocity(x, tau, text, pyramid, stage, scale)
                 x = self.scheduler.step(x, velocity, u, u_next)
                 if on_step is not None:
                     on_step({"stage": stage, "step": step, "tau": tau, "latent": x})

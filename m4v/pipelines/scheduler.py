@@ -51,10 +51,15 @@ class PyramidFlowSchedulerConfig:
     # defaults): of the first frame, and of every later one. Empty: 10 and 5 per stage.
     num_inference_steps: tuple[int, ...] = ()
     video_num_inference_steps: tuple[int, ...] = ()
+    # Classifier-free guidance acts on the steps whose generation time tau lies in [lo, hi); the
+    # others run the conditional branch alone (guidance in a limited interval, Kynkaenniemi et al.
+    # 2024). Guidance near the noise sets what the caption asks for; past it, it inflates objects
+    # (the shipped model at CFG 4: ~3x a real object's area).
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        for name in ("stage_range", "num_inference_steps", "video_num_inference_steps"):
+        for name in ("stage_range", "num_inference_steps", "video_num_inference_steps", "guidance_interval"):
             out[name] = list(getattr(self, name))
         if not isinstance(self.renoise_sigma, (int, float)):
             out["renoise_sigma"] = list(self.renoise_sigma)
@@ -89,11 +94,20 @@ class PyramidFlowScheduler:
             raise ValueError(f"renoise_sigma must be one number or {len(bounds) - 2} (one per stage from 1), "
                              f"each in (0, 1], got {sigma}")
         self.renoise_sigmas = sigmas
+        interval = tuple(self.config.guidance_interval)
+        if len(interval) != 2 or not 0 <= interval[0] < interval[1] <= 1:
+            raise ValueError(f"guidance_interval must be (lo, hi) with 0 <= lo < hi <= 1, got {interval}")
         for name in ("num_inference_steps", "video_num_inference_steps"):
             steps = getattr(self.config, name)
             if steps and (len(steps) != len(bounds) - 1 or any(not isinstance(s, int) or s < 1 for s in steps)):
                 raise ValueError(f"{name} must be empty or {len(bounds) - 1} positive ints (one per stage), "
                                  f"got {steps}")
+
+    def guidance_at(self, tau: float, guidance: float) -> float:
+        """The CFG scale of a step at generation time ``tau``: ``guidance`` inside
+        ``guidance_interval``, 1 (the conditional branch alone) outside it."""
+        lo, hi = self.config.guidance_interval
+        return guidance if lo <= tau < hi else 1.0
 
     def default_steps(self, video: bool = False) -> tuple[int, ...]:
         """Euler steps per stage of the first frame (``video``: of every later frame)."""

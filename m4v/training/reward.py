@@ -53,7 +53,7 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
     tau, u, _ = scheduler.steps(scheduler.num_stages - 1, steps[-1])[last]
     top = scheduler.num_stages - 1
     pyramid = history_pyramid(history, top, scheduler.num_stages)
-    velocity = pipe.guided_velocity(x, tau, text, pyramid, top, guidance)
+    velocity = pipe.guided_velocity(x, tau, text, pyramid, top, scheduler.guidance_at(tau, guidance))
     clean = scheduler.clean_estimate(x, velocity, u)
     latents = torch.stack(history + [clean], dim=2).to(next(ae.parameters()).dtype)
     count = 1 if unit == 0 else ae.temporal_factor

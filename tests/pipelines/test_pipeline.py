@@ -59,6 +59,28 @@ def test_cfg_is_one_batched_call_per_step(pipe, monkeypatch):
     assert all(batch == 1 for batch, _, _ in calls)           # no CFG: no unconditional branch
 
 
+def test_guidance_interval_limits_cfg_to_its_steps(monkeypatch):
+    """CFG (a doubled batch) only on the steps whose tau lies in the scheduler's interval; the
+    others are one conditional call. Stage 0 spans tau in [0, 1/3), its two steps start at 0 and 1/6."""
+    pipe = M4VPipeline.from_preset(seed=0)
+    pipe.scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(guidance_interval=(0.0, 0.1)))
+    calls = []
+    forward = pipe.transformer.forward
+
+    def counting(latent, timestep, text, text_mask, pooled, **kwargs):
+        calls.append((latent.shape[0], round(float(timestep[0]), 4)))
+        return forward(latent, timestep, text, text_mask, pooled, **kwargs)
+
+    monkeypatch.setattr(pipe.transformer, "forward", counting)
+    pipe("one", guidance_scale=5.0, video_guidance_scale=3.0, output_type="latent", **KWARGS)
+    assert [batch for batch, _ in calls] == ([2, 1, 1, 1] + [2, 1, 1] * 2)  # each frame's first step only
+    assert all((batch == 2) == (tau < 0.1) for batch, tau in calls)
+    with pytest.raises(ValueError, match="guidance_interval"):
+        PyramidFlowScheduler(PyramidFlowSchedulerConfig(guidance_interval=(0.5, 0.5)))
+    with pytest.raises(ValueError, match="guidance_interval"):
+        PyramidFlowScheduler(PyramidFlowSchedulerConfig(guidance_interval=(0.0, 1.5)))
+
+
 def test_callback_and_progress(pipe):
     seen = []
     pipe("x", callback=seen.append, output_type="latent", **KWARGS)
@@ -85,7 +107,8 @@ def test_argument_errors(pipe, kwargs, message):
 
 
 def test_save_and_load(pipe, tmp_path):
-    pipe.scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=(0.5, 0.25)))
+    pipe.scheduler = PyramidFlowScheduler(PyramidFlowSchedulerConfig(renoise_sigma=(0.5, 0.25),
+                                                                     guidance_interval=(0.0, 0.2)))
     pipe.save_pretrained(tmp_path)
     loaded = M4VPipeline.from_pretrained(tmp_path)
     assert loaded.scheduler.config == pipe.scheduler.config
