@@ -1,10 +1,11 @@
 """Pyramid stages served by different M4V transformers (stage experts).
 
-A pyramid's coarse stages decide where an object is, what colour it has and how it moves; its
-finest stage draws the outline. One transformer can be trained for the finest stage alone on
-starts that force it to read the caption (``coarse_shape_swap``) while the coarse stages keep the
-weights that place objects well. ``StageExperts`` runs each stage through its expert, behind the
-``M4VTransformer`` call signature, and saves as one config.json + model.safetensors.
+A pyramid's coarse stages decide where an object is, what colour it has and how it moves; the
+later ones draw its outline. A transformer can be trained for some stages only, e.g. on starts
+that force it to read the caption (``coarse_shape_swap``), while the other stages keep the weights
+that place objects well (measured: benchmarks/NOTES.md, twenty-first session). ``StageExperts``
+runs each stage through its expert, behind the ``M4VTransformer`` call signature, and saves as one
+config.json + model.safetensors.
 """
 
 from __future__ import annotations

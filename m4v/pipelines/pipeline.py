@@ -40,8 +40,8 @@ class M4VPipeline:
         scheduler: the ``PyramidFlowScheduler`` (default config if None).
     """
 
-    def __init__(self, transformer: M4VTransformer | StageExperts, text_encoder: TextEncoder, autoencoder: VideoAutoencoder,
-                 scheduler: Optional[PyramidFlowScheduler] = None):
+    def __init__(self, transformer: M4VTransformer | StageExperts, text_encoder: TextEncoder,
+                 autoencoder: VideoAutoencoder, scheduler: Optional[PyramidFlowScheduler] = None):
         config = transformer.config
         if text_encoder.state_dim != config.text_dim or text_encoder.pooled_dim != config.pooled_dim:
             raise ValueError(f"text encoder gives ({text_encoder.state_dim}, {text_encoder.pooled_dim}) but the "
@@ -143,6 +143,8 @@ class M4VPipeline:
         """This pipeline with ``expert`` serving pyramid ``stages`` (the others keep their
         transformer). The expert must have been trained against this pipeline's text encoder
         (``TrainConfig.train_text_encoder`` false); modules are shared, not copied."""
+        if not isinstance(expert, M4VTransformer):
+            raise TypeError(f"expert must be an M4VTransformer, got {type(expert).__name__}")
         current = self.transformer
         experts, route = (list(current.experts), list(current.route)) if isinstance(current, StageExperts) else (
             [current], [0] * current.config.num_stages)

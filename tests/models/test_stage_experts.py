@@ -94,5 +94,7 @@ def test_pipeline_with_a_stage_expert_generates_saves_and_loads(pair, tmp_path):
     assert len(whole.transformer.experts) == 1 and whole.transformer.experts[0] is pair[0]
     with pytest.raises(ValueError, match="pyramid stages"):
         pipe.with_stage_expert(pair[1], stages=[3])
+    with pytest.raises(TypeError, match="M4VTransformer"):
+        pipe.with_stage_expert(hybrid.transformer, stages=[1])
     with pytest.raises(ValueError, match="single transformer"):
         hybrid.restaged((0.0, 1.0))
