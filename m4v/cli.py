@@ -40,6 +40,16 @@ def _steps(text: str) -> tuple[int, ...]:
     return steps
 
 
+def _stages(text: str) -> tuple[int, ...]:
+    try:
+        stages = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"stages must be comma-separated integers, got {text!r}") from None
+    if any(s < 0 for s in stages):
+        raise argparse.ArgumentTypeError(f"stages must be >= 0, got {text!r}")
+    return stages
+
+
 def _generate(args: argparse.Namespace) -> int:
     import time
 
@@ -73,6 +83,31 @@ def _create_tiny(args: argparse.Namespace) -> int:
 
     M4VPipeline.from_preset(seed=args.seed).save_pretrained(args.directory)
     print(f"wrote a random m4v-tiny pipeline to {args.directory}")
+    return 0
+
+
+def _stage_expert(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from m4v.models import M4VTransformer
+    from m4v.pipelines import M4VPipeline
+    from m4v.text import load_text_encoder
+
+    base = M4VPipeline.from_pretrained(args.model)
+    text_dir = os.path.join(args.expert, "text_encoder")
+    if os.path.isdir(text_dir):  # a pipeline directory: its text encoder must be the base's
+        theirs, ours = load_text_encoder(text_dir).state_dict(), base.text_encoder.state_dict()
+        if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k].float(), ours[k].float()) for k in ours):
+            raise ValueError(f"{args.expert} has another text encoder than {args.model}: train the expert with "
+                             "train_text_encoder false from that pipeline")
+        expert_dir = os.path.join(args.expert, "transformer")
+    else:
+        expert_dir = args.expert
+    pipe = base.with_stage_expert(M4VTransformer.from_pretrained(expert_dir), args.stages)
+    pipe.save_pretrained(args.out)
+    print(f"wrote {args.out}: stages {list(range(pipe.scheduler.num_stages))} run experts {list(pipe.transformer.route)}")
     return 0
 
 
@@ -240,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_create_tiny)
+    expert = commands.add_parser("stage-expert", help="a pipeline whose given pyramid stages run another transformer")
+    expert.add_argument("--model", required=True, help="the base pipeline directory")
+    expert.add_argument("--expert", required=True,
+                        help="a pipeline directory trained from the base with train_text_encoder false, or a "
+                             "transformer directory")
+    expert.add_argument("--stages", type=_stages, required=True, help="the stages it serves, e.g. 1,2")
+    expert.add_argument("--out", required=True, help="where to write the combined pipeline")
+    expert.set_defaults(run=_stage_expert)
     train = commands.add_parser("train", help="flow-matching training (resumes from out_dir/checkpoint)")
     train.add_argument("--config", required=True, help="a JSON file of m4v.training.TrainConfig fields")
     train.add_argument("--model", default=None,

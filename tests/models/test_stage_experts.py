@@ -98,3 +98,26 @@ def test_pipeline_with_a_stage_expert_generates_saves_and_loads(pair, tmp_path):
         pipe.with_stage_expert(hybrid.transformer, stages=[1])
     with pytest.raises(ValueError, match="single transformer"):
         hybrid.restaged((0.0, 1.0))
+
+
+def test_stage_expert_command(tmp_path, capsys):
+    """`m4v stage-expert` joins an expert trained against the base's text encoder, and refuses one
+    whose text encoder differs."""
+    from m4v.cli import main
+
+    base, expert = tmp_path / "base", tmp_path / "expert"
+    assert main(["create-tiny", str(base), "--seed", "0"]) == 0
+    pipe = M4VPipeline.from_pretrained(base)
+    pipe.transformer = tiny(3)  # the base's text encoder, another transformer
+    pipe.save_pretrained(expert)
+    assert main(["stage-expert", "--model", str(base), "--expert", str(expert), "--stages", "0,2",
+                 "--out", str(tmp_path / "joined")]) == 0
+    joined = M4VPipeline.from_pretrained(tmp_path / "joined")
+    assert joined.transformer.route == (1, 0, 1)
+    for a, b in zip(joined.transformer.experts[1].parameters(), pipe.transformer.parameters()):
+        assert torch.equal(a, b)
+    assert main(["create-tiny", str(tmp_path / "other"), "--seed", "1"]) == 0
+    capsys.readouterr()
+    assert main(["stage-expert", "--model", str(base), "--expert", str(tmp_path / "other"), "--stages", "2",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "another text encoder" in capsys.readouterr().err
