@@ -203,6 +203,10 @@ def format_eval(results: dict) -> str:
                                      "attributes", "attributes_in_view", "presence"))
         lines.append(f"| {name} | {acc['colour']:.3f} | {acc['shape']:.3f} | {acc['direction']:.3f} | "
                      f"{r['attributes']['all_correct']:.3f} | {drift} |")
+    counts = [r["videos"] for r in results.values() if "videos" in r]
+    if counts:  # a binomial share: at most 0.5 / sqrt(n), at p = 0.5
+        lines.append(f"\nan accuracy over {min(counts)} videos has a standard error of at most "
+                     f"±{0.5 / min(counts) ** 0.5:.3f}")
     reference = next((r for r in results.values() if "critic_check" in r), None)
     if reference is not None:
         check = reference["critic_check"]

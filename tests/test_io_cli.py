@@ -83,11 +83,12 @@ def test_eval_table_prints_the_late_gap_to_real_videos():
                 "attributes_in_view": 0.3, "presence": presence_late}
         early = dict(late, presence=1.0)
         out = {"attributes": {"accuracy": {"colour": 1.0, "shape": 0.5, "direction": 1.0}, "all_correct": 0.5},
-               "drift": {"early": early, "late": late}}
+               "drift": {"early": early, "late": late}, "videos": 100}
         return {**out, "critic_check": check} if check else out
 
     table = format_eval({"real": result(0.8, 0.2, {"real": 0.9, "degraded": 0.1}), "model": result(0.5, 0.7)})
     assert "P(real) 0.900; on degraded copies of them: 0.100" in table
+    assert "over 100 videos has a standard error of at most ±0.050" in table
     gap_row = table.splitlines()[-1]
     assert gap_row.startswith("| model |") and "-0.300" in gap_row and "+0.500" in gap_row and "n/a" in gap_row
 
