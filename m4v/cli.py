@@ -30,24 +30,22 @@ def _guidance_pair(text: str) -> tuple[float, float]:
     return first, later
 
 
-def _steps(text: str) -> tuple[int, ...]:
+def _integers(text: str, what: str, minimum: int) -> tuple[int, ...]:
     try:
-        steps = tuple(int(v) for v in text.split(","))
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"steps must be comma-separated integers, got {text!r}") from None
-    if any(s < 1 for s in steps):
-        raise argparse.ArgumentTypeError(f"steps must be positive, got {text!r}")
-    return steps
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if any(v < minimum for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {text!r}")
+    return values
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    return _integers(text, "steps", 1)
 
 
 def _stages(text: str) -> tuple[int, ...]:
-    try:
-        stages = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"stages must be comma-separated integers, got {text!r}") from None
-    if any(s < 0 for s in stages):
-        raise argparse.ArgumentTypeError(f"stages must be >= 0, got {text!r}")
-    return stages
+    return _integers(text, "stages", 0)
 
 
 def _generate(args: argparse.Namespace) -> int:
