@@ -77,6 +77,15 @@ def test_coarse_shape_swap_changes_only_the_coarse_stages_shapes(tmp_path):
         make_trainer(tmp_path / "bad", coarse_shape_swap=1.5)
 
 
+def test_coarse_shape_swap_is_drawn_per_sample(tmp_path):
+    """A swap share below 1 swaps some samples of a batch and leaves the others' copies true."""
+    trainer = make_trainer(tmp_path, coarse_shape_swap=0.5, stage_weights=(0.0, 0.0, 1.0))
+    trainer.config = dataclasses.replace(trainer.config, batch_size=16)
+    video, _, coarse = trainer.batch()
+    swapped = [not torch.equal(c, v) for c, v in zip(coarse, video)]
+    assert 0 < sum(swapped) < len(swapped)
+
+
 def test_coarse_stages_pick_which_stages_start_from_the_swapped_copy(tmp_path):
     for stage_weights, differs in (((0.0, 1.0, 0.0), False), ((0.0, 0.0, 1.0), True)):
         trainer = make_trainer(tmp_path / str(differs), coarse_shape_swap=1.0, coarse_stages=(2,),
