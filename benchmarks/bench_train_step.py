@@ -53,7 +53,8 @@ def split_step(trainer) -> dict:
     return {"draw": draw, "forward": forward, "update": update}
 
 
-def time_batch_size(model: str, config_path: str, batch_size: int, steps: int, device: str) -> dict:
+def time_batch_size(model: str, config_path: str, batch_size: int, steps: int, device: str):
+    """(the batch size's record, its trainer)."""
     trainer = make_trainer(model, config_path, batch_size, device)
     for _ in range(5):  # warm-up: kernels' first launches, allocator growth
         trainer.train_step()

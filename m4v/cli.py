@@ -89,7 +89,7 @@ def _stage_expert(args: argparse.Namespace) -> int:
 
     import torch
 
-    from m4v.models import M4VTransformer
+    from m4v.models import M4VTransformer, load_transformer
     from m4v.pipelines import M4VPipeline
     from m4v.text import load_text_encoder
 
@@ -103,9 +103,13 @@ def _stage_expert(args: argparse.Namespace) -> int:
         expert_dir = os.path.join(args.expert, "transformer")
     else:
         expert_dir = args.expert
-    pipe = base.with_stage_expert(M4VTransformer.from_pretrained(expert_dir), args.stages)
+    expert = load_transformer(expert_dir)
+    if not isinstance(expert, M4VTransformer):
+        raise ValueError(f"{expert_dir} holds stage experts already; give one transformer")
+    pipe = base.with_stage_expert(expert, args.stages)
     pipe.save_pretrained(args.out)
-    print(f"wrote {args.out}: stages {list(range(pipe.scheduler.num_stages))} run experts {list(pipe.transformer.route)}")
+    print(f"wrote {args.out}: stages {list(range(pipe.scheduler.num_stages))} run experts "
+          f"{list(pipe.transformer.route)}")
     return 0
 
 

@@ -78,8 +78,8 @@ class TrainConfig:
     time_shift: float = 1.0
     # Share of samples whose stage >= 1 start point is the coarse copy of the same scene drawn with
     # every object's shape changed (colour, place, size and motion kept); the others start from
-    # their own scene's copy. (Until the twenty-first session a whole batch was swapped or not.) At sampling time the
-    # coarse stages cannot carry a shape (an object is about one 4 x 4 cell), so a model trained
+    # their own scene's copy (until the twenty-first session a whole batch was swapped or not). At
+    # sampling time the coarse stages cannot carry a shape (an object is about one 4 x 4 cell), so a model trained
     # only on true coarse copies learns to copy shape from them and never reads the shape word.
     coarse_shape_swap: float = 0.0
     # The swapped copy covers the true shape's area around its centroid (other_shapes'
@@ -297,12 +297,13 @@ class Trainer:
         coarse = None
         wanted = stage is None or stage in self.objective.coarse_stages
         if self.config.coarse_shape_swap > 0 and wanted:
-            swap = (torch.rand(len(scenes), generator=self.generator) < self.config.coarse_shape_swap).tolist()
-            if any(swap):
+            swap = (torch.rand(len(scenes), generator=self.generator) < self.config.coarse_shape_swap).nonzero()[:, 0]
+            if len(swap):  # only the swapped scenes are drawn again; the others' copy is their video
                 row_per_radius = min(self.config.height, self.config.width) / self.config.height
-                coarse = self.data.render_batch(
-                    [other_shapes(s, self.generator, self.config.coarse_swap_same_footprint, row_per_radius) if k
-                     else s for s, k in zip(scenes, swap)], device)
+                coarse = video.clone()
+                coarse[swap.to(device)] = self.data.render_batch(
+                    [other_shapes(scenes[i], self.generator, self.config.coarse_swap_same_footprint, row_per_radius)
+                     for i in swap.tolist()], device)
         if self.config.coarse_blur_passes > 0 and wanted:
             coarse = box_blur(video if coarse is None else coarse, self.config.coarse_blur_passes)
         return video, [s.caption for s in scenes], coarse

@@ -121,3 +121,6 @@ def test_stage_expert_command(tmp_path, capsys):
     assert main(["stage-expert", "--model", str(base), "--expert", str(tmp_path / "other"), "--stages", "2",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "another text encoder" in capsys.readouterr().err
+    assert main(["stage-expert", "--model", str(base), "--expert", str(tmp_path / "joined" / "transformer"),
+                 "--stages", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "stage experts already" in capsys.readouterr().err
