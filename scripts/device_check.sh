@@ -9,7 +9,8 @@
 #   bash scripts/device_check.sh model        # whole model eager + compiled, its profile, 768p generation
 #   bash scripts/device_check.sh ship         # the shipped m4v-shapes model's whole recipe, then its evaluation
 #   bash scripts/device_check.sh train-more   # continue training a pipeline (BASE=dir, CONFIG=file), cosine lr
-#   bash scripts/device_check.sh train-many   # CONFIGS side by side from BASE (each one CPU share), bf16 tars in $OUT
+#   bash scripts/device_check.sh train-many   # CONFIGS side by side from BASE (each one CPU share; BASE=scratch: from
+#                                             # each config's preset), bf16 tars in $OUT
 #   bash scripts/device_check.sh eval         # `m4v eval` of MODELS (pipeline dirs) in one run, EVAL_ARGS added
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS one after another), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
@@ -124,8 +125,9 @@ case "${1:-check}" in
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     configs=(${CONFIGS:?CONFIGS=\"a.json b.json\"}) pids=()
     threads=$(( $(nproc) / ${#configs[@]} ))
+    start=(--model "${BASE:?BASE=pipeline dir, or scratch}"); [ "$BASE" = scratch ] && start=()
     for config in "${configs[@]}"; do
-      OMP_NUM_THREADS=$threads python3 -m m4v train --model "${BASE:?BASE=pipeline dir}" --config "$config" --quiet \
+      OMP_NUM_THREADS=$threads python3 -m m4v train "${start[@]}" --config "$config" --quiet \
         >"$OUT/train-$(basename "$config" .json).log" 2>&1 & pids+=($!)
     done
     wait "${pids[@]}"

@@ -88,6 +88,7 @@ PRESETS: dict[str, M4VConfig] = {
     "m4v-tiny": M4VConfig(**_TINY),
     "attn-tiny": M4VConfig(**_TINY, mixer="attention"),
     "m4v-shapes": M4VConfig(**_SHAPES),
+    "attn-shapes": M4VConfig(**_SHAPES, mixer="attention"),
 }
 
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from m4v.autoencoders import PixelPatchAutoencoder, VideoAutoencoder, load_autoencoder
+from m4v.layers import MambaMixer
 from m4v.models import M4VTransformer, StageExperts, get_config, load_transformer
 from m4v.pipelines.scheduler import PyramidFlowScheduler, PyramidFlowSchedulerConfig, history_pyramid
 from m4v.text import HashingTextEncoder, TextEmbeddings, TextEncoder, load_text_encoder
@@ -72,6 +73,13 @@ class M4VPipeline:
             for name, p in transformer.named_parameters():
                 if p.dim() >= 2 or name.endswith("gate"):
                     p.normal_(0, 0.02)
+        # Mamba's A_log, conv and dt_proj weights are 2-D too, and N(0, 0.02) there gives every
+        # state the same decay (A = -1) and a dt that barely depends on the input: a scan neither
+        # multi-scale nor selective, which training does not undo (the first shipped model's A_log
+        # was still 0 +- 0.04 after 6,850 steps). They get Mamba-1's init back.
+        for module in transformer.modules():
+            if isinstance(module, MambaMixer):
+                module.reset_ssm_parameters()
         text = HashingTextEncoder(config.text_dim, config.pooled_dim, config.max_text_len)
         autoencoder = PixelPatchAutoencoder(config.latent_channels, spatial_factor, temporal_factor)
         return cls(transformer, text, autoencoder)

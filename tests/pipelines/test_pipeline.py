@@ -119,6 +119,23 @@ def test_save_and_load(pipe, tmp_path):
         M4VPipeline.from_pretrained(tmp_path / "missing")
 
 
+def test_from_scratch_keeps_mambas_own_ssm_init():
+    """The from-scratch pipeline perturbs the zero-initialised (adaLN-Zero) weights, but its Mamba
+    mixers start as Mamba-1 does: S4D-real A (one decay per state), a dt that depends on the input."""
+    from m4v.layers import MambaMixer
+
+    mixers = [m for m in M4VPipeline.from_preset("m4v-shapes", seed=0).transformer.modules()
+              if isinstance(m, MambaMixer)]
+    assert len(mixers) == 6
+    for mixer in mixers:
+        expected_A = torch.arange(1, mixer.d_state + 1, dtype=torch.float32).repeat(mixer.d_inner, 1)
+        torch.testing.assert_close(torch.exp(mixer.A_log.detach()), expected_A)
+        # Uniform(-b, b) has std b / sqrt(3): 0.29 for the width-4 conv, 0.17 for dt_rank 12.
+        assert 0.2 < mixer.conv_weight.std() < 0.35
+        assert 0.12 < mixer.dt_proj.weight.std() < 0.22
+        assert torch.all(mixer.D == 1)
+
+
 def test_mismatched_parts_are_refused(pipe):
     from m4v.autoencoders import PixelPatchAutoencoder
 
