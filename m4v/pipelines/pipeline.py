@@ -63,11 +63,12 @@ class M4VPipeline:
 
     @classmethod
     def from_preset(cls, preset: str = "m4v-tiny", seed: int = 0, spatial_factor: int = 8,
-                    temporal_factor: int = 8) -> "M4VPipeline":
-        """A transformer preset + pixel patch autoencoder + hashing text encoder, with random weights
-        (CPU tests, and the start of training from scratch)."""
+                    temporal_factor: int = 8, **overrides) -> "M4VPipeline":
+        """A transformer preset (``overrides``: M4VConfig fields replacing its own) + pixel patch
+        autoencoder + hashing text encoder, with random weights (CPU tests, and the start of
+        training from scratch)."""
         torch.manual_seed(seed)
-        config = get_config(preset)
+        config = get_config(preset, **overrides)
         transformer = M4VTransformer(config)
         with torch.no_grad():  # break adaLN-Zero so that an untrained model still draws something
             for name, p in transformer.named_parameters():

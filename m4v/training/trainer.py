@@ -46,6 +46,8 @@ class TrainConfig:
     # From scratch (no starting pipeline): this transformer preset, a pixel patch autoencoder with
     # these factors fitted to the data by PCA, and a hashing text encoder.
     preset: str = "m4v-tiny"
+    # M4VConfig fields that replace the preset's (e.g. {"patch_size": 1}), for a run from scratch.
+    model_overrides: dict = dataclasses.field(default_factory=dict)
     spatial_factor: int = 8
     temporal_factor: int = 8
     autoencoder_fit_videos: int = 256
@@ -121,7 +123,8 @@ class TrainConfig:
 
 def initial_pipeline(config: TrainConfig) -> M4VPipeline:
     """The pipeline a run from scratch starts from (see the TrainConfig fields)."""
-    pipe = M4VPipeline.from_preset(config.preset, config.seed, config.spatial_factor, config.temporal_factor)
+    pipe = M4VPipeline.from_preset(config.preset, config.seed, config.spatial_factor, config.temporal_factor,
+                                   **config.model_overrides)
     data = ShapesVideoDataset(config.autoencoder_fit_videos, config.frames, config.height, config.width,
                               seed=config.seed + 7919)  # not the training items themselves
     pipe.autoencoder.fit_pca(torch.stack([data[i][0] for i in range(len(data))]))

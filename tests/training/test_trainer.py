@@ -336,3 +336,13 @@ def test_time_shift_draws_flow_times_towards_the_noise(tmp_path, monkeypatch):
     assert abs(float(u.median()) - 0.25) < 0.08
     with pytest.raises(ValueError, match="time_shift"):
         FlowMatchingLoss(M4VPipeline.from_preset(seed=0), 1 / 3, False, time_shift=0.0)
+
+
+def test_model_overrides_shape_a_run_from_scratch():
+    from m4v.training import initial_pipeline
+
+    config = TrainConfig(preset="m4v-tiny", spatial_factor=4, temporal_factor=4, autoencoder_fit_videos=4,
+                         model_overrides={"patch_size": 1})
+    assert initial_pipeline(config).transformer.config.patch_size == 1
+    with pytest.raises(TypeError, match="no_such_field"):
+        initial_pipeline(dataclasses.replace(config, model_overrides={"no_such_field": 1}))
