@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from m4v.layers import MambaMixer
 from m4v.pipelines import M4VPipeline
 from m4v.pipelines.scheduler import PyramidFlowScheduler, PyramidFlowSchedulerConfig
 
@@ -122,8 +123,6 @@ def test_save_and_load(pipe, tmp_path):
 def test_from_scratch_keeps_mambas_own_ssm_init():
     """The from-scratch pipeline perturbs the zero-initialised (adaLN-Zero) weights, but its Mamba
     mixers start as Mamba-1 does: S4D-real A (one decay per state), a dt that depends on the input."""
-    from m4v.layers import MambaMixer
-
     mixers = [m for m in M4VPipeline.from_preset("m4v-shapes", seed=0).transformer.modules()
               if isinstance(m, MambaMixer)]
     assert len(mixers) == 6

@@ -11,7 +11,7 @@ import torch
 
 from m4v.data import ShapesVideoDataset
 from m4v.pipelines import M4VPipeline
-from m4v.training import TrainConfig, Trainer
+from m4v.training import TrainConfig, Trainer, initial_pipeline
 from m4v.eval.quality import box_blur
 from m4v.training.trainer import FlowMatchingLoss, object_cover, object_weighted_mse, other_shapes
 
@@ -339,8 +339,6 @@ def test_time_shift_draws_flow_times_towards_the_noise(tmp_path, monkeypatch):
 
 
 def test_model_overrides_shape_a_run_from_scratch():
-    from m4v.training import initial_pipeline
-
     config = TrainConfig(preset="m4v-tiny", spatial_factor=4, temporal_factor=4, autoencoder_fit_videos=4,
                          model_overrides={"patch_size": 1})
     assert initial_pipeline(config).transformer.config.patch_size == 1
