@@ -161,12 +161,22 @@ class PyramidFlowScheduler:
         return (1 - sigma) * up + sigma * self.block_noise(up.shape, generator, up.device, up.dtype)
 
     def training_sample(self, x_end: Tensor, stage: int, u: Tensor, generator: Optional[torch.Generator] = None,
-                        coarse: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+                        coarse: Optional[Tensor] = None,
+                        source_hint: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
         """(x_u, tau, target velocity) for flow-matching training at ``stage`` and local times u
         (batch,): the start point is noise for stage 0 and a re-noised coarser copy otherwise, of
-        ``x_end`` or of ``coarse`` (at half ``x_end``'s size) where given."""
+        ``x_end`` or of ``coarse`` (at half ``x_end``'s size) where given. ``source_hint`` (stage 0
+        only, ``x_end``'s shape) is added to stage 0's noise: the path then runs from that noisy
+        hint to ``x_end``."""
         if stage == 0:
             x_start = randn(x_end.shape, generator, x_end.device, x_end.dtype)
+            if source_hint is not None:
+                if source_hint.shape != x_end.shape:
+                    raise ValueError(f"source_hint must have x_end's shape {tuple(x_end.shape)}, "
+                                     f"got {tuple(source_hint.shape)}")
+                x_start = x_start + source_hint
+        elif source_hint is not None:
+            raise ValueError(f"source_hint is for stage 0 only, got stage {stage}")
         else:
             if coarse is None:
                 coarse = downsample(x_end)

@@ -83,6 +83,7 @@ class TrainConfig:
     # their own scene's copy (until the twenty-first session a whole batch was swapped or not). At
     # sampling time the coarse stages cannot carry a shape (an object is about one 4 x 4 cell), so a model trained
     # only on true coarse copies learns to copy shape from them and never reads the shape word.
+    # With source_hint_max, the same copy is also stage 0's hint.
     coarse_shape_swap: float = 0.0
     # The swapped copy covers the true shape's area around its centroid (other_shapes'
     # same_footprint): a plain swap also changes how much colour a coarse cell holds. Measured
@@ -103,6 +104,14 @@ class TrainConfig:
     # Measured (benchmarks/NOTES.md, eighteenth session): at 10 and 30 objects come out over-sharp
     # and shape falls below chance.
     object_loss_weight: float = 0.0
+    # > 0: the stage-0 start point is noise plus a faint copy of the sample's coarse-copy scene (its
+    # coarse_shape_swap copy, else the true scene), scaled by a strength drawn from U(0, this), and
+    # the path runs from there to the true latent. Sampling starts from noise, and its first steps
+    # grow a blob whose outline is noise; a model trained only on true paths completes whatever
+    # outline it sees at small u, since there the true path's own outline is always right
+    # (benchmarks/NOTES.md, eighteenth session). Faint wrong outlines at small u make it take the
+    # outline from the caption instead.
+    source_hint_max: float = 0.0
     # False: the text encoder stays as loaded, so the trained transformer reads the same text states
     # as its starting pipeline's and can serve as that pipeline's expert for some stages
     # (M4VPipeline.with_stage_expert).
@@ -160,8 +169,11 @@ class FlowMatchingLoss(nn.Module):
 
     def __init__(self, pipe: M4VPipeline, history_noise_max: float, bf16: bool, caption_dropout: float = 0.0,
                  stage_weights: tuple[float, ...] = (), coarse_stages: tuple[int, ...] = (),
-                 object_loss_weight: float = 0.0, time_shift: float = 1.0):
+                 object_loss_weight: float = 0.0, time_shift: float = 1.0, source_hint_max: float = 0.0):
         super().__init__()
+        if not 0 <= source_hint_max <= 1:
+            raise ValueError(f"source_hint_max must be in [0, 1], got {source_hint_max}")
+        self.source_hint_max = source_hint_max
         if not time_shift > 0:
             raise ValueError(f"time_shift must be > 0, got {time_shift}")
         self.time_shift = time_shift
@@ -192,7 +204,8 @@ class FlowMatchingLoss(nn.Module):
         noise level per sample; all draws from ``generator`` (CPU). Captions are dropped to "" with
         probability ``caption_dropout``, which teaches the unconditional branch of CFG.
         ``coarse_video`` (same shape as ``video``): where a stage in ``coarse_stages`` starts
-        from, in place of ``video`` itself (the history is always ``video``'s). ``stage``: the
+        from, in place of ``video`` itself (the history is always ``video``'s), and the scene of
+        stage 0's source hint (``source_hint_max``). ``stage``: the
         batch's pyramid stage when the caller drew it already (``draw_stage``), else drawn here."""
         with torch.no_grad():
             latents = self.autoencoder.encode(video)  # (batch, C, frames, h, w)
@@ -209,7 +222,15 @@ class FlowMatchingLoss(nn.Module):
         if coarse_video is not None and stage in self.coarse_stages:
             with torch.no_grad():
                 coarse = downsample(self.autoencoder.encode(coarse_video)[:, :, unit], 2 ** (stages - stage))
-        x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(device), generator, coarse)
+        hint = None
+        if stage == 0 and self.source_hint_max > 0:
+            strength = (torch.rand(batch, generator=generator) * self.source_hint_max).to(device).view(-1, 1, 1, 1)
+            hinted = current
+            if coarse_video is not None:
+                with torch.no_grad():
+                    hinted = downsample(self.autoencoder.encode(coarse_video)[:, :, unit], 2 ** (stages - 1))
+            hint = strength * hinted
+        x_u, tau, target = self.scheduler.training_sample(current, stage, u.to(device), generator, coarse, hint)
         history = []
         for clean in history_pyramid([latents[:, :, frame] for frame in range(unit)], stage, stages):
             sigma = (torch.rand(batch, generator=generator) * self.history_noise_max).to(device).view(-1, 1, 1, 1)
@@ -278,7 +299,7 @@ class Trainer:
         self.objective = FlowMatchingLoss(pipe, config.history_noise_max, config.precision == "bf16",
                                           config.caption_dropout, tuple(config.stage_weights),
                                           tuple(config.coarse_stages), config.object_loss_weight,
-                                          config.time_shift)
+                                          config.time_shift, config.source_hint_max)
         # Several processes (torchrun): DDP averages the gradients; each rank draws its own batches.
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.wrapped = (DistributedDataParallel(self.objective, find_unused_parameters=True) if self.world > 1
@@ -298,7 +319,8 @@ class Trainer:
         device = self.config.device
         video = self.data.render_batch(scenes, device)
         coarse = None
-        wanted = stage is None or stage in self.objective.coarse_stages
+        wanted = (stage is None or stage in self.objective.coarse_stages
+                  or (stage == 0 and self.config.source_hint_max > 0))
         if self.config.coarse_shape_swap > 0 and wanted:
             swap = (torch.rand(len(scenes), generator=self.generator) < self.config.coarse_shape_swap).nonzero()[:, 0]
             if len(swap):  # only the swapped scenes are drawn again; the others' copy is their video

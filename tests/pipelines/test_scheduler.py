@@ -69,6 +69,21 @@ def test_per_stage_renoise_sigma():
         scheduler.training_sample(end, 1, torch.zeros(16), coarse=torch.zeros(16, 4, 16, 16))
 
 
+def test_source_hint_is_added_to_stage_zero_noise():
+    scheduler = PyramidFlowScheduler()
+    end, hint = torch.randn(16, 4, 8, 8), torch.full((16, 4, 8, 8), 3.0)
+    x_u, _, velocity = scheduler.training_sample(end, 0, torch.zeros(16), torch.Generator().manual_seed(2),
+                                                 source_hint=hint)
+    noise = x_u - hint  # at u = 0 the sample is the start: the hint plus unit noise
+    assert abs(noise.mean().item()) < 0.05 and abs(noise.std().item() - 1.0) < 0.05
+    torch.testing.assert_close(velocity, end - x_u)
+    with pytest.raises(ValueError, match="x_end's shape"):
+        scheduler.training_sample(end, 0, torch.zeros(16), source_hint=hint[:, :, :4])
+    with pytest.raises(ValueError, match="stage 0 only"):
+        scheduler.training_sample(torch.randn(16, 4, 16, 16), 1, torch.zeros(16),
+                                  source_hint=torch.zeros(16, 4, 16, 16))
+
+
 def test_upsample_and_downsample():
     x = torch.arange(4.0).view(1, 1, 2, 2)
     assert torch.equal(upsample(x)[0, 0], torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]))

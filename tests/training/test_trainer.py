@@ -77,6 +77,24 @@ def test_coarse_shape_swap_changes_only_the_coarse_stages_shapes(tmp_path):
         make_trainer(tmp_path / "bad", coarse_shape_swap=1.5)
 
 
+def test_source_hint_starts_stage_zero_from_the_swapped_copy(tmp_path):
+    """With source_hint_max, stage 0 (which otherwise starts from noise alone) starts from noise
+    plus a faint copy of the swapped scene, so the copy changes its loss."""
+    trainer = make_trainer(tmp_path, coarse_shape_swap=1.0, source_hint_max=0.3, stage_weights=(1.0, 0.0, 0.0))
+    video, captions, coarse = trainer.batch(stage=0)
+    assert coarse is not None and not torch.equal(coarse, video)
+    draws = trainer.generator.get_state()
+    losses = []
+    for source in (None, coarse):
+        trainer.generator.set_state(draws)
+        with torch.no_grad():
+            losses.append(float(trainer.loss(video, captions, source, stage=0)))
+    assert losses[0] != losses[1] and all(math.isfinite(v) for v in losses)
+    assert make_trainer(tmp_path / "no-hint", coarse_shape_swap=1.0).batch(stage=0)[2] is None
+    with pytest.raises(ValueError, match="source_hint_max"):
+        make_trainer(tmp_path / "bad", source_hint_max=-0.1)
+
+
 def test_coarse_shape_swap_is_drawn_per_sample(tmp_path):
     """A swap share below 1 swaps some samples of a batch and leaves the others' copies true."""
     trainer = make_trainer(tmp_path, coarse_shape_swap=0.5, stage_weights=(0.0, 0.0, 1.0))
