@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-# The trained and reward-tuned m4v-shapes pipeline that ships inside the package (configs/ and
-# the README give the commands that made it).
+# The trained m4v-shapes pipeline that ships inside the package (configs/ and the README give the
+# command that made it).
 SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "m4v-shapes")
 
 

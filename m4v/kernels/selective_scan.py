@@ -35,6 +35,10 @@ CHECKPOINT_CHUNK = {"cuda": 256, "triton": 64}
 SEQ_ALIGN = 8  # kSeqAlign in csrc/selective_scan/selective_scan.h
 
 
+# Steps per chunk of the reference forward: small enough that a chunk's temporaries stay in cache.
+_REF_CHUNK = 64
+
+
 def _fail(message: str) -> None:
     raise ValueError(f"{OP}: {message}")
 
@@ -174,9 +178,11 @@ def _prepare_dense(u, delta, A, B4, C4, delta_bias, delta_softplus, reverse):
 def _scan_dense_ref(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initial_state, reverse):
     """One batch of equal-length sequences; B4/C4 in (batch, groups, dstate, seqlen) form.
 
-    Built time-major, (seqlen, batch, groups, channels per group, dstate), so each step is one fused
-    multiply-add over contiguous memory and B/C broadcast over their group's channels: on the CPU,
-    where this reference is the scan, strided per-step slices and repeated B/C cost ~10x more."""
+    Runs time-major, (seqlen, batch, groups, channels per group, dstate), so each step is one fused
+    multiply-add over contiguous memory and B/C broadcast over their group's channels, and in
+    chunks of steps, so the (batch, dim, dstate) per-step tensors of a chunk stay in cache: on the
+    CPU, where this reference is the scan, strided per-step slices, repeated B/C and whole-sequence
+    temporaries cost several times more."""
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, seqlen = u.shape
     groups, dstate = B4.shape[1], A.shape[1]
@@ -187,19 +193,25 @@ def _scan_dense_ref(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initi
         dt = F.softplus(dt)
     uc = u.to(compute)
     flip = (lambda t: t.flip(0)) if reverse else (lambda t: t)
-    per_group = (seqlen, batch, groups, dim // groups)
-    dt_t = flip(dt.permute(2, 0, 1)).reshape(*per_group, 1)
-    decay = torch.exp(dt_t * A.to(compute).view(groups, dim // groups, dstate))
-    drive = (dt_t * flip(uc.permute(2, 0, 1)).reshape(*per_group, 1)) * flip(B4.to(compute).permute(3, 0, 1, 2))[:, :, :, None]
+    per_group = (seqlen, batch, groups, dim // groups, 1)
+    dt_t = flip(dt.permute(2, 0, 1)).reshape(per_group)
+    dtu_t = dt_t * flip(uc.permute(2, 0, 1)).reshape(per_group)
+    A_g = A.to(compute).view(groups, dim // groups, dstate)
+    B_t = flip(B4.to(compute).permute(3, 0, 1, 2))[:, :, :, None]  # (seqlen, batch, groups, 1, dstate)
+    C_t = flip(C4.to(compute).permute(3, 0, 1, 2))[:, :, :, None]
     x = (initial_state.to(compute).view(batch, groups, dim // groups, dstate) if initial_state is not None
          else u.new_zeros((batch, groups, dim // groups, dstate), dtype=compute))
-    steps = []
-    for t in range(seqlen):
-        x = torch.addcmul(drive[t], decay[t], x)
-        steps.append(x)
-    states = torch.stack(steps) if steps else drive
-    C_t = flip(C4.to(compute).permute(3, 0, 1, 2))[:, :, :, None]
-    y = flip((states * C_t).sum(-1)).reshape(seqlen, batch, dim).permute(1, 2, 0)
+    outputs = []
+    for first in range(0, seqlen, _REF_CHUNK):
+        chunk = slice(first, first + _REF_CHUNK)
+        decay, drive = torch.exp(dt_t[chunk] * A_g), dtu_t[chunk] * B_t[chunk]
+        states = []
+        for t in range(decay.shape[0]):
+            x = torch.addcmul(drive[t], decay[t], x)
+            states.append(x)
+        outputs.append((torch.stack(states) * C_t[chunk]).sum(-1))
+    y = torch.cat(outputs) if outputs else dtu_t.new_zeros((0, batch, groups, dim // groups))
+    y = flip(y).reshape(seqlen, batch, dim).permute(1, 2, 0)
     if D is not None:
         y = y + uc * D.to(compute)[:, None]
     if z is not None:

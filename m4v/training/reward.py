@@ -143,6 +143,10 @@ class RewardTuneConfig:
     critic_refresh_every: int = 0     # > 0: every this many steps, retrain the critic on the model's new rollouts
     critic_refresh_steps: int = 100
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
+    # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
+    # trained with it is regularised towards its own objective.
+    source_hint_max: float = 0.0
+    coarse_shape_swap: float = 0.0
     precision: str = "bf16"
     checkpoint_every: int = 50
     log_every: int = 5
@@ -239,6 +243,12 @@ def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tup
     return rewards, critic
 
 
+def regulariser_config(config: RewardTuneConfig) -> TrainConfig:
+    """The trainer's settings: the fields both configs share (same names, same meaning)."""
+    shared = [f.name for f in fields(TrainConfig) if hasattr(config, f.name)]
+    return TrainConfig(**{name: getattr(config, name) for name in shared})
+
+
 def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[Trainer, list[dict]]:
     """Loads ``config.model``, builds the rewards, and tunes (resuming from out_dir/checkpoint).
     The tuned pipeline (EMA weights, adapters merged) lands in out_dir/checkpoint/pipeline."""
@@ -247,10 +257,7 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
         add_lora(pipe.transformer, config.lora_rank)
         pipe.text_encoder.requires_grad_(False)
     rewards, critic = build_rewards(pipe, config)
-    # The trainer's settings are the fields both configs share (same names, same meaning).
-    shared = [f.name for f in fields(TrainConfig) if hasattr(config, f.name)]
-    train_config = TrainConfig(**{name: getattr(config, name) for name in shared})
-    trainer = Trainer(pipe, train_config)
+    trainer = Trainer(pipe, regulariser_config(config))
     refresh = critic.refresh if critic is not None and config.critic_refresh_every > 0 else None
     tuner = RewardTuner(trainer, rewards, config.flow_weight, config.max_unit, config.steps_per_stage,
                         config.guidance, refresh=refresh, refresh_every=config.critic_refresh_every)
@@ -259,4 +266,4 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
 
 
 __all__ = ["rollout_estimate", "reward_loss", "RewardTuner", "RewardTuneConfig", "RealismCriticTrainer",
-           "build_rewards", "in_view_speed", "run_reward_tuning"]
+           "build_rewards", "in_view_speed", "regulariser_config", "run_reward_tuning"]

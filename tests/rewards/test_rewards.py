@@ -9,7 +9,7 @@ from m4v.data import ShapesVideoDataset
 from m4v.eval import AttributeClassifier
 from m4v.pipelines import M4VPipeline
 from m4v.rewards import AttributeReward, RealismCritic, train_realism_critic
-from m4v.training.reward import reward_loss, rollout_estimate
+from m4v.training.reward import RewardTuneConfig, regulariser_config, reward_loss, rollout_estimate
 
 
 def test_reward_gradient_reaches_the_transformer():
@@ -231,3 +231,9 @@ def test_build_rewards_skips_zero_weight_rewards():
     assert critic is None and [type(reward) for reward, _ in rewards] == [AttributeReward]
     with pytest.raises(ValueError, match="critic_refresh_every"):
         build_rewards(M4VPipeline.from_preset(seed=0), RewardTuneConfig(realism_weight=0.0, critic_refresh_every=5))
+
+
+def test_regulariser_config_carries_the_source_hint():
+    config = regulariser_config(RewardTuneConfig(source_hint_max=0.3, coarse_shape_swap=1.0, lr=1e-5, batch_size=3))
+    assert (config.source_hint_max, config.coarse_shape_swap, config.lr, config.batch_size) == (0.3, 1.0, 1e-5, 3)
+    assert regulariser_config(RewardTuneConfig()).source_hint_max == 0.0
