@@ -340,9 +340,9 @@ def test_time_shift_draws_flow_times_towards_the_noise(tmp_path, monkeypatch):
     drawn = []
     original = trainer.pipe.scheduler.training_sample
 
-    def spy(x_end, stage, u, generator=None, coarse=None):
+    def spy(x_end, stage, u, generator=None, coarse=None, source_hint=None):
         drawn.append(u.clone())
-        return original(x_end, stage, u, generator, coarse)
+        return original(x_end, stage, u, generator, coarse, source_hint)
 
     monkeypatch.setattr(trainer.pipe.scheduler, "training_sample", spy)
     video, captions, _ = trainer.batch()
