@@ -156,14 +156,20 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens
 # Reference (plain PyTorch, any device, float32 or float64 math).
 
 
-def _prepare_dense(u, delta, A, B4, C4, delta_bias, delta_softplus, reverse):
-    """Shared set-up of the reference: steps, decays and per-channel B/C, in scan order."""
+def _step_sizes(u, delta, delta_bias, delta_softplus):
+    """The reference's compute dtype, and its steps dt (batch, dim, seqlen) before and after the
+    softplus."""
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    dim = u.shape[1]
     dt_pre = delta.to(compute)
     if delta_bias is not None:
         dt_pre = dt_pre + delta_bias.to(compute)[:, None]
-    dt = F.softplus(dt_pre) if delta_softplus else dt_pre
+    return compute, dt_pre, (F.softplus(dt_pre) if delta_softplus else dt_pre)
+
+
+def _prepare_dense(u, delta, A, B4, C4, delta_bias, delta_softplus, reverse):
+    """Shared set-up of the reference's backward: steps, decays and per-channel B/C, in scan order."""
+    compute, dt_pre, dt = _step_sizes(u, delta, delta_bias, delta_softplus)
+    dim = u.shape[1]
     repeat = dim // B4.shape[1]
     Bd = B4.to(compute).repeat_interleave(repeat, dim=1).transpose(-1, -2)  # (batch, dim, seqlen, dstate)
     Cd = C4.to(compute).repeat_interleave(repeat, dim=1).transpose(-1, -2)
@@ -183,14 +189,9 @@ def _scan_dense_ref(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, initi
     chunks of steps, so the (batch, dim, dstate) per-step tensors of a chunk stay in cache: on the
     CPU, where this reference is the scan, strided per-step slices, repeated B/C and whole-sequence
     temporaries cost several times more."""
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    compute, _, dt = _step_sizes(u, delta, delta_bias, delta_softplus)
     batch, dim, seqlen = u.shape
     groups, dstate = B4.shape[1], A.shape[1]
-    dt = delta.to(compute)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(compute)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     uc = u.to(compute)
     flip = (lambda t: t.flip(0)) if reverse else (lambda t: t)
     per_group = (seqlen, batch, groups, dim // groups, 1)

@@ -192,6 +192,11 @@ class FlowMatchingLoss(nn.Module):
             raise ValueError(f"coarse_stages must be stages from 1 to {stages - 1}, got {coarse_stages}")
         self.coarse_stages = frozenset(coarse_stages or range(1, stages))
 
+    def starts_from_copy(self, stage: int) -> bool:
+        """Whether ``stage``'s start point is drawn from the batch's copy of its scenes (swapped or
+        blurred): a coarse stage's start, or stage 0's source hint."""
+        return stage in self.coarse_stages or (stage == 0 and self.source_hint_max > 0)
+
     def draw_stage(self, generator: torch.Generator) -> int:
         """The batch's pyramid stage: uniform, or by ``stage_weights``."""
         if self.stage_weights is None:
@@ -319,8 +324,7 @@ class Trainer:
         device = self.config.device
         video = self.data.render_batch(scenes, device)
         coarse = None
-        wanted = (stage is None or stage in self.objective.coarse_stages
-                  or (stage == 0 and self.config.source_hint_max > 0))
+        wanted = stage is None or self.objective.starts_from_copy(stage)
         if self.config.coarse_shape_swap > 0 and wanted:
             swap = (torch.rand(len(scenes), generator=self.generator) < self.config.coarse_shape_swap).nonzero()[:, 0]
             if len(swap):  # only the swapped scenes are drawn again; the others' copy is their video
