@@ -68,16 +68,25 @@ class RealismCritic(nn.Module):
 
 
 def train_realism_critic(real: Tensor, fake: Tensor, steps: int = 200, lr: float = 1e-3, seed: int = 0,
-                         critic: Optional[RealismCritic] = None) -> RealismCritic:
+                         critic: Optional[RealismCritic] = None, gradient_penalty: float = 0.0) -> RealismCritic:
     """Trains a critic to tell real frames (n, frames, 3, H, W) from generated ones (same layout),
-    full batch. ``critic``: continue training this one, in place, instead of a fresh one."""
+    full batch. ``critic``: continue training this one, in place, instead of a fresh one.
+    ``gradient_penalty`` > 0 adds the R1 penalty ``gradient_penalty / 2 * E_real |d logit / d frame|^2``
+    (Mescheder et al. 2018): a critic that is flat at the real frames has no steep direction there for
+    a tuned generator to climb without becoming more like them."""
+    if gradient_penalty < 0:
+        raise ValueError(f"gradient_penalty must be >= 0, got {gradient_penalty}")
     torch.manual_seed(seed)
     critic = (critic if critic is not None else RealismCritic()).to(real.device).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(critic.parameters(), lr=lr)
-    inputs = torch.cat([real, fake.to(real.device)])
+    inputs = torch.cat([real, fake.to(real.device)]).requires_grad_(gradient_penalty > 0)
     labels = torch.cat([torch.ones(real.shape[:2]), torch.zeros(fake.shape[:2])]).to(real.device)
     for _ in range(steps):
-        loss = F.binary_cross_entropy_with_logits(critic(inputs), labels)
+        logits = critic(inputs)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        if gradient_penalty > 0:
+            grad, = torch.autograd.grad(logits[:len(real)].sum(), inputs, create_graph=True)
+            loss = loss + gradient_penalty / 2 * grad[:len(real)].pow(2).flatten(1).sum(1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

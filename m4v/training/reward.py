@@ -33,8 +33,13 @@ Reward = Callable[[Tensor, Sequence[str]], Tensor]
 
 
 def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, width: int, unit: int,
-                     steps: Sequence[int], guidance: float, generator: torch.Generator) -> Tensor:
+                     steps: Sequence[int], guidance: float, generator: torch.Generator, min_u: float = 0.0) -> Tensor:
     """Decoded one-step estimate of latent frame ``unit`` after a rollout of the ones before it.
+
+    The estimated step is drawn among the top stage's steps that start at local time u >= ``min_u``
+    (the last step when none does). Early estimates are the blurred mean of every video the noise
+    allows; rewarding their realism teaches the model to sharpen that mean, and its samples,
+    sharpened again by the steps that follow, come out over-sharp.
 
     Returns:
         (batch, frames of the unit, 3, H, W) in [0, 1]: 1 frame for unit 0, ``temporal_factor``
@@ -44,14 +49,16 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
     ae, scheduler = pipe.autoencoder, pipe.scheduler
     text = pipe.text_encoder.encode(prompts + [""] * len(prompts), pipe.device)
     shape = (len(prompts), ae.latent_channels, height // ae.spatial_factor, width // ae.spatial_factor)
-    last = int(torch.randint(steps[-1], (1,), generator=generator))
+    top = scheduler.num_stages - 1
+    schedule = scheduler.steps(top, steps[-1])
+    late = [k for k, (_, u, _) in enumerate(schedule) if u >= min_u] or [len(schedule) - 1]
+    last = late[int(torch.randint(len(late), (1,), generator=generator))]
     history: list[Tensor] = []
     with torch.no_grad():
         for _ in range(unit):
             history.append(pipe.sample_unit(text, history, shape, steps, guidance, generator))
         x = pipe.sample_unit(text, history, shape, steps, guidance, generator, stop_before=last)
-    tau, u, _ = scheduler.steps(scheduler.num_stages - 1, steps[-1])[last]
-    top = scheduler.num_stages - 1
+    tau, u, _ = schedule[last]
     pyramid = history_pyramid(history, top, scheduler.num_stages)
     velocity = pipe.guided_velocity(x, tau, text, pyramid, top, scheduler.guidance_at(tau, guidance))
     clean = scheduler.clean_estimate(x, velocity, u)
@@ -63,10 +70,10 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
 
 def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tuple[Reward, float]], height: int,
                 width: int, unit: int = 0, steps: Sequence[int] = (2, 2, 2), guidance: float = 1.0,
-                generator: Optional[torch.Generator] = None) -> Tensor:
-    """-(sum of weighted mean rewards) of the estimate of unit ``unit``."""
+                generator: Optional[torch.Generator] = None, min_u: float = 0.0) -> Tensor:
+    """-(sum of weighted mean rewards) of the estimate of unit ``unit`` (``rollout_estimate``)."""
     generator = generator or torch.Generator().manual_seed(0)
-    frames = rollout_estimate(pipe, prompts, height, width, unit, steps, guidance, generator)
+    frames = rollout_estimate(pipe, prompts, height, width, unit, steps, guidance, generator, min_u)
     return -sum(weight * reward(frames, prompts).mean() for reward, weight in rewards)
 
 
@@ -81,15 +88,18 @@ class RewardTuner:
         flow_weight: weight of the flow-matching regulariser.
         max_unit: units 0..max_unit are rewarded, uniformly (beyond the training length is the point).
         steps_per_stage, guidance: the sampler of the rollouts (as generation runs it).
+        min_u: the rewarded estimate starts at a step of local time u >= min_u (``rollout_estimate``).
         refresh, refresh_every: called after every ``refresh_every``-th step (a critic's retraining
             on the tuned model's rollouts); the metrics it returns join that step's.
     """
 
     def __init__(self, trainer, rewards: Sequence[tuple[Reward, float]], flow_weight: float = 0.5, max_unit: int = 0,
                  steps_per_stage: Sequence[int] = (2, 2, 2), guidance: float = 1.0,
-                 refresh: Optional[Callable[[], dict]] = None, refresh_every: int = 0):
+                 refresh: Optional[Callable[[], dict]] = None, refresh_every: int = 0, min_u: float = 0.0):
         if max_unit < 0:
             raise ValueError(f"max_unit must be >= 0, got {max_unit}")
+        if not 0 <= min_u < 1:
+            raise ValueError(f"min_u must be in [0, 1), got {min_u}")
         if refresh is not None and refresh_every <= 0:
             raise ValueError(f"refresh_every must be > 0 with a refresh, got {refresh_every}")
         if trainer.world > 1:  # the reward's transformer calls bypass the DDP wrapper
@@ -98,6 +108,7 @@ class RewardTuner:
         self.flow_weight, self.max_unit = flow_weight, max_unit
         self.steps_per_stage, self.guidance = tuple(steps_per_stage), guidance
         self.refresh, self.refresh_every = refresh, refresh_every
+        self.min_u = min_u
 
     def step(self) -> dict:
         trainer = self.trainer
@@ -105,7 +116,7 @@ class RewardTuner:
         video, captions, coarse = trainer.batch(stage)
         unit = int(torch.randint(self.max_unit + 1, (1,), generator=trainer.generator))
         reward = reward_loss(trainer.pipe, captions, self.rewards, trainer.config.height, trainer.config.width, unit,
-                             self.steps_per_stage, self.guidance, trainer.generator)
+                             self.steps_per_stage, self.guidance, trainer.generator, self.min_u)
         flow = trainer.loss(video, captions, coarse, stage)
         loss = reward + self.flow_weight * flow
         if not math.isfinite(float(loss.detach())):
@@ -133,6 +144,7 @@ class RewardTuneConfig:
     max_unit: int = 8                 # rewarded units 0..max_unit: twice the training length
     steps_per_stage: tuple[int, ...] = (2, 2, 2)
     guidance: float = 5.0
+    reward_min_u: float = 0.0         # reward estimates from steps at u >= this only (rollout_estimate)
     attribute_weight: float = 1.0
     realism_weight: float = 1.0
     flow_weight: float = 1.0
@@ -142,6 +154,11 @@ class RewardTuneConfig:
     critic_videos: int = 16
     critic_refresh_every: int = 0     # > 0: every this many steps, retrain the critic on the model's new rollouts
     critic_refresh_steps: int = 100
+    # Hardening the critic against being gamed: generic corruptions of its real frames (blur, colour
+    # cast, noise, lost contrast) join its negatives, and an R1 penalty on its gradient at the real
+    # frames keeps it smooth there (train_realism_critic's gradient_penalty).
+    critic_degraded_negatives: bool = False
+    critic_gradient_penalty: float = 0.0
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
     # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
     # trained with it is regularised towards its own objective.
@@ -175,7 +192,8 @@ class RealismCriticTrainer:
     view) against ``pipe``'s own long rollouts (so it learns what drift looks like) and
     over-sharpened copies of the real frames. Without the rollouts, the critic can only tell that
     late frames are blurred blobs, and tuning pays for realism with halos (frames 2.7x as sharp as
-    real ones after 240 steps); with the sharpened frames, sharper than real is fake too.
+    real ones after 240 steps); with the sharpened frames, sharper than real is fake too. With
+    ``critic_degraded_negatives``, ``degrade``d copies (the generic corruptions) are negatives too.
 
     ``refresh()`` rolls the pipeline out again, as it is now, and continues training the critic on
     those rollouts: a critic fixed at the base model's rollouts judges frames unlike any it was
@@ -187,7 +205,7 @@ class RealismCriticTrainer:
     """
 
     def __init__(self, pipe: M4VPipeline, config: RewardTuneConfig):
-        from m4v.eval.quality import real_frames, sharpen
+        from m4v.eval.quality import degrade, real_frames, sharpen
 
         self.pipe, self.config = pipe, config
         self.frames = pipe.autoencoder.num_frames(config.max_unit + 1)
@@ -195,20 +213,24 @@ class RealismCriticTrainer:
                                           speed=in_view_speed(config.frames, self.frames))
         amount = 0.5 + 2.5 * torch.rand(real.shape[:2], generator=torch.Generator().manual_seed(config.seed + 18))
         self.real = real.to(pipe.device)
-        self.sharpened = sharpen(real, amount.flatten()).to(pipe.device)
+        corrupted = [sharpen(real, amount.flatten())]
+        if config.critic_degraded_negatives:
+            corrupted.append(degrade(real, torch.Generator().manual_seed(config.seed + 19)))
+        self.corrupted = torch.cat(corrupted).to(pipe.device)
         self.generator = torch.Generator(device=pipe.device).manual_seed(config.seed + 17)
         self.refreshes = 0
-        self.critic = train_realism_critic(self.real, self.negatives(), steps=config.critic_steps, seed=config.seed)
+        self.critic = train_realism_critic(self.real, self.negatives(), steps=config.critic_steps, seed=config.seed,
+                                           gradient_penalty=config.critic_gradient_penalty)
 
     def negatives(self) -> Tensor:
-        """(videos, frames, 3, H, W): rollouts of the pipeline as it is now, then the sharpened reals."""
+        """(videos, frames, 3, H, W): rollouts of the pipeline as it is now, then the corrupted reals."""
         config = self.config
         fake = self.pipe(self.captions, num_frames=self.frames, height=config.height, width=config.width,
                          num_inference_steps=config.steps_per_stage, video_num_inference_steps=config.steps_per_stage,
                          guidance_scale=config.guidance, video_guidance_scale=config.guidance,
                          generator=self.generator, progress=False)
         fake = torch.from_numpy(fake).permute(0, 1, 4, 2, 3).to(self.pipe.device)
-        return torch.cat([fake, self.sharpened])
+        return torch.cat([fake, self.corrupted])
 
     @torch.no_grad()
     def _p_real(self, frames: Tensor) -> float:
@@ -222,7 +244,8 @@ class RealismCriticTrainer:
         before = self._p_real(rollouts)
         self.refreshes += 1
         train_realism_critic(self.real, negatives, steps=self.config.critic_refresh_steps,
-                             seed=self.config.seed + self.refreshes, critic=self.critic)
+                             seed=self.config.seed + self.refreshes, critic=self.critic,
+                             gradient_penalty=self.config.critic_gradient_penalty)
         return {"critic_p_rollouts_before": before, "critic_p_rollouts_after": self._p_real(rollouts),
                 "critic_p_real": self._p_real(self.real)}
 
@@ -260,7 +283,8 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
     trainer = Trainer(pipe, regulariser_config(config))
     refresh = critic.refresh if critic is not None and config.critic_refresh_every > 0 else None
     tuner = RewardTuner(trainer, rewards, config.flow_weight, config.max_unit, config.steps_per_stage,
-                        config.guidance, refresh=refresh, refresh_every=config.critic_refresh_every)
+                        config.guidance, refresh=refresh, refresh_every=config.critic_refresh_every,
+                        min_u=config.reward_min_u)
     trainer.load_checkpoint()
     return trainer, trainer.run(progress=progress, step_fn=tuner.step)
 

@@ -50,6 +50,29 @@ def test_rollout_gradient_comes_from_the_last_step_only():
     assert pipe.transformer.final_proj.weight.grad.abs().sum() > 0
 
 
+def test_rollout_estimate_min_u_rewards_late_steps_only():
+    """With min_u 0.7 of 4 top-stage steps (u = 0, 1/4, 1/2, 3/4), only the last is estimated: the
+    sampling before it takes 3 of the top stage's calls, then one call with gradients."""
+    pipe = M4VPipeline.from_preset(seed=0)
+    for seed in range(3):
+        grad_modes = []
+        handle = pipe.transformer.register_forward_hook(lambda *args: grad_modes.append(torch.is_grad_enabled()))
+        rollout_estimate(pipe, ["a red circle moving left"], 64, 64, 0, (1, 1, 4), 1.0,
+                         torch.Generator().manual_seed(seed), min_u=0.7)
+        handle.remove()
+        assert grad_modes == [False] * (1 + 1 + 3) + [True]
+
+
+def test_reward_tuner_rejects_min_u_out_of_range(tmp_path):
+    from m4v.training import TrainConfig, Trainer
+    from m4v.training.reward import RewardTuner
+
+    trainer = Trainer(M4VPipeline.from_preset(seed=0), TrainConfig(out_dir=str(tmp_path), batch_size=1, frames=9,
+                                                            precision="fp32"))
+    with pytest.raises(ValueError, match="min_u"):
+        RewardTuner(trainer, [], min_u=1.0)
+
+
 def test_realism_critic_separates_real_from_noise():
     data = ShapesVideoDataset(24, frames=2, height=32, width=32, seed=5)
     real = torch.stack([(data[i][0].permute(1, 0, 2, 3) + 1) / 2 for i in range(24)])  # (n, frames, 3, H, W)
@@ -180,6 +203,42 @@ def test_built_realism_critic_calls_over_sharpened_real_frames_fake():
     held_out, _ = real_frames(8, 5, 64, seed=99)
     with torch.no_grad():
         assert critic(held_out).mean() > critic(sharpen(held_out, 2.0)).mean() + 1.0
+
+
+def test_gradient_penalty_flattens_the_critic_at_real_frames_and_it_still_separates():
+    data = ShapesVideoDataset(24, frames=2, height=32, width=32, seed=5)
+    real = torch.stack([(data[i][0].permute(1, 0, 2, 3) + 1) / 2 for i in range(24)])
+    fake = torch.rand_like(real)
+
+    def slope_at(critic, frames):
+        frames = frames.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(critic(frames).sum(), frames)
+        return grad.pow(2).flatten(1).sum(1).mean()
+
+    plain = train_realism_critic(real[:16], fake[:16], steps=60)
+    smooth = train_realism_critic(real[:16], fake[:16], steps=60, gradient_penalty=10.0)
+    assert smooth(real[16:]).mean() > smooth(fake[16:]).mean() + 1.0
+    assert slope_at(smooth, real[16:]) < slope_at(plain, real[16:])
+    with pytest.raises(ValueError, match="gradient_penalty"):
+        train_realism_critic(real, fake, steps=1, gradient_penalty=-1.0)
+
+
+def test_degraded_negatives_teach_the_reward_critic_colour_casts_and_noise():
+    """With critic_degraded_negatives, the generic corruptions are negatives as well: the critic
+    calls noisy frames fake (the tuned models it was gamed by had a noisy, cast background)."""
+    from m4v.eval.quality import real_frames
+    from m4v.rewards import RealismReward
+    from m4v.training.reward import RewardTuneConfig, build_rewards
+
+    config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
+                              critic_steps=150, critic_videos=4, critic_degraded_negatives=True)
+    rewards, trainer = build_rewards(M4VPipeline.from_preset(seed=0), config)
+    assert len(trainer.corrupted) == 2 * len(trainer.real)
+    critic = next(reward for reward, _ in rewards if isinstance(reward, RealismReward)).critic
+    held_out, _ = real_frames(8, 5, 64, seed=99)
+    noisy = (held_out + 0.15 * torch.randn(held_out.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    with torch.no_grad():
+        assert critic(held_out).mean() > critic(noisy).mean() + 1.0
 
 
 def test_critic_refresh_retrains_the_reward_critic_on_new_rollouts():
