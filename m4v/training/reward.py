@@ -37,9 +37,9 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
     """Decoded one-step estimate of latent frame ``unit`` after a rollout of the ones before it.
 
     The estimated step is drawn among the top stage's steps that start at local time u >= ``min_u``
-    (the last step when none does). Early estimates are the blurred mean of every video the noise
-    allows; rewarding their realism teaches the model to sharpen that mean, and its samples,
-    sharpened again by the steps that follow, come out over-sharp.
+    (the last step when none does): early estimates are blurred means of the videos the noise
+    allows, late ones are close to the sample the rollout ends in. (On the source-hint model,
+    scoring only late estimates did not keep the realism critic from being gamed; NOTES.md.)
 
     Returns:
         (batch, frames of the unit, 3, H, W) in [0, 1]: 1 frame for unit 0, ``temporal_factor``
