@@ -25,7 +25,8 @@ from m4v.eval.attributes import train_attribute_classifier
 from m4v.models.configs import config_from_dict
 from m4v.pipelines import M4VPipeline
 from m4v.pipelines.scheduler import history_pyramid
-from m4v.rewards import AttributeReward, RealismReward, train_realism_critic
+from m4v.rewards import AttributeReward, RealismCritic, RealismReward, train_realism_critic
+from m4v.rewards.motion import train_motion_critic
 from m4v.training.lora import add_lora
 from m4v.training.trainer import TrainConfig, Trainer
 
@@ -33,7 +34,8 @@ Reward = Callable[[Tensor, Sequence[str]], Tensor]
 
 
 def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, width: int, unit: int,
-                     steps: Sequence[int], guidance: float, generator: torch.Generator, min_u: float = 0.0) -> Tensor:
+                     steps: Sequence[int], guidance: float, generator: torch.Generator, min_u: float = 0.0,
+                     context: int = 0) -> Tensor:
     """Decoded one-step estimate of latent frame ``unit`` after a rollout of the ones before it.
 
     The estimated step is drawn among the top stage's steps that start at local time u >= ``min_u``
@@ -42,8 +44,9 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
     scoring only late estimates did not keep the realism critic from being gamed; NOTES.md.)
 
     Returns:
-        (batch, frames of the unit, 3, H, W) in [0, 1]: 1 frame for unit 0, ``temporal_factor``
-        frames after it; gradients through the last transformer call only.
+        (batch, frames, 3, H, W) in [0, 1]: the unit's frames (1 for unit 0, ``temporal_factor``
+        after it) after the last ``context`` decoded frames before them (none for unit 0: see
+        ``context_frames``); gradients through the last transformer call only.
     """
     prompts = list(prompts)
     ae, scheduler = pipe.autoencoder, pipe.scheduler
@@ -63,18 +66,36 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
     velocity = pipe.guided_velocity(x, tau, text, pyramid, top, scheduler.guidance_at(tau, guidance))
     clean = scheduler.clean_estimate(x, velocity, u)
     latents = torch.stack(history + [clean], dim=2).to(next(ae.parameters()).dtype)
-    count = 1 if unit == 0 else ae.temporal_factor
+    count = (1 if unit == 0 else ae.temporal_factor) + context_frames(unit, context)
     frames = ae.decode(latents)[:, :, -count:]  # (batch, 3, count, H, W)
     return ((frames.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 1, 3, 4)
+
+
+def context_frames(unit: int, context: int) -> int:
+    """How many of the frames before unit ``unit`` a reward asking for ``context`` of them gets:
+    unit 0 (the first frame) has none."""
+    return 0 if unit == 0 else context
 
 
 def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tuple[Reward, float]], height: int,
                 width: int, unit: int = 0, steps: Sequence[int] = (2, 2, 2), guidance: float = 1.0,
                 generator: Optional[torch.Generator] = None, min_u: float = 0.0) -> Tensor:
-    """-(sum of weighted mean rewards) of the estimate of unit ``unit`` (``rollout_estimate``)."""
+    """-(sum of weighted mean rewards) of the estimate of unit ``unit`` (``rollout_estimate``).
+
+    A reward with a ``context`` attribute (a motion critic) sees that many frames before the
+    unit's as well, and scores the unit's frames only; one that has nothing to score (unit 0 for a
+    motion critic) adds nothing."""
     generator = generator or torch.Generator().manual_seed(0)
-    frames = rollout_estimate(pipe, prompts, height, width, unit, steps, guidance, generator, min_u)
-    return -sum(weight * reward(frames, prompts).mean() for reward, weight in rewards)
+    context = max((getattr(reward, "context", 0) for reward, _ in rewards), default=0)
+    frames = rollout_estimate(pipe, prompts, height, width, unit, steps, guidance, generator, min_u, context)
+    extra = context_frames(unit, context)
+    loss = frames.new_zeros(())
+    for reward, weight in rewards:
+        wanted = context_frames(unit, getattr(reward, "context", 0))
+        scores = reward(frames[:, extra - wanted:], prompts)
+        if scores.numel():
+            loss = loss - weight * scores.mean()
+    return loss
 
 
 class RewardTuner:
@@ -159,6 +180,11 @@ class RewardTuneConfig:
     # frames keeps it smooth there (train_realism_critic's gradient_penalty).
     critic_degraded_negatives: bool = False
     critic_gradient_penalty: float = 0.0
+    # A motion critic (m4v.rewards.motion): consecutive frame pairs of critic_videos real videos of
+    # the rollout length, continuing the training clips' paths (objects leave as they should),
+    # against real frames paired wrongly; it scores each rewarded frame after the one before it.
+    motion_weight: float = 0.0
+    motion_critic_steps: int = 300
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
     # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
     # trained with it is regularised towards its own objective.
@@ -252,8 +278,8 @@ class RealismCriticTrainer:
 
 def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tuple[Reward, float]],
                                                                         Optional[RealismCriticTrainer]]:
-    """The built-in rewards of nonzero weight (the attribute classifier, the realism critic), and
-    the critic's trainer (for ``refresh``; None without a realism reward)."""
+    """The built-in rewards of nonzero weight (the attribute classifier, the realism critic, the
+    motion critic), and the realism critic's trainer (for ``refresh``; None without a realism reward)."""
     if config.critic_refresh_every > 0 and config.realism_weight == 0:
         raise ValueError("critic_refresh_every > 0 needs a realism reward (realism_weight != 0)")
     rewards, critic = [], None
@@ -263,7 +289,19 @@ def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tup
     if config.realism_weight != 0:
         critic = RealismCriticTrainer(pipe, config)
         rewards.append((RealismReward(critic.critic), config.realism_weight))
+    if config.motion_weight != 0:
+        rewards.append((RealismReward(motion_critic(pipe, config).to(pipe.device)), config.motion_weight))
     return rewards, critic
+
+
+def motion_critic(pipe: M4VPipeline, config: RewardTuneConfig) -> RealismCritic:
+    """``train_motion_critic`` on ``config.critic_videos`` real videos as long as the rewarded
+    rollouts, whose paths fit the training clips, drawn as the eval's reference videos are (another seed)."""
+    from m4v.eval.quality import real_frames
+
+    frames = pipe.autoencoder.num_frames(config.max_unit + 1)
+    real, _ = real_frames(config.critic_videos, frames, config.height, seed=config.seed + 23, path_frames=config.frames)
+    return train_motion_critic(real, steps=config.motion_critic_steps, seed=config.seed)
 
 
 def regulariser_config(config: RewardTuneConfig) -> TrainConfig:
@@ -289,5 +327,5 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
     return trainer, trainer.run(progress=progress, step_fn=tuner.step)
 
 
-__all__ = ["rollout_estimate", "reward_loss", "RewardTuner", "RewardTuneConfig", "RealismCriticTrainer",
-           "build_rewards", "in_view_speed", "regulariser_config", "run_reward_tuning"]
+__all__ = ["rollout_estimate", "context_frames", "reward_loss", "RewardTuner", "RewardTuneConfig", "RealismCriticTrainer",
+           "build_rewards", "motion_critic", "in_view_speed", "regulariser_config", "run_reward_tuning"]
