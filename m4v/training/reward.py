@@ -66,15 +66,15 @@ def rollout_estimate(pipe: M4VPipeline, prompts: Sequence[str], height: int, wid
     velocity = pipe.guided_velocity(x, tau, text, pyramid, top, scheduler.guidance_at(tau, guidance))
     clean = scheduler.clean_estimate(x, velocity, u)
     latents = torch.stack(history + [clean], dim=2).to(next(ae.parameters()).dtype)
-    count = (1 if unit == 0 else ae.temporal_factor) + context_frames(unit, context)
+    count = (1 if unit == 0 else ae.temporal_factor) + context_frames(pipe, unit, context)
     frames = ae.decode(latents)[:, :, -count:]  # (batch, 3, count, H, W)
     return ((frames.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 1, 3, 4)
 
 
-def context_frames(unit: int, context: int) -> int:
+def context_frames(pipe: M4VPipeline, unit: int, context: int) -> int:
     """How many of the frames before unit ``unit`` a reward asking for ``context`` of them gets:
-    unit 0 (the first frame) has none."""
-    return 0 if unit == 0 else context
+    all it asks for that exist (unit 0, the first frame, has none before it)."""
+    return 0 if unit == 0 else min(context, pipe.autoencoder.num_frames(unit))
 
 
 def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tuple[Reward, float]], height: int,
@@ -88,10 +88,10 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
     generator = generator or torch.Generator().manual_seed(0)
     context = max((getattr(reward, "context", 0) for reward, _ in rewards), default=0)
     frames = rollout_estimate(pipe, prompts, height, width, unit, steps, guidance, generator, min_u, context)
-    extra = context_frames(unit, context)
+    extra = context_frames(pipe, unit, context)
     loss = frames.new_zeros(())
     for reward, weight in rewards:
-        wanted = context_frames(unit, getattr(reward, "context", 0))
+        wanted = context_frames(pipe, unit, getattr(reward, "context", 0))
         scores = reward(frames[:, extra - wanted:], prompts)
         if scores.numel():
             loss = loss - weight * scores.mean()
@@ -300,8 +300,12 @@ def motion_critic(pipe: M4VPipeline, config: RewardTuneConfig) -> RealismCritic:
     from m4v.eval.quality import real_frames
 
     frames = pipe.autoencoder.num_frames(config.max_unit + 1)
+    if frames < 8 or config.critic_videos < 2:  # jumped_pairs' jumps of >= 4 frames, within a video or across two
+        raise ValueError(f"motion_weight needs rollouts of >= 8 frames and critic_videos >= 2, got {frames} frames "
+                         f"(max_unit {config.max_unit}) and critic_videos {config.critic_videos}")
     real, _ = real_frames(config.critic_videos, frames, config.height, seed=config.seed + 23, path_frames=config.frames)
-    return train_motion_critic(real, steps=config.motion_critic_steps, seed=config.seed)
+    # On the pipeline's device: the full-batch training of ~1,000 pairs outlasted a 600 s device call on its CPU.
+    return train_motion_critic(real.to(pipe.device), steps=config.motion_critic_steps, seed=config.seed)
 
 
 def regulariser_config(config: RewardTuneConfig) -> TrainConfig:

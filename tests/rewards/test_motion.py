@@ -111,6 +111,11 @@ def test_reward_loss_gives_a_context_reward_the_frame_before_the_unit():
     only_motion = reward_loss(pipe, ["a red circle moving left"], [(motion, 1.0)], 64, 64, unit=0, steps=steps,
                               generator=torch.Generator().manual_seed(0))
     assert motion.counts[-1] == 1 and float(only_motion) == 0.0
+    # A reward asking for more frames than exist before unit 1 (one) gets those there are.
+    wide = _Recorder(3)
+    reward_loss(pipe, ["a red circle moving left"], [(wide, 1.0)], 64, 64, unit=1, steps=steps,
+                generator=torch.Generator().manual_seed(0))
+    assert wide.counts == [1 + factor]
 
 
 def test_build_rewards_adds_the_motion_critic():
@@ -123,3 +128,6 @@ def test_build_rewards_adds_the_motion_critic():
     assert isinstance(reward, RealismReward) and reward.context == 1 and weight == 0.5
     frames = torch.rand(2, 4, 3, 32, 32)
     assert reward(frames, ["a red circle moving left"] * 2).shape == (2, 3)
+    for short in (dict(max_unit=0), dict(critic_videos=1)):
+        with pytest.raises(ValueError, match="motion_weight"):
+            build_rewards(pipe, RewardTuneConfig(**{**config.__dict__, **short}))
