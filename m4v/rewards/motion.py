@@ -58,6 +58,34 @@ def jumped_pairs(videos: Tensor, generator: torch.Generator, min_jump: int = 4) 
     return pairs[shown]
 
 
+def faded_pairs(videos: Tensor, generator: torch.Generator, min_fade: float = 0.3) -> Tensor:
+    """Pairs in which an object fades in place instead of moving: each consecutive pair of the
+    ``videos`` whose second frame shows an object, that frame blended toward its background colour
+    by a random ``min_fade``..1 (1: the object vanishes), half of them in reverse order (it fades in).
+    Real objects leave across the border and never fade; a critic that has seen only jumps can be
+    gamed by fading (benchmarks/NOTES.md, twenty-seventh session: at motion weight 3 the tuned model
+    emptied its frames early).
+
+    Args:
+        videos: (batch, frames, 3, H, W) in [0, 1] with a flat background (its per-frame median).
+    Returns:
+        (n, 2, 3, H, W) with n <= batch * (frames - 1).
+    """
+    from m4v.eval.quality import object_presence
+
+    if not 0 < min_fade <= 1:
+        raise ValueError(f"min_fade must be in (0, 1], got {min_fade}")
+    pairs = frame_pairs(videos)
+    pairs = pairs[object_presence(pairs[:, 1:]).bool()[:, 0]].clone()
+    n = len(pairs)
+    background = pairs[:, 1].flatten(-2).median(-1).values[..., None, None]  # (n, 3, 1, 1)
+    fade = min_fade + (1 - min_fade) * torch.rand(n, generator=generator)
+    pairs[:, 1] = torch.lerp(pairs[:, 1], background.expand_as(pairs[:, 1]), fade.view(n, 1, 1, 1))
+    fading_in = torch.rand(n, generator=generator) < 0.5
+    pairs[fading_in] = pairs[fading_in].flip(1)
+    return pairs
+
+
 def shared_corruption(pairs: Tensor, generator: torch.Generator) -> Tensor:
     """``degrade`` each pair (n, 2, 3, H, W) with one corruption for both of its frames (they are
     degraded side by side, as one image), so the pair's appearance varies but its motion does not."""
@@ -69,15 +97,23 @@ def shared_corruption(pairs: Tensor, generator: torch.Generator) -> Tensor:
     return degraded.reshape(n, channels, height, 2, width).permute(0, 3, 1, 2, 4)
 
 
-def train_motion_critic(real: Tensor, steps: int = 300, seed: int = 0, corrupted_share: float = 0.5) -> RealismCritic:
+def train_motion_critic(real: Tensor, steps: int = 300, seed: int = 0, corrupted_share: float = 0.5,
+                        faded_share: float = 0.0) -> RealismCritic:
     """A ``RealismCritic`` with context 1 trained on the consecutive pairs of ``real`` videos
-    (batch, frames, 3, H, W) in [0, 1] against their ``jumped_pairs``; a ``corrupted_share`` of
-    both sets goes through ``shared_corruption``."""
+    (batch, frames, 3, H, W) in [0, 1] against their ``jumped_pairs`` and, ``faded_share`` times as
+    many as those, ``faded_pairs``; a ``corrupted_share`` of both sets goes through ``shared_corruption``."""
     if not 0 <= corrupted_share <= 1:
         raise ValueError(f"corrupted_share must be in [0, 1], got {corrupted_share}")
+    if faded_share < 0:
+        raise ValueError(f"faded_share must be >= 0, got {faded_share}")
     generator = torch.Generator().manual_seed(seed)
     device = real.device
-    real, fake = frame_pairs(real.cpu()), jumped_pairs(real.cpu(), generator)
+    videos = real.cpu()
+    real, fake = frame_pairs(videos), jumped_pairs(videos, generator)
+    if faded_share > 0:
+        faded = faded_pairs(videos, generator)
+        picked = torch.randperm(len(faded), generator=generator)[:round(faded_share * len(fake))]
+        fake = torch.cat([fake, faded[picked]])
 
     def corrupt_some(pairs: Tensor) -> Tensor:
         picked = torch.rand(len(pairs), generator=generator) < corrupted_share
@@ -90,4 +126,4 @@ def train_motion_critic(real: Tensor, steps: int = 300, seed: int = 0, corrupted
                                 seed=seed, critic=RealismCritic(context=1))
 
 
-__all__ = ["frame_pairs", "jumped_pairs", "shared_corruption", "train_motion_critic"]
+__all__ = ["frame_pairs", "jumped_pairs", "faded_pairs", "shared_corruption", "train_motion_critic"]

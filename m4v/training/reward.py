@@ -185,6 +185,7 @@ class RewardTuneConfig:
     # against real frames paired wrongly; it scores each rewarded frame after the one before it.
     motion_weight: float = 0.0
     motion_critic_steps: int = 300
+    motion_faded_share: float = 0.0   # objects fading in place join its fakes, this many per jump (faded_pairs)
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
     # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
     # trained with it is regularised towards its own objective.
@@ -305,7 +306,8 @@ def motion_critic(pipe: M4VPipeline, config: RewardTuneConfig) -> RealismCritic:
                          f"(max_unit {config.max_unit}) and critic_videos {config.critic_videos}")
     real, _ = real_frames(config.critic_videos, frames, config.height, seed=config.seed + 23, path_frames=config.frames)
     # On the pipeline's device: the full-batch training of ~1,000 pairs outlasted a 600 s device call on its CPU.
-    return train_motion_critic(real.to(pipe.device), steps=config.motion_critic_steps, seed=config.seed)
+    return train_motion_critic(real.to(pipe.device), steps=config.motion_critic_steps, seed=config.seed,
+                               faded_share=config.motion_faded_share)
 
 
 def regulariser_config(config: RewardTuneConfig) -> TrainConfig:

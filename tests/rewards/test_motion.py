@@ -8,7 +8,7 @@ import torch
 from m4v.eval.quality import object_presence, real_frames
 from m4v.pipelines import M4VPipeline
 from m4v.rewards import RealismCritic, RealismReward
-from m4v.rewards.motion import frame_pairs, jumped_pairs, shared_corruption, train_motion_critic
+from m4v.rewards.motion import faded_pairs, frame_pairs, jumped_pairs, shared_corruption, train_motion_critic
 from m4v.training.reward import RewardTuneConfig, build_rewards, reward_loss
 
 
@@ -51,6 +51,25 @@ def test_jumped_pairs_never_pair_neighbours_and_always_show_an_object():
         jumped_pairs(videos[:1], torch.Generator(), min_jump=3)
 
 
+def test_faded_pairs_blend_one_frame_of_a_real_pair_toward_the_background():
+    from m4v.data.shapes import BACKGROUND
+
+    shown = torch.ones(3, 10, dtype=torch.bool)
+    shown[:, 7:] = False
+    videos = _coded_videos(3, 10, shown)
+    pairs = faded_pairs(videos, torch.Generator().manual_seed(0), min_fade=0.4)
+    assert len(pairs) == 3 * 6  # the pairs whose second frame shows the object
+    background = torch.tensor(BACKGROUND).view(1, 3)
+    # Exactly one frame of each pair is faded: its object pixel moved >= 40% of the way to the background.
+    object_pixel = pairs[:, :, :, 4, 4]  # (n, 2, 3)
+    progress = (1 - object_pixel) / (1 - background).unsqueeze(0)  # 0: white object, 1: background
+    faded = progress.mean(-1)
+    assert ((faded > 0.4 - 1e-4).sum(1) == 1).all() and ((faded < 1e-4).sum(1) == 1).all()
+    assert (faded[:, 0] > 0.4).any() and (faded[:, 1] > 0.4).any()  # fading out and fading in
+    with pytest.raises(ValueError, match="min_fade"):
+        faded_pairs(videos, torch.Generator(), min_fade=0.0)
+
+
 def test_shared_corruption_treats_both_frames_of_a_pair_alike():
     frame = torch.rand(5, 1, 3, 16, 16)
     same = torch.cat([frame, frame], dim=1)
@@ -84,6 +103,23 @@ def test_motion_critic_tells_real_motion_from_jumps_on_held_out_videos():
     assert p_corrupted > p_jump + 0.3  # a degraded pair that moves right is still real motion
     with pytest.raises(ValueError, match="corrupted_share"):
         train_motion_critic(real, steps=1, corrupted_share=1.5)
+    with pytest.raises(ValueError, match="faded_share"):
+        train_motion_critic(real, steps=1, faded_share=-1)
+
+
+def test_motion_critic_with_faded_fakes_tells_fading_from_leaving():
+    real, _ = real_frames(8, 12, 32, seed=4, path_frames=8)
+    held_out, _ = real_frames(6, 12, 32, seed=40, path_frames=8)
+    fades = faded_pairs(held_out, torch.Generator().manual_seed(2))
+    scores = {}
+    for share in (0.0, 0.5):
+        critic = train_motion_critic(real, steps=80, seed=0, faded_share=share)
+        with torch.no_grad():
+            scores[share] = (torch.sigmoid(critic(held_out)).mean(), torch.sigmoid(critic(fades)).mean())
+    p_real, p_fade = scores[0.5]
+    assert torch.isfinite(torch.stack([p_real, p_fade, *scores[0.0]])).all()
+    assert p_real > p_fade + 0.4
+    assert p_fade < scores[0.0][1]  # the fades are what it learned
 
 
 class _Recorder:
