@@ -84,7 +84,11 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
 
     A reward with a ``context`` attribute (a motion critic) sees that many frames before the
     unit's as well, and scores the unit's frames only; one that has nothing to score (unit 0 for a
-    motion critic) adds nothing."""
+    motion critic) adds nothing. A reward with a ``max_unit`` attribute (``UpToUnit``) is left out
+    after that unit; with none left, nothing is rolled out and the loss is 0."""
+    rewards = [(reward, weight) for reward, weight in rewards if unit <= getattr(reward, "max_unit", unit)]
+    if not rewards:
+        return torch.zeros((), device=pipe.device)
     generator = generator or torch.Generator().manual_seed(0)
     context = max((getattr(reward, "context", 0) for reward, _ in rewards), default=0)
     frames = rollout_estimate(pipe, prompts, height, width, unit, steps, guidance, generator, min_u, context)
@@ -96,6 +100,20 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
         if scores.numel():
             loss = loss - weight * scores.mean()
     return loss
+
+
+class UpToUnit:
+    """``reward`` on units 0..``max_unit`` only (``reward_loss`` leaves it out after), e.g. an
+    attribute reward that holds an object in view only as long as real videos keep theirs."""
+
+    def __init__(self, reward: Reward, max_unit: int):
+        if max_unit < 0:
+            raise ValueError(f"max_unit must be >= 0, got {max_unit}")
+        self.reward, self.max_unit = reward, max_unit
+        self.context = getattr(reward, "context", 0)
+
+    def __call__(self, frames: Tensor, prompts: Sequence[str]) -> Tensor:
+        return self.reward(frames, prompts)
 
 
 class RewardTuner:
@@ -167,6 +185,7 @@ class RewardTuneConfig:
     guidance: float = 5.0
     reward_min_u: float = 0.0         # reward estimates from steps at u >= this only (rollout_estimate)
     attribute_weight: float = 1.0
+    attribute_max_unit: Optional[int] = None  # the attribute reward on units 0..this only (None: all rewarded)
     realism_weight: float = 1.0
     flow_weight: float = 1.0
     classifier_steps: int = 900       # the reward's attribute classifier (dataset seed 0; the judge uses 1);
@@ -286,7 +305,10 @@ def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tup
     rewards, critic = [], None
     if config.attribute_weight != 0:
         classifier = train_attribute_classifier(seed=0, steps=config.classifier_steps, device=pipe.device)
-        rewards.append((AttributeReward(classifier, size=32), config.attribute_weight))
+        attribute = AttributeReward(classifier, size=32)
+        if config.attribute_max_unit is not None:
+            attribute = UpToUnit(attribute, config.attribute_max_unit)
+        rewards.append((attribute, config.attribute_weight))
     if config.realism_weight != 0:
         critic = RealismCriticTrainer(pipe, config)
         rewards.append((RealismReward(critic.critic), config.realism_weight))
@@ -333,5 +355,5 @@ def run_reward_tuning(config: RewardTuneConfig, progress: bool = True) -> tuple[
     return trainer, trainer.run(progress=progress, step_fn=tuner.step)
 
 
-__all__ = ["rollout_estimate", "context_frames", "reward_loss", "RewardTuner", "RewardTuneConfig", "RealismCriticTrainer",
-           "build_rewards", "motion_critic", "in_view_speed", "regulariser_config", "run_reward_tuning"]
+__all__ = ["rollout_estimate", "context_frames", "reward_loss", "UpToUnit", "RewardTuner", "RewardTuneConfig",
+           "RealismCriticTrainer", "build_rewards", "motion_critic", "in_view_speed", "regulariser_config", "run_reward_tuning"]

@@ -8,8 +8,9 @@ import torch
 from m4v.data import ShapesVideoDataset
 from m4v.eval import AttributeClassifier
 from m4v.pipelines import M4VPipeline
-from m4v.rewards import AttributeReward, RealismCritic, train_realism_critic
-from m4v.training.reward import RewardTuneConfig, regulariser_config, reward_loss, rollout_estimate
+from m4v.rewards import AttributeReward, RealismCritic, RealismReward, train_realism_critic
+from m4v.training.reward import (RewardTuneConfig, UpToUnit, build_rewards, regulariser_config, reward_loss,
+                                rollout_estimate)
 
 
 def test_reward_gradient_reaches_the_transformer():
@@ -192,8 +193,6 @@ def test_built_realism_critic_calls_over_sharpened_real_frames_fake():
     """The critic's negatives include over-sharpened copies of its real frames, so the reward
     cannot pay for realism with halos (the 240-step tuning made frames 2.7x as sharp as real)."""
     from m4v.eval.quality import real_frames, sharpen
-    from m4v.rewards import RealismReward
-    from m4v.training.reward import RewardTuneConfig, build_rewards
 
     config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
                               critic_steps=120, critic_videos=4)
@@ -227,8 +226,6 @@ def test_degraded_negatives_teach_the_reward_critic_colour_casts_and_noise():
     """With critic_degraded_negatives, the generic corruptions are negatives as well: the critic
     calls noisy frames fake (the tuned models it was gamed by had a noisy, cast background)."""
     from m4v.eval.quality import real_frames
-    from m4v.rewards import RealismReward
-    from m4v.training.reward import RewardTuneConfig, build_rewards
 
     config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
                               critic_steps=150, critic_videos=4, critic_degraded_negatives=True)
@@ -244,8 +241,6 @@ def test_degraded_negatives_teach_the_reward_critic_colour_casts_and_noise():
 def test_critic_refresh_retrains_the_reward_critic_on_new_rollouts():
     """refresh() continues training the reward's own critic (in place) on rollouts of the pipeline
     as it is now, and reports how real it found them before and after."""
-    from m4v.rewards import RealismReward
-    from m4v.training.reward import RewardTuneConfig, build_rewards
 
     config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
                               critic_steps=5, critic_videos=2, critic_refresh_steps=40)
@@ -281,8 +276,6 @@ def test_reward_tuner_refreshes_every_n_steps(tmp_path):
 
 
 def test_build_rewards_skips_zero_weight_rewards():
-    from m4v.rewards import AttributeReward
-    from m4v.training.reward import RewardTuneConfig, build_rewards
 
     config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
                               realism_weight=0.0)
@@ -296,3 +289,42 @@ def test_regulariser_config_carries_the_source_hint():
     config = regulariser_config(RewardTuneConfig(source_hint_max=0.3, coarse_shape_swap=1.0, lr=1e-5, batch_size=3))
     assert (config.source_hint_max, config.coarse_shape_swap, config.lr, config.batch_size) == (0.3, 1.0, 1e-5, 3)
     assert regulariser_config(RewardTuneConfig()).source_hint_max == 0.0
+
+
+class _Counting:
+    """A reward that counts its calls and scores the mean pixel."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, frames, prompts):
+        self.calls += 1
+        return frames.mean((2, 3, 4))
+
+
+def test_up_to_unit_leaves_a_reward_out_after_its_last_unit():
+    pipe = M4VPipeline.from_preset(seed=0)
+    everywhere, early = _Counting(), _Counting()
+    rewards = [(everywhere, 1.0), (UpToUnit(early, max_unit=1), 1.0)]
+    args = (pipe, ["a red circle moving left"])
+    kwargs = dict(height=64, width=64, steps=(1, 1, 1), generator=torch.Generator().manual_seed(0))
+    both = reward_loss(*args, rewards, unit=1, **kwargs)
+    assert (everywhere.calls, early.calls) == (1, 1)
+    one = reward_loss(*args, rewards, unit=2, **kwargs)
+    assert (everywhere.calls, early.calls) == (2, 1)
+    assert torch.isfinite(both) and torch.isfinite(one) and one.requires_grad
+    # With every reward left out there is nothing to roll out: the loss is a plain 0.
+    none = reward_loss(*args, [(UpToUnit(early, max_unit=1), 1.0)], unit=2, **kwargs)
+    assert early.calls == 1 and float(none) == 0.0 and not none.requires_grad
+    assert UpToUnit(RealismReward(RealismCritic(context=1)), max_unit=0).context == 1
+    with pytest.raises(ValueError, match="max_unit"):
+        UpToUnit(early, max_unit=-1)
+
+
+def test_build_rewards_limits_the_attribute_reward_to_attribute_max_unit():
+    config = RewardTuneConfig(height=32, width=32, max_unit=4, attribute_weight=0.5, attribute_max_unit=2,
+                              realism_weight=0.0, classifier_steps=1)
+    rewards, _ = build_rewards(M4VPipeline.from_preset(seed=0), config)
+    (reward, weight), = rewards
+    assert isinstance(reward, UpToUnit) and reward.max_unit == 2 and isinstance(reward.reward, AttributeReward)
+    assert weight == 0.5
