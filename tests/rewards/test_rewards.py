@@ -276,7 +276,6 @@ def test_reward_tuner_refreshes_every_n_steps(tmp_path):
 
 
 def test_build_rewards_skips_zero_weight_rewards():
-
     config = RewardTuneConfig(height=64, width=64, max_unit=1, steps_per_stage=(1, 1, 1), classifier_steps=1,
                               realism_weight=0.0)
     rewards, critic = build_rewards(M4VPipeline.from_preset(seed=0), config)
