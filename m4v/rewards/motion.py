@@ -62,9 +62,10 @@ def faded_pairs(videos: Tensor, generator: torch.Generator, min_fade: float = 0.
     """Pairs in which an object fades in place instead of moving: each consecutive pair of the
     ``videos`` whose second frame shows an object, that frame blended toward its background colour
     by a random ``min_fade``..1 (1: the object vanishes), half of them in reverse order (it fades in).
-    Real objects leave across the border and never fade; a critic that has seen only jumps can be
-    gamed by fading (benchmarks/NOTES.md, twenty-seventh session: at motion weight 3 the tuned model
-    emptied its frames early).
+    Real objects leave across the border and never fade; a critic that has seen only jumps scores
+    fades near chance. (They did not stop the tuned models from emptying their frames early: those
+    objects vanish at once and stay gone, which costs one pair; benchmarks/NOTES.md, twenty-seventh
+    session.)
 
     Args:
         videos: (batch, frames, 3, H, W) in [0, 1] with a flat background (its per-frame median).
