@@ -20,17 +20,22 @@ ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "direction": tuple(DIRE
 _PHRASE = re.compile(r"a (\w+) (\w+) moving (\w+)")
 
 
+def caption_objects(caption: str) -> list[dict[str, str]]:
+    """Every object of a caption by attribute name, in drawing order, e.g. "a red circle moving
+    left and a blue square moving up" -> [{"colour": "red", ...}, {"colour": "blue", ...}]."""
+    objects = [dict(zip(ATTRIBUTES, match)) for match in _PHRASE.findall(caption)]
+    if not objects:
+        raise ValueError(f"caption {caption!r} does not describe a shape ('a <colour> <shape> moving <direction>')")
+    for values in objects:
+        for name, value in values.items():
+            if value not in ATTRIBUTES[name]:
+                raise ValueError(f"unknown {name} {value!r} in caption {caption!r}")
+    return objects
+
+
 def parse_caption(caption: str) -> dict[str, int]:
     """The first object's attributes as class indices, e.g. "a red circle moving left"."""
-    match = _PHRASE.search(caption)
-    if match is None:
-        raise ValueError(f"caption {caption!r} does not describe a shape ('a <colour> <shape> moving <direction>')")
-    colour, shape, direction = match.groups()
-    values = {"colour": colour, "shape": shape, "direction": direction}
-    for name, value in values.items():
-        if value not in ATTRIBUTES[name]:
-            raise ValueError(f"unknown {name} {value!r} in caption {caption!r}")
-    return {name: ATTRIBUTES[name].index(value) for name, value in values.items()}
+    return {name: ATTRIBUTES[name].index(value) for name, value in caption_objects(caption)[0].items()}
 
 
 class AttributeClassifier(nn.Module):
@@ -98,5 +103,5 @@ def score_attributes(classifier: AttributeClassifier, videos: Tensor, captions: 
     return AttributeScores(accuracy, float(correct.float().mean()), float(torch.stack(confidence).mean()))
 
 
-__all__ = ["AttributeClassifier", "AttributeScores", "parse_caption", "train_attribute_classifier",
+__all__ = ["AttributeClassifier", "AttributeScores", "caption_objects", "parse_caption", "train_attribute_classifier",
            "score_attributes", "ATTRIBUTES"]

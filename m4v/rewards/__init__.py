@@ -5,6 +5,7 @@
 
 from m4v.rewards.builtin import AttributeReward, RealismCritic, RealismReward, train_realism_critic
 from m4v.rewards.clip import ClipLikeReward, clip_score_reward, hpsv2_reward
+from m4v.rewards.translation import TranslationReward
 
 __all__ = ["AttributeReward", "RealismCritic", "RealismReward", "train_realism_critic", "ClipLikeReward",
-           "clip_score_reward", "hpsv2_reward"]
+           "clip_score_reward", "hpsv2_reward", "TranslationReward"]

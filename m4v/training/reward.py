@@ -27,6 +27,7 @@ from m4v.pipelines import M4VPipeline
 from m4v.pipelines.scheduler import history_pyramid
 from m4v.rewards import AttributeReward, RealismCritic, RealismReward, train_realism_critic
 from m4v.rewards.motion import train_motion_critic
+from m4v.rewards.translation import TranslationReward
 from m4v.training.lora import add_lora
 from m4v.training.trainer import TrainConfig, Trainer
 
@@ -205,6 +206,9 @@ class RewardTuneConfig:
     motion_weight: float = 0.0
     motion_critic_steps: int = 300
     motion_faded_share: float = 0.0   # objects fading in place join its fakes, this many per jump (faded_pairs)
+    # The caption-motion reward (m4v.rewards.translation): each rewarded frame against the frame before
+    # the unit with its objects moved as the caption says, at the training data's speed.
+    translation_weight: float = 0.0
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
     # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
     # trained with it is regularised towards its own objective.
@@ -299,7 +303,7 @@ class RealismCriticTrainer:
 def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tuple[Reward, float]],
                                                                         Optional[RealismCriticTrainer]]:
     """The built-in rewards of nonzero weight (the attribute classifier, the realism critic, the
-    motion critic), and the realism critic's trainer (for ``refresh``; None without a realism reward)."""
+    motion critic, the caption-motion reward), and the realism critic's trainer (for ``refresh``; None without a realism reward)."""
     if config.critic_refresh_every > 0 and config.realism_weight == 0:
         raise ValueError("critic_refresh_every > 0 needs a realism reward (realism_weight != 0)")
     rewards, critic = [], None
@@ -314,6 +318,8 @@ def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tup
         rewards.append((RealismReward(critic.critic), config.realism_weight))
     if config.motion_weight != 0:
         rewards.append((RealismReward(motion_critic(pipe, config).to(pipe.device)), config.motion_weight))
+    if config.translation_weight != 0:
+        rewards.append((TranslationReward(speed=DEFAULT_SPEED), config.translation_weight))
     return rewards, critic
 
 

@@ -1,0 +1,115 @@
+"""The caption-motion reward: real motion scores near its best, and every way of drifting scores lower."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from m4v.data import ShapesVideoDataset
+from m4v.data.shapes import BACKGROUND
+from m4v.eval.attributes import caption_objects
+from m4v.eval.quality import real_frames
+from m4v.pipelines import M4VPipeline
+from m4v.rewards import TranslationReward
+from m4v.training.reward import RewardTuneConfig, build_rewards
+
+FLIP = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def _units(reward: TranslationReward, videos, captions, factor: int = 4):
+    """Mean scores (units,) of each unit of ``factor`` frames after the frame before it, as reward tuning feeds them."""
+    return torch.stack([reward(videos[:, start:start + factor + 1], captions).mean()
+                        for start in range(0, videos.shape[1] - 1, factor)])
+
+
+def _videos(count: int, frames: int, seed: int, **kwargs):
+    data = ShapesVideoDataset(count, frames, 64, 64, seed=seed, **kwargs)
+    items = [data[i] for i in range(count)]
+    return torch.stack([(v.permute(1, 0, 2, 3) + 1) / 2 for v, _ in items]), [c for _, c in items]
+
+
+def test_caption_objects_reads_every_object_in_drawing_order():
+    assert caption_objects("a red circle moving left and a blue square moving up") == [
+        {"colour": "red", "shape": "circle", "direction": "left"},
+        {"colour": "blue", "shape": "square", "direction": "up"}]
+    for bad in ("waves at sunset", "a purple circle moving left"):
+        with pytest.raises(ValueError, match="caption"):
+            caption_objects(bad)
+
+
+def test_an_exact_shift_scores_zero_and_a_missed_one_does_not():
+    # At speed 2 / (size - 1) the dataset's motion is two whole pixels per frame: the target is exact.
+    reward = TranslationReward(speed=2 / 31)
+    frames = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1).repeat(1, 4, 1, 32, 32)
+    for t in range(4):
+        frames[0, t, :, 10:15, 8 + 2 * t:13 + 2 * t] = torch.tensor([1.0, 0.15, 0.15])[:, None, None]
+    assert torch.allclose(reward(frames, ["a red square moving right"]), torch.zeros(1, 3), atol=1e-5)
+    wrong = reward(frames, ["a red square moving left"])
+    assert wrong.shape == (1, 3) and bool((wrong < -0.5).all())
+
+
+def test_real_videos_score_near_best_and_every_drift_lower():
+    reward = TranslationReward()
+    # 33 frames of paths that fit 17: objects leave in the last units, as the eval's real videos do.
+    real, captions = real_frames(6, 33, 64, seed=7, path_frames=17)
+    real_scores = _units(reward, real, captions)
+    assert bool(torch.isfinite(real_scores).all()) and float(real_scores.min()) > -0.15
+    background = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1)
+    drifted = {
+        "frozen": real[:, :1].expand_as(real),
+        "reversed": real.flip(1),
+        "faded per unit": background + (real - background) * (1 - 0.5 * (torch.arange(33) % 4 > 0)).view(1, -1, 1, 1, 1),
+        "blob": real + 0.5 * (torch.arange(64).view(1, 1, 1, 1, -1) // 8 == 3) * (torch.arange(33) % 4 > 0).view(1, -1, 1, 1, 1),
+    }
+    for name, videos in drifted.items():
+        scores = _units(reward, videos.clamp(0, 1), captions)
+        assert float(scores[:6].mean()) < float(real_scores[:6].mean()) - 0.2, name
+    wrong_direction = [c.rsplit(" ", 1)[0] + " " + FLIP[c.rsplit(" ", 1)[1]] for c in captions]
+    assert float(_units(reward, real, wrong_direction)[:6].mean()) < float(real_scores[:6].mean()) - 1.0
+
+
+def test_two_object_scenes_move_each_object_its_own_way():
+    reward = TranslationReward()
+    videos, captions = _videos(8, 17, seed=5, two_object_fraction=1.0)
+    scores = reward(videos[:, :5], captions)
+    clear = [i for i, c in enumerate(captions) if len({o["colour"] for o in caption_objects(c)}) == 2]
+    crossed = [" and ".join(f"a {o['colour']} {o['shape']} moving {FLIP[o['direction']]}" if k == 1 else
+                            f"a {o['colour']} {o['shape']} moving {o['direction']}"
+                            for k, o in enumerate(caption_objects(c))) for c in captions]
+    # Not near 0 everywhere: where one object hid part of the other, the anchor cannot show it.
+    assert len(clear) >= 4 and float(scores[clear].mean()) > -0.3
+    assert float(reward(videos[:, :5], crossed)[clear].mean()) < float(scores[clear].mean()) - 0.3
+
+
+def test_ambiguous_scenes_score_zero_and_the_anchor_gets_no_gradient():
+    reward = TranslationReward()
+    frames = torch.rand(2, 5, 3, 16, 16, requires_grad=True)
+    captions = ["a red circle moving left and a red square moving up", "a red circle moving left"]
+    scores = reward(frames, captions)
+    assert scores.shape == (2, 4) and bool((scores[0] == 0).all()) and bool((scores[1] < 0).all())
+    scores.sum().backward()
+    assert bool((frames.grad[:, 0] == 0).all()) and frames.grad[1, 1:].abs().sum() > 0
+    assert frames.grad[0].abs().sum() == 0
+    # One frame: nothing after the anchor to score.
+    assert reward(torch.rand(2, 1, 3, 16, 16), captions).shape == (2, 0)
+
+
+def test_bad_input_is_named():
+    reward = TranslationReward()
+    with pytest.raises(ValueError, match="frames"):
+        reward(torch.rand(2, 3, 16, 16), ["a red circle moving left"] * 2)
+    with pytest.raises(ValueError, match="prompts"):
+        reward(torch.rand(2, 3, 3, 16, 16), ["a red circle moving left"])
+    with pytest.raises(ValueError, match="caption"):
+        reward(torch.rand(1, 3, 3, 16, 16), ["a dog"])
+    with pytest.raises(ValueError, match="scale"):
+        TranslationReward(scale=0.0)
+
+
+def test_build_rewards_adds_the_translation_reward():
+    config = RewardTuneConfig(height=32, width=32, max_unit=2, frames=5, attribute_weight=0.0, realism_weight=0.0,
+                              translation_weight=2.0)
+    rewards, realism = build_rewards(M4VPipeline.from_preset(seed=0), config)
+    assert realism is None and len(rewards) == 1
+    reward, weight = rewards[0]
+    assert isinstance(reward, TranslationReward) and reward.context == 1 and weight == 2.0
