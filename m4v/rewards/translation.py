@@ -1,16 +1,19 @@
-"""A caption-motion reward for the shapes videos: each frame should be the frame before it with
-every captioned object carried along its caption's direction at the dataset's speed.
+"""A caption-motion reward for the shapes videos: each frame should be the video's first frame
+with every captioned object carried along its caption's direction at the dataset's speed.
 
 The learned rewards (the per-frame realism critic, the pair motion critic, the attribute
 classifier) were each raised more cheaply by changing the object than by moving it right: tuning
-emptied frames early, faded objects, or over-sharpened them (NOTES.md). This reward has nothing
-to game: its target is a concrete frame, built from the model's own last frame before the rewarded
-unit, so the only way to score is to draw that frame's objects where the caption's motion takes
-them, and let them leave when their path does.
+emptied frames early, faded objects, or over-sharpened them (NOTES.md). This reward is not
+learned: its target is a concrete frame, built from the model's own first frame, so the way to
+score is to draw that frame's objects where the caption's motion has taken them by then, and
+let them leave when their path does. Its first version took the last frame before the rewarded
+unit as the anchor instead, and tuning found the way out that anchor leaves open: a faded or
+empty anchor asks for nothing, so fading early scored ever better (NOTES.md, twenty-ninth session).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import torch
@@ -21,16 +24,19 @@ from m4v.data.shapes import BACKGROUND, COLOURS, DEFAULT_SPEED, DIRECTIONS
 from m4v.eval.attributes import caption_objects
 
 
-class TranslationReward:
-    """Scores frames against the frame before them moved as the caption says.
+ALL_FRAMES = sys.maxsize  # a reward's ``context`` asking for every frame before the rewarded unit
 
-    A pixel belongs to the anchor's foreground as far as it is from the background colour (fully
-    from ``foreground`` on, not at all below a third of it: the decoder's faint noise is not an
-    object). Each foreground pixel goes to the captioned object of the nearest colour; each object's
-    share moves ``j * speed * (size - 1)`` pixels along its direction for the j-th frame after the
-    anchor (the dataset's motion: ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per
-    frame), over the plain background. Objects keep their colour, shape and size, leave the frame
-    when their path does, and what else the anchor holds (blobs, halos) is not carried on.
+
+class TranslationReward:
+    """Scores frames against the video's first frame moved as the caption says.
+
+    A pixel of the first frame belongs to its foreground as far as it is from the background
+    colour (fully from ``foreground`` on, not at all below a third of it: the decoder's faint noise
+    is not an object). Each foreground pixel goes to the captioned object of the nearest colour;
+    each object's share moves ``t * speed * (size - 1)`` pixels along its direction for frame t
+    (the dataset's motion: ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per
+    frame), over the plain background. Objects keep their first colour, shape and size, leave the
+    frame when their path does, and nothing else appears.
 
     Args:
         speed: travel per frame as a fraction of the frame size (the training data's).
@@ -38,13 +44,14 @@ class TranslationReward:
             object of the dataset's mean size, at any resolution (its share of the area).
         foreground: colour distance from the background at which a pixel counts fully as object.
 
-    Call with frames (batch, 1 + count, 3, H, W) in [0, 1] and one caption per video: frame 0 is
-    the anchor (the last frame before the rewarded ones; no gradient flows into it). Returns
-    (batch, count) scores, -(mean absolute error per pixel and channel) / ``scale``. A scene of two
-    objects of one colour going different ways is ambiguous: its scores are 0 (no gradient).
+    Call with frames (batch, 1 + count, 3, H, W) in [0, 1], frame 0 the video's first (no gradient
+    flows into it; ``reward_loss`` passes every frame before the unit, ``context`` = ``ALL_FRAMES``),
+    and one caption per video. Returns (batch, count) scores of frames 1..count, -(mean absolute
+    error per pixel and channel) / ``scale``. A scene of two objects of one colour going different
+    ways is ambiguous: its scores are 0 (no gradient).
     """
 
-    context = 1
+    context = ALL_FRAMES
 
     def __init__(self, speed: float = DEFAULT_SPEED, scale: float = 0.02, foreground: float = 0.1):
         if speed < 0 or scale <= 0 or foreground <= 0:
@@ -63,8 +70,8 @@ class TranslationReward:
         return -error.masked_fill(ambiguous[:, None], 0.0)
 
     def targets(self, anchor: Tensor, prompts: Sequence[str], count: int) -> tuple[Tensor, Tensor]:
-        """The frames (batch, count, 3, H, W) the caption's motion makes of ``anchor`` (batch, 3, H, W),
-        and which videos (batch,) are ambiguous."""
+        """Frames 1..count (batch, count, 3, H, W) that the caption's motion makes of the first frame
+        ``anchor`` (batch, 3, H, W), and which videos (batch,) are ambiguous."""
         batch, _, height, width = anchor.shape
         device, dtype = anchor.device, anchor.dtype
         background = torch.tensor(BACKGROUND, device=device, dtype=dtype).view(1, 3, 1, 1)
@@ -93,7 +100,7 @@ class TranslationReward:
         owner = F.one_hot(colour_distance.argmin(1), slots).permute(0, 3, 1, 2).to(dtype)  # (batch, slots, H, W)
         layers = (share * owner)[:, :, None] * deviation[:, None]  # (batch, slots, 3, H, W)
 
-        # Frame j moves each layer by j steps: output(p) = layer(p - shift), zeros (background) moving in.
+        # Frame t moves each layer by t steps: output(p) = layer(p - shift), zeros (background) moving in.
         time = torch.arange(1, count + 1, device=device, dtype=dtype).view(1, count, 1, 1)
         shift = time * step[:, None]  # (batch, count, slots, 2)
         theta = torch.zeros(batch, count, slots, 2, 3, device=device, dtype=dtype)
@@ -107,4 +114,4 @@ class TranslationReward:
         return (background[:, None] + moved).clamp(0, 1), ambiguous
 
 
-__all__ = ["TranslationReward"]
+__all__ = ["TranslationReward", "ALL_FRAMES"]

@@ -83,9 +83,9 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
                 generator: Optional[torch.Generator] = None, min_u: float = 0.0) -> Tensor:
     """-(sum of weighted mean rewards) of the estimate of unit ``unit`` (``rollout_estimate``).
 
-    A reward with a ``context`` attribute (a motion critic) sees that many frames before the
-    unit's as well, and scores the unit's frames only; one that has nothing to score (unit 0 for a
-    motion critic) adds nothing. A reward with a ``max_unit`` attribute (``UpToUnit``) is left out
+    A reward with a ``context`` attribute (a motion critic; ``ALL_FRAMES``: the caption-motion
+    reward) sees that many frames before the unit's as well, and only its scores of the unit's
+    frames count; one that has nothing to score (unit 0 for a motion critic) adds nothing. A reward with a ``max_unit`` attribute (``UpToUnit``) is left out
     after that unit; with none left, nothing is rolled out and the loss is 0."""
     rewards = [(reward, weight) for reward, weight in rewards if unit <= getattr(reward, "max_unit", unit)]
     if not rewards:
@@ -97,7 +97,9 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
     loss = frames.new_zeros(())
     for reward, weight in rewards:
         wanted = context_frames(pipe, unit, getattr(reward, "context", 0))
-        scores = reward(frames[:, extra - wanted:], prompts)
+        # The unit's own frames' scores: a reward that scores its context frames too (the caption-motion
+        # reward scores every frame after the first) adds nothing for them, their latents have no gradient.
+        scores = reward(frames[:, extra - wanted:], prompts)[:, -(frames.shape[1] - extra):]
         if scores.numel():
             loss = loss - weight * scores.mean()
     return loss

@@ -11,15 +11,10 @@ from m4v.eval.attributes import caption_objects
 from m4v.eval.quality import real_frames
 from m4v.pipelines import M4VPipeline
 from m4v.rewards import TranslationReward
-from m4v.training.reward import RewardTuneConfig, build_rewards
+from m4v.rewards.translation import ALL_FRAMES
+from m4v.training.reward import RewardTuneConfig, build_rewards, reward_loss
 
 FLIP = {"left": "right", "right": "left", "up": "down", "down": "up"}
-
-
-def _units(reward: TranslationReward, videos, captions, factor: int = 4):
-    """Mean scores (units,) of each unit of ``factor`` frames after the frame before it, as reward tuning feeds them."""
-    return torch.stack([reward(videos[:, start:start + factor + 1], captions).mean()
-                        for start in range(0, videos.shape[1] - 1, factor)])
 
 
 def _videos(count: int, frames: int, seed: int, **kwargs):
@@ -52,20 +47,22 @@ def test_real_videos_score_near_best_and_every_drift_lower():
     reward = TranslationReward()
     # 33 frames of paths that fit 17: objects leave in the last units, as the eval's real videos do.
     real, captions = real_frames(6, 33, 64, seed=7, path_frames=17)
-    real_scores = _units(reward, real, captions)
-    assert bool(torch.isfinite(real_scores).all()) and float(real_scores.min()) > -0.15
+    real_scores = reward(real, captions)
+    assert real_scores.shape == (6, 32) and bool(torch.isfinite(real_scores).all())
+    assert float(real_scores.mean(0).min()) > -0.2
     background = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1)
+    in_view = slice(4, 24)  # frames 5-24: every real object is in view, and would be in a drifted one
     drifted = {
         "frozen": real[:, :1].expand_as(real),
-        "reversed": real.flip(1),
-        "faded per unit": background + (real - background) * (1 - 0.5 * (torch.arange(33) % 4 > 0)).view(1, -1, 1, 1, 1),
-        "blob": real + 0.5 * (torch.arange(64).view(1, 1, 1, 1, -1) // 8 == 3) * (torch.arange(33) % 4 > 0).view(1, -1, 1, 1, 1),
+        "fading": background + (real - background) * torch.linspace(1, 0, 33).view(1, -1, 1, 1, 1),
+        "emptied after frame 4": torch.cat([real[:, :5], background.expand(6, 28, 3, 64, 64)], 1),
+        "a blob": real + 0.5 * (torch.arange(64).view(1, 1, 1, 1, -1) // 8 == 3),
     }
     for name, videos in drifted.items():
-        scores = _units(reward, videos.clamp(0, 1), captions)
-        assert float(scores[:6].mean()) < float(real_scores[:6].mean()) - 0.2, name
+        scores = reward(videos.clamp(0, 1), captions)
+        assert float(scores[:, in_view].mean()) < float(real_scores[:, in_view].mean()) - 0.2, name
     wrong_direction = [c.rsplit(" ", 1)[0] + " " + FLIP[c.rsplit(" ", 1)[1]] for c in captions]
-    assert float(_units(reward, real, wrong_direction)[:6].mean()) < float(real_scores[:6].mean()) - 1.0
+    assert float(reward(real, wrong_direction)[:, in_view].mean()) < float(real_scores[:, in_view].mean()) - 0.6
 
 
 def test_two_object_scenes_move_each_object_its_own_way():
@@ -112,4 +109,30 @@ def test_build_rewards_adds_the_translation_reward():
     rewards, realism = build_rewards(M4VPipeline.from_preset(seed=0), config)
     assert realism is None and len(rewards) == 1
     reward, weight = rewards[0]
-    assert isinstance(reward, TranslationReward) and reward.context == 1 and weight == 2.0
+    assert isinstance(reward, TranslationReward) and reward.context == ALL_FRAMES and weight == 2.0
+
+
+class _AllFramesRecorder:
+    """A reward asking for every frame before the unit, scoring every frame after the first."""
+
+    context = ALL_FRAMES
+
+    def __init__(self):
+        self.frames = []
+
+    def __call__(self, frames, prompts):
+        self.frames.append(frames)
+        return frames.mean((2, 3, 4))[:, 1:]
+
+
+def test_reward_loss_gives_the_whole_video_and_counts_the_unit_frames_only():
+    pipe = M4VPipeline.from_preset(seed=0)
+    recorder = _AllFramesRecorder()
+    loss = reward_loss(pipe, ["a red circle moving left"], [(recorder, 1.0)], 64, 64, unit=2, steps=(1, 1, 1),
+                       generator=torch.Generator().manual_seed(0))
+    factor = pipe.autoencoder.temporal_factor
+    frames = recorder.frames[0]
+    assert frames.shape[1] == 1 + 2 * factor
+    assert torch.allclose(loss, -frames[:, -factor:].mean(), atol=1e-6)
+    loss.backward()
+    assert pipe.transformer.final_proj.weight.grad.abs().sum() > 0
