@@ -85,8 +85,9 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
 
     A reward with a ``context`` attribute (a motion critic; ``ALL_FRAMES``: the caption-motion
     reward) sees that many frames before the unit's as well, and only its scores of the unit's
-    frames count; one that has nothing to score (unit 0 for a motion critic) adds nothing. A reward with a ``max_unit`` attribute (``UpToUnit``) is left out
-    after that unit; with none left, nothing is rolled out and the loss is 0."""
+    frames count; one that has nothing to score (unit 0 for a motion critic) adds nothing. A
+    reward with a ``max_unit`` attribute (``UpToUnit``) is left out after that unit; with none
+    left, nothing is rolled out and the loss is 0."""
     rewards = [(reward, weight) for reward, weight in rewards if unit <= getattr(reward, "max_unit", unit)]
     if not rewards:
         return torch.zeros((), device=pipe.device)
@@ -97,8 +98,8 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
     loss = frames.new_zeros(())
     for reward, weight in rewards:
         wanted = context_frames(pipe, unit, getattr(reward, "context", 0))
-        # The unit's own frames' scores: a reward that scores its context frames too (the caption-motion
-        # reward scores every frame after the first) adds nothing for them, their latents have no gradient.
+        # The unit's own frames' scores only: a reward that scores its context frames too (the caption-motion
+        # reward scores every frame after the first) would only add constants, as their latents carry no gradient.
         scores = reward(frames[:, extra - wanted:], prompts)[:, -(frames.shape[1] - extra):]
         if scores.numel():
             loss = loss - weight * scores.mean()
@@ -208,8 +209,8 @@ class RewardTuneConfig:
     motion_weight: float = 0.0
     motion_critic_steps: int = 300
     motion_faded_share: float = 0.0   # objects fading in place join its fakes, this many per jump (faded_pairs)
-    # The caption-motion reward (m4v.rewards.translation): each rewarded frame against the frame before
-    # the unit with its objects moved as the caption says, at the training data's speed.
+    # The caption-motion reward (m4v.rewards.translation): each rewarded frame against the video's first
+    # frame with its objects moved as the caption says, at the training data's speed.
     translation_weight: float = 0.0
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
     # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
@@ -305,7 +306,8 @@ class RealismCriticTrainer:
 def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tuple[Reward, float]],
                                                                         Optional[RealismCriticTrainer]]:
     """The built-in rewards of nonzero weight (the attribute classifier, the realism critic, the
-    motion critic, the caption-motion reward), and the realism critic's trainer (for ``refresh``; None without a realism reward)."""
+    motion critic, the caption-motion reward), and the realism critic's trainer (for ``refresh``;
+    None without a realism reward)."""
     if config.critic_refresh_every > 0 and config.realism_weight == 0:
         raise ValueError("critic_refresh_every > 0 needs a realism reward (realism_weight != 0)")
     rewards, critic = [], None
