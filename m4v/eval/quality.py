@@ -98,12 +98,12 @@ def degrade(frames: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def real_frames(count: int, frames: int, size: int, seed: int, speed: float = DEFAULT_SPEED,
-                path_frames: int | None = None) -> tuple[Tensor, list[str]]:
-    """``count`` single-object dataset videos as (count, frames, 3, size, size) in [0, 1], their
-    paths in view for ``path_frames`` frames (default: all); at the default speed an object whose
-    path does not fit the clip leaves the frame."""
-    data = ShapesVideoDataset(count, frames, size, size, seed=seed, two_object_fraction=0.0, speed=speed,
-                              path_frames=path_frames)
+                path_frames: int | None = None, two_object_fraction: float = 0.0) -> tuple[Tensor, list[str]]:
+    """``count`` dataset videos (single-object unless ``two_object_fraction``) as (count, frames,
+    3, size, size) in [0, 1], their paths in view for ``path_frames`` frames (default: all); at the
+    default speed an object whose path does not fit the clip leaves the frame."""
+    data = ShapesVideoDataset(count, frames, size, size, seed=seed, two_object_fraction=two_object_fraction,
+                              speed=speed, path_frames=path_frames)
     items = [data[i] for i in range(count)]
     return torch.stack([(v.permute(1, 0, 2, 3) + 1) / 2 for v, _ in items]), [c for _, c in items]
 

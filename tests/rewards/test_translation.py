@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from m4v.data import ShapesVideoDataset
 from m4v.data.shapes import BACKGROUND
 from m4v.eval.attributes import caption_objects
 from m4v.eval.quality import real_frames
@@ -15,12 +14,6 @@ from m4v.rewards.translation import ALL_FRAMES
 from m4v.training.reward import RewardTuneConfig, build_rewards, reward_loss
 
 FLIP = {"left": "right", "right": "left", "up": "down", "down": "up"}
-
-
-def _videos(count: int, frames: int, seed: int, **kwargs):
-    data = ShapesVideoDataset(count, frames, 64, 64, seed=seed, **kwargs)
-    items = [data[i] for i in range(count)]
-    return torch.stack([(v.permute(1, 0, 2, 3) + 1) / 2 for v, _ in items]), [c for _, c in items]
 
 
 def test_caption_objects_reads_every_object_in_drawing_order():
@@ -67,7 +60,7 @@ def test_real_videos_score_near_best_and_every_drift_lower():
 
 def test_two_object_scenes_move_each_object_its_own_way():
     reward = TranslationReward()
-    videos, captions = _videos(8, 17, seed=5, two_object_fraction=1.0)
+    videos, captions = real_frames(8, 17, 64, seed=5, two_object_fraction=1.0)
     scores = reward(videos[:, :5], captions)
     clear = [i for i, c in enumerate(captions) if len({o["colour"] for o in caption_objects(c)}) == 2]
     crossed = [" and ".join(f"a {o['colour']} {o['shape']} moving {FLIP[o['direction']]}" if k == 1 else
