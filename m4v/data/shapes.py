@@ -14,6 +14,8 @@ COLOURS = {"red": (1.0, 0.15, 0.15), "green": (0.15, 0.85, 0.2), "blue": (0.2, 0
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 BACKGROUND = (0.08, 0.08, 0.1)
 DEFAULT_SPEED = 0.03  # travel per frame as a fraction of the frame size
+# An object's radius, as a fraction of the shorter side: MIN_RADIUS + U(0, 1) * RADIUS_SPREAD.
+MIN_RADIUS, RADIUS_SPREAD = 0.08, 0.06
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class ShapesVideoDataset(Dataset):
             start = tuple(float(lo + (hi - lo) * torch.rand((), generator=gen)) if hi > lo else 0.5
                           for lo, hi in zip(low, high))
             objects.append(ShapeObject(pick(SHAPES), pick(tuple(COLOURS)), direction, start,
-                                       0.08 + 0.06 * float(torch.rand((), generator=gen))))
+                                       MIN_RADIUS + RADIUS_SPREAD * float(torch.rand((), generator=gen))))
         return ShapeScene(tuple(objects))
 
     def render(self, scene: ShapeScene, device: torch.device | str = "cpu") -> Tensor:

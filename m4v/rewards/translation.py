@@ -6,9 +6,14 @@ classifier) were each raised more cheaply by changing the object than by moving 
 emptied frames early, faded objects, or over-sharpened them (NOTES.md). This reward is not
 learned: its target is a concrete frame, built from the model's own first frame, so the way to
 score is to draw that frame's objects where the caption's motion has taken them by then, and
-let them leave when their path does. Its first version took the last frame before the rewarded
-unit as the anchor instead, and tuning found the way out that anchor leaves open: a faded or
-empty anchor asks for nothing, so fading early scored ever better (NOTES.md, twenty-ninth session).
+let them leave when their path does. Two ways out of a plain distance to that target were found
+by tuning (NOTES.md, twenty-ninth and thirtieth sessions), and each is priced here:
+
+- An uncertain object scores better faint or gone than drawn in a slightly wrong place (a
+  misplaced object costs its area twice in L1, a missing one once). So each object's colour mass
+  is compared with the target's as well: a missing object then costs as much as a misplaced one.
+- A faint or empty first frame asks for faint or empty frames after it. So the first frame is
+  scored too: by how far each captioned object's mass falls short of the dataset's smallest object.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from m4v.data.shapes import BACKGROUND, COLOURS, DEFAULT_SPEED, DIRECTIONS
+from m4v.data.shapes import BACKGROUND, COLOURS, DEFAULT_SPEED, DIRECTIONS, MIN_RADIUS, SHAPE_AREA
 from m4v.eval.attributes import caption_objects
 
 
@@ -30,80 +35,130 @@ ALL_FRAMES = sys.maxsize  # a reward's ``context`` asking for every frame before
 class TranslationReward:
     """Scores frames against the video's first frame moved as the caption says.
 
-    A pixel of the first frame belongs to its foreground as far as it is from the background
-    colour (fully from ``foreground`` on, not at all below a third of it: the decoder's faint noise
-    is not an object). Each foreground pixel goes to the captioned object of the nearest colour;
-    each object's share moves ``t * speed * (size - 1)`` pixels along its direction for frame t
-    (the dataset's motion: ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per
-    frame), over the plain background. Objects keep their first colour, shape and size, leave the
-    frame when their path does, and nothing else appears.
+    A pixel belongs to the foreground as far as it is from the background colour (fully from
+    ``foreground`` on, not at all below a third of it: the decoder's faint noise is not an object),
+    and to the captioned object of the nearest colour. Each object's share of the first frame moves
+    ``t * speed * (size - 1)`` pixels along its direction for frame t (the dataset's motion:
+    ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per frame), over the plain
+    background: objects keep their first colour, shape and size, leave the frame when their path
+    does, and nothing else appears. An object's mass in a frame is the mean over pixels of its
+    share times the pixel's mean absolute deviation from the background.
 
     Args:
         speed: travel per frame as a fraction of the frame size (the training data's).
         scale: the error that scores -1: about the mean deviation from the background of one
             object of the dataset's mean size, at any resolution (its share of the area).
         foreground: colour distance from the background at which a pixel counts fully as object.
+        mass_weight: weight of the mass term, in the L1 term's units. At 1 an object left out costs
+            as much as one drawn wholly in the wrong place; a fade costs twice its L1.
+        least_share: the share of the mass of the dataset's smallest object of its shape and colour
+            (``MIN_RADIUS``) each captioned object must have in the first frame: a little under 1,
+            as pixel edges and the decoder's blur take some.
 
-    Call with frames (batch, 1 + count, 3, H, W) in [0, 1], frame 0 the video's first (no gradient
-    flows into it; ``reward_loss`` passes every frame before the unit, ``context`` = ``ALL_FRAMES``),
-    and one caption per video. Returns (batch, count) scores of frames 1..count, -(mean absolute
-    error per pixel and channel) / ``scale``. A scene of two objects of one colour going different
-    ways is ambiguous: its scores are 0 (no gradient).
+    Call with frames (batch, 1 + count, 3, H, W) in [0, 1], frame 0 the video's first, and one
+    caption per video; ``reward_loss`` passes every frame before the unit (``context`` =
+    ``ALL_FRAMES``). Returns (batch, 1 + count) scores:
+
+    - frame 0: -(1 + mass_weight) * the sum over captioned objects of the share of ``least_share``
+      of the smallest object's mass that its mass falls short of: 0 for a real first frame,
+      -(1 + mass_weight) per object for an empty one;
+    - frames 1..count: -(mean absolute error per pixel and channel + mass_weight * the objects'
+      summed absolute mass errors) / ``scale``, against targets that carry no gradient.
+
+    A scene of two objects of one colour going different ways is ambiguous: its scores are 0 (no
+    gradient).
     """
 
     context = ALL_FRAMES
 
-    def __init__(self, speed: float = DEFAULT_SPEED, scale: float = 0.02, foreground: float = 0.1):
-        if speed < 0 or scale <= 0 or foreground <= 0:
-            raise ValueError(f"speed must be >= 0, scale and foreground > 0, got {speed}, {scale}, {foreground}")
+    def __init__(self, speed: float = DEFAULT_SPEED, scale: float = 0.02, foreground: float = 0.1,
+                 mass_weight: float = 1.0, least_share: float = 0.75):
+        if speed < 0 or scale <= 0 or foreground <= 0 or mass_weight < 0 or not 0 <= least_share <= 1:
+            raise ValueError(f"speed and mass_weight must be >= 0, scale and foreground > 0, least_share in [0, 1], "
+                             f"got speed {speed}, scale {scale}, foreground {foreground}, mass_weight {mass_weight}, "
+                             f"least_share {least_share}")
         self.speed, self.scale, self.foreground = speed, scale, foreground
+        self.mass_weight, self.least_share = mass_weight, least_share
 
     def __call__(self, frames: Tensor, prompts: Sequence[str]) -> Tensor:
-        if frames.dim() != 5 or frames.shape[2] != 3:
-            raise ValueError(f"frames must be (batch, frames, 3, H, W), got {tuple(frames.shape)}")
+        if frames.dim() != 5 or frames.shape[2] != 3 or frames.shape[1] == 0:
+            raise ValueError(f"frames must be (batch, frames >= 1, 3, H, W), got {tuple(frames.shape)}")
         if len(prompts) != frames.shape[0]:
             raise ValueError(f"prompts must hold one caption per video: {len(prompts)} for {frames.shape[0]} videos")
-        if frames.shape[1] < 2:
-            return frames.new_zeros(frames.shape[0], 0)
-        targets, ambiguous = self.targets(frames[:, 0].detach(), prompts, frames.shape[1] - 1)
-        error = (frames[:, 1:] - targets).abs().mean((2, 3, 4)) / self.scale
-        return -error.masked_fill(ambiguous[:, None], 0.0)
+        batch, count = frames.shape[0], frames.shape[1] - 1
+        scene = self.scene(prompts, *frames.shape[-2:], device=frames.device, dtype=frames.dtype)
+        mass = self.object_mass(frames.flatten(0, 1), scene["colour"].repeat_interleave(count + 1, 0),
+                                scene["present"].repeat_interleave(count + 1, 0)).view(batch, count + 1, -1)
+        shortfall = (1 - mass[:, 0] / scene["least_mass"].clamp_min(1e-12)).clamp_min(0)
+        first = -(1 + self.mass_weight) * (shortfall * (scene["least_mass"] > 0)).sum(1, keepdim=True)
+        if count:
+            targets = self.targets(frames[:, 0].detach(), scene, count)
+            target_mass = self.object_mass(targets.flatten(0, 1), scene["colour"].repeat_interleave(count, 0),
+                                           scene["present"].repeat_interleave(count, 0)).view(batch, count, -1)
+            error = (frames[:, 1:] - targets).abs().mean((2, 3, 4))
+            error = error + self.mass_weight * (mass[:, 1:] - target_mass).abs().sum(2)
+            first = torch.cat([first, -error / self.scale], 1)
+        return first.masked_fill(scene["ambiguous"][:, None], 0.0)
 
-    def targets(self, anchor: Tensor, prompts: Sequence[str], count: int) -> tuple[Tensor, Tensor]:
-        """Frames 1..count (batch, count, 3, H, W) that the caption's motion makes of the first frame
-        ``anchor`` (batch, 3, H, W), and which videos (batch,) are ambiguous."""
-        batch, _, height, width = anchor.shape
-        device, dtype = anchor.device, anchor.dtype
-        background = torch.tensor(BACKGROUND, device=device, dtype=dtype).view(1, 3, 1, 1)
-        deviation = anchor - background
-        distance = deviation.norm(dim=1, keepdim=True)
-        share = ((distance - self.foreground / 3) / (self.foreground * 2 / 3)).clamp(0, 1)  # (batch, 1, H, W)
-
+    def scene(self, prompts: Sequence[str], height: int, width: int, device: torch.device,
+              dtype: torch.dtype) -> dict[str, Tensor]:
+        """The captions' objects, one slot each (batch, slots): ``colour`` (.., 3), ``step`` (.., 2)
+        in pixels per frame (rows, cols), ``present``, ``least_mass`` (``least_share`` of the mass of
+        the dataset's smallest such object, all on the first slot of its colour, which the
+        nearest-colour assignment gives every pixel of that colour), and ``ambiguous`` (batch,)."""
         scenes = [caption_objects(p) for p in prompts]
-        slots = max(len(objects) for objects in scenes)
-        colour = torch.zeros(batch, slots, 3, device=device, dtype=dtype)
-        step = torch.zeros(batch, slots, 2, device=device, dtype=dtype)  # pixels per frame, (rows, cols)
-        present = torch.zeros(batch, slots, dtype=torch.bool, device=device)
-        ambiguous = torch.zeros(batch, dtype=torch.bool, device=device)
+        batch, slots = len(scenes), max(len(objects) for objects in scenes)
+        colour = torch.zeros(batch, slots, 3, dtype=torch.float64)
+        step = torch.zeros(batch, slots, 2, dtype=torch.float64)
+        present = torch.zeros(batch, slots, dtype=torch.bool)
+        least_mass = torch.zeros(batch, slots, dtype=torch.float64)
+        ambiguous = torch.zeros(batch, dtype=torch.bool)
+        background = torch.tensor(BACKGROUND, dtype=torch.float64)
+        # The smallest radius's squared share of the frame, times least_share; times SHAPE_AREA, an area share.
+        least_area = self.least_share * MIN_RADIUS ** 2 * min(height, width) ** 2 / (height * width)
         for b, objects in enumerate(scenes):
             for s, obj in enumerate(objects):
-                colour[b, s] = torch.tensor(COLOURS[obj["colour"]], dtype=dtype)
+                colour[b, s] = torch.tensor(COLOURS[obj["colour"]], dtype=torch.float64)
                 dy, dx = DIRECTIONS[obj["direction"]]
-                step[b, s] = torch.tensor((dy * self.speed * (height - 1), dx * self.speed * (width - 1)), dtype=dtype)
+                step[b, s] = torch.tensor((dy * self.speed * (height - 1), dx * self.speed * (width - 1)))
                 present[b, s] = True
+                first_of_colour = next(i for i, o in enumerate(objects) if o["colour"] == obj["colour"])
+                least_mass[b, first_of_colour] += (least_area * SHAPE_AREA[obj["shape"]]
+                                                   * float((colour[b, s] - background).abs().mean()))
             ambiguous[b] = any(a["colour"] == o["colour"] and a["direction"] != o["direction"]
                                for i, a in enumerate(objects) for o in objects[i + 1:])
+        scene = {"colour": colour, "step": step, "present": present, "least_mass": least_mass, "ambiguous": ambiguous}
+        return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in scene.items()}
 
-        # Each pixel to the present object of the nearest colour.
-        colour_distance = (anchor[:, None] - colour[:, :, :, None, None]).norm(dim=2)  # (batch, slots, H, W)
+    def layers(self, frames: Tensor, colour: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        """Each object's share (N, slots, H, W) of frames (N, 3, H, W), given its colour (N, slots,
+        3) and whether its slot is used (N, slots); and the frames' deviation (N, 3, H, W) from the
+        background."""
+        background = torch.tensor(BACKGROUND, device=frames.device, dtype=frames.dtype).view(1, 3, 1, 1)
+        deviation = frames - background
+        share = ((deviation.norm(dim=1, keepdim=True) - self.foreground / 3) / (self.foreground * 2 / 3)).clamp(0, 1)
+        colour_distance = (frames[:, None] - colour[:, :, :, None, None]).norm(dim=2)  # (N, slots, H, W)
         colour_distance = colour_distance.masked_fill(~present[:, :, None, None], float("inf"))
-        owner = F.one_hot(colour_distance.argmin(1), slots).permute(0, 3, 1, 2).to(dtype)  # (batch, slots, H, W)
-        layers = (share * owner)[:, :, None] * deviation[:, None]  # (batch, slots, 3, H, W)
+        owner = F.one_hot(colour_distance.argmin(1), colour.shape[1]).permute(0, 3, 1, 2).to(frames.dtype)
+        return share * owner, deviation
+
+    def object_mass(self, frames: Tensor, colour: Tensor, present: Tensor) -> Tensor:
+        """Each object's mass (N, slots) in frames (N, 3, H, W) (``layers`` gives the arguments)."""
+        shares, deviation = self.layers(frames, colour, present)
+        return (shares * deviation.abs().mean(1, keepdim=True)).mean((2, 3))
+
+    def targets(self, anchor: Tensor, scene: dict[str, Tensor], count: int) -> Tensor:
+        """Frames 1..count (batch, count, 3, H, W) that the caption's motion makes of the first frame
+        ``anchor`` (batch, 3, H, W), for the objects of ``scene`` (``TranslationReward.scene``)."""
+        batch, _, height, width = anchor.shape
+        shares, deviation = self.layers(anchor, scene["colour"], scene["present"])
+        slots = shares.shape[1]
+        layers = shares[:, :, None] * deviation[:, None]  # (batch, slots, 3, H, W)
 
         # Frame t moves each layer by t steps: output(p) = layer(p - shift), zeros (background) moving in.
-        time = torch.arange(1, count + 1, device=device, dtype=dtype).view(1, count, 1, 1)
-        shift = time * step[:, None]  # (batch, count, slots, 2)
-        theta = torch.zeros(batch, count, slots, 2, 3, device=device, dtype=dtype)
+        time = torch.arange(1, count + 1, device=anchor.device, dtype=anchor.dtype).view(1, count, 1, 1)
+        shift = time * scene["step"][:, None]  # (batch, count, slots, 2)
+        theta = torch.zeros(batch, count, slots, 2, 3, device=anchor.device, dtype=anchor.dtype)
         theta[..., 0, 0] = theta[..., 1, 1] = 1
         theta[..., 0, 2] = -2 * shift[..., 1] / max(width - 1, 1)   # x: columns, align_corners=True units
         theta[..., 1, 2] = -2 * shift[..., 0] / max(height - 1, 1)  # y: rows
@@ -111,7 +166,7 @@ class TranslationReward:
         grid = F.affine_grid(theta.view(-1, 2, 3), list(moved_input.shape), align_corners=True)
         moved = F.grid_sample(moved_input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         moved = moved.view(batch, count, slots, 3, height, width).sum(2)
-        return (background[:, None] + moved).clamp(0, 1), ambiguous
+        return (anchor[:, None] - deviation[:, None] + moved).clamp(0, 1)  # anchor - deviation: the background
 
 
 __all__ = ["TranslationReward", "ALL_FRAMES"]

@@ -99,7 +99,7 @@ def reward_loss(pipe: M4VPipeline, prompts: Sequence[str], rewards: Sequence[tup
     for reward, weight in rewards:
         wanted = context_frames(pipe, unit, getattr(reward, "context", 0))
         # The unit's own frames' scores only: a reward that scores its context frames too (the caption-motion
-        # reward scores every frame after the first) would only add constants, as their latents carry no gradient.
+        # reward scores every frame) would only add constants, as their latents carry no gradient.
         scores = reward(frames[:, extra - wanted:], prompts)[:, -(frames.shape[1] - extra):]
         if scores.numel():
             loss = loss - weight * scores.mean()
@@ -210,7 +210,8 @@ class RewardTuneConfig:
     motion_critic_steps: int = 300
     motion_faded_share: float = 0.0   # objects fading in place join its fakes, this many per jump (faded_pairs)
     # The caption-motion reward (m4v.rewards.translation): each rewarded frame against the video's first
-    # frame with its objects moved as the caption says, at the training data's speed.
+    # frame with its objects moved as the caption says, at the training data's speed, and the first
+    # frame (unit 0) by how far its objects' mass falls short of the dataset's smallest object.
     translation_weight: float = 0.0
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
     # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
