@@ -13,7 +13,9 @@ by tuning (NOTES.md, twenty-ninth and thirtieth sessions), and each is priced he
   misplaced object costs its area twice in L1, a missing one once). So each object's colour mass
   is compared with the target's as well: a missing object then costs as much as a misplaced one.
 - A faint or empty first frame asks for faint or empty frames after it. So the first frame is
-  scored too: by how far each captioned object's mass falls short of the dataset's smallest object.
+  scored too: by how far each captioned object's solid area falls short of the dataset's smallest
+  object. Area, not mass: a faint haze over the whole frame has the mass of an object, and a
+  harsh CPU pilot found that way out of a mass guard in 16 steps.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class TranslationReward:
     ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per frame), over the plain
     background: objects keep their first colour, shape and size, leave the frame when their path
     does, and nothing else appears. An object's mass in a frame is the mean over pixels of its
-    share times the pixel's mean absolute deviation from the background.
+    share times the pixel's mean absolute deviation from the background; its solid area, the mean
+    over its pixels of how close each is to the full colour (nothing below ``solid[0]`` of the
+    colour's distance from the background, fully from ``solid[1]``).
 
     Args:
         speed: travel per frame as a fraction of the frame size (the training data's).
@@ -51,17 +55,19 @@ class TranslationReward:
         foreground: colour distance from the background at which a pixel counts fully as object.
         mass_weight: weight of the mass term, in the L1 term's units. At 1 an object left out costs
             as much as one drawn wholly in the wrong place; a fade costs twice its L1.
-        least_share: the share of the mass of the dataset's smallest object of its shape and colour
-            (``MIN_RADIUS``) each captioned object must have in the first frame: a little under 1,
-            as pixel edges and the decoder's blur take some.
+        least_share: the share of the area of the dataset's smallest object of its shape
+            (``MIN_RADIUS``) each captioned object must cover solidly in the first frame: a little
+            under 1, as pixel edges and the decoder's blur take some.
+        solid: the shares of a colour's distance from the background between which a pixel's
+            solidity ramps from 0 to 1.
 
     Call with frames (batch, 1 + count, 3, H, W) in [0, 1], frame 0 the video's first, and one
     caption per video; ``reward_loss`` passes every frame before the unit (``context`` =
     ``ALL_FRAMES``). Returns (batch, 1 + count) scores:
 
     - frame 0: -(1 + mass_weight) * the sum over captioned objects of the share of ``least_share``
-      of the smallest object's mass that its mass falls short of: 0 for a real first frame,
-      -(1 + mass_weight) per object for an empty one;
+      of the smallest object's area that its solid area falls short of: 0 for a real first frame,
+      -(1 + mass_weight) per object for an empty or hazy one;
     - frames 1..count: -(mean absolute error per pixel and channel + mass_weight * the objects'
       summed absolute mass errors) / ``scale``, against targets that carry no gradient.
 
@@ -72,13 +78,15 @@ class TranslationReward:
     context = ALL_FRAMES
 
     def __init__(self, speed: float = DEFAULT_SPEED, scale: float = 0.02, foreground: float = 0.1,
-                 mass_weight: float = 1.0, least_share: float = 0.75):
+                 mass_weight: float = 1.0, least_share: float = 0.75, solid: tuple[float, float] = (0.2, 0.7)):
         if speed < 0 or scale <= 0 or foreground <= 0 or mass_weight < 0 or not 0 <= least_share <= 1:
             raise ValueError(f"speed and mass_weight must be >= 0, scale and foreground > 0, least_share in [0, 1], "
                              f"got speed {speed}, scale {scale}, foreground {foreground}, mass_weight {mass_weight}, "
                              f"least_share {least_share}")
+        if not 0 <= solid[0] < solid[1] <= 1:
+            raise ValueError(f"solid must be two increasing shares in [0, 1], got {solid}")
         self.speed, self.scale, self.foreground = speed, scale, foreground
-        self.mass_weight, self.least_share = mass_weight, least_share
+        self.mass_weight, self.least_share, self.solid = mass_weight, least_share, solid
 
     def __call__(self, frames: Tensor, prompts: Sequence[str]) -> Tensor:
         if frames.dim() != 5 or frames.shape[2] != 3 or frames.shape[1] == 0:
@@ -89,8 +97,9 @@ class TranslationReward:
         scene = self.scene(prompts, *frames.shape[-2:], device=frames.device, dtype=frames.dtype)
         mass = self.object_mass(frames.flatten(0, 1), scene["colour"].repeat_interleave(count + 1, 0),
                                 scene["present"].repeat_interleave(count + 1, 0)).view(batch, count + 1, -1)
-        shortfall = (1 - mass[:, 0] / scene["least_mass"].clamp_min(1e-12)).clamp_min(0)
-        first = -(1 + self.mass_weight) * (shortfall * (scene["least_mass"] > 0)).sum(1, keepdim=True)
+        area = self.solid_area(frames[:, 0], scene["colour"], scene["present"])
+        shortfall = (1 - area / scene["least_area"].clamp_min(1e-12)).clamp_min(0)
+        first = -(1 + self.mass_weight) * (shortfall * (scene["least_area"] > 0)).sum(1, keepdim=True)
         if count:
             targets = self.targets(frames[:, 0].detach(), scene, count)
             target_mass = self.object_mass(targets.flatten(0, 1), scene["colour"].repeat_interleave(count, 0),
@@ -103,19 +112,19 @@ class TranslationReward:
     def scene(self, prompts: Sequence[str], height: int, width: int, device: torch.device,
               dtype: torch.dtype) -> dict[str, Tensor]:
         """The captions' objects, one slot each (batch, slots): ``colour`` (.., 3), ``step`` (.., 2)
-        in pixels per frame (rows, cols), ``present``, ``least_mass`` (``least_share`` of the mass of
-        the dataset's smallest such object, all on the first slot of its colour, which the
-        nearest-colour assignment gives every pixel of that colour), and ``ambiguous`` (batch,)."""
+        in pixels per frame (rows, cols), ``present``, ``least_area`` (``least_share`` of the share
+        of the frame the dataset's smallest such object covers, all on the first slot of its colour,
+        which the nearest-colour assignment gives every pixel of that colour), and ``ambiguous``
+        (batch,)."""
         scenes = [caption_objects(p) for p in prompts]
         batch, slots = len(scenes), max(len(objects) for objects in scenes)
         colour = torch.zeros(batch, slots, 3, dtype=torch.float64)
         step = torch.zeros(batch, slots, 2, dtype=torch.float64)
         present = torch.zeros(batch, slots, dtype=torch.bool)
-        least_mass = torch.zeros(batch, slots, dtype=torch.float64)
+        least_area = torch.zeros(batch, slots, dtype=torch.float64)
         ambiguous = torch.zeros(batch, dtype=torch.bool)
-        background = torch.tensor(BACKGROUND, dtype=torch.float64)
         # The smallest radius's squared share of the frame, times least_share; times SHAPE_AREA, an area share.
-        least_area = self.least_share * MIN_RADIUS ** 2 * min(height, width) ** 2 / (height * width)
+        least_radius_area = self.least_share * MIN_RADIUS ** 2 * min(height, width) ** 2 / (height * width)
         for b, objects in enumerate(scenes):
             for s, obj in enumerate(objects):
                 colour[b, s] = torch.tensor(COLOURS[obj["colour"]], dtype=torch.float64)
@@ -123,11 +132,10 @@ class TranslationReward:
                 step[b, s] = torch.tensor((dy * self.speed * (height - 1), dx * self.speed * (width - 1)))
                 present[b, s] = True
                 first_of_colour = next(i for i, o in enumerate(objects) if o["colour"] == obj["colour"])
-                least_mass[b, first_of_colour] += (least_area * SHAPE_AREA[obj["shape"]]
-                                                   * float((colour[b, s] - background).abs().mean()))
+                least_area[b, first_of_colour] += least_radius_area * SHAPE_AREA[obj["shape"]]
             ambiguous[b] = any(a["colour"] == o["colour"] and a["direction"] != o["direction"]
                                for i, a in enumerate(objects) for o in objects[i + 1:])
-        scene = {"colour": colour, "step": step, "present": present, "least_mass": least_mass, "ambiguous": ambiguous}
+        scene = {"colour": colour, "step": step, "present": present, "least_area": least_area, "ambiguous": ambiguous}
         return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in scene.items()}
 
     def layers(self, frames: Tensor, colour: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,6 +154,16 @@ class TranslationReward:
         """Each object's mass (N, slots) in frames (N, 3, H, W) (``layers`` gives the arguments)."""
         shares, deviation = self.layers(frames, colour, present)
         return (shares * deviation.abs().mean(1, keepdim=True)).mean((2, 3))
+
+    def solid_area(self, frames: Tensor, colour: Tensor, present: Tensor) -> Tensor:
+        """Each object's solid area (N, slots) in frames (N, 3, H, W), as a share of the frame
+        (``layers`` gives the arguments)."""
+        shares, deviation = self.layers(frames, colour, present)
+        background = torch.tensor(BACKGROUND, device=frames.device, dtype=frames.dtype).view(1, 1, 3)
+        reach = (colour - background).norm(dim=2)[:, :, None, None]  # (N, slots, 1, 1)
+        strength = deviation.norm(dim=1, keepdim=True) / reach
+        solidity = ((strength - self.solid[0]) / (self.solid[1] - self.solid[0])).clamp(0, 1)
+        return ((shares > 0) * solidity).mean((2, 3))
 
     def targets(self, anchor: Tensor, scene: dict[str, Tensor], count: int) -> Tensor:
         """Frames 1..count (batch, count, 3, H, W) that the caption's motion makes of the first frame

@@ -110,6 +110,9 @@ def test_an_empty_or_faint_first_frame_is_scored_and_pushed_back():
     scores = reward(background.expand(4, 5, 3, 64, 64), captions)
     assert torch.allclose(scores, torch.tensor([[-2.0, 0, 0, 0, 0], [-4, 0, 0, 0, 0], [-2, 0, 0, 0, 0], [0] * 5]),
                           atol=1e-5)
+    # A haze over the whole frame has several objects' mass, but no solid area: it scores as empty.
+    haze = background + torch.tensor([0.06, 0.06, 0.05]).view(1, 1, 3, 1, 1)
+    assert torch.allclose(reward(haze.expand(4, 5, 3, 64, 64), captions)[:, 0], scores[:, 0], atol=1e-5)
     real, captions = real_frames(8, 5, 64, seed=3, two_object_fraction=0.5)
     assert bool((reward(real, captions)[:, 0] == 0).all())
     faint = (background + 0.25 * (real - background)).requires_grad_(True)
@@ -138,6 +141,8 @@ def test_bad_input_is_named():
         TranslationReward(mass_weight=-1.0)
     with pytest.raises(ValueError, match="least_share"):
         TranslationReward(least_share=1.5)
+    with pytest.raises(ValueError, match="solid"):
+        TranslationReward(solid=(0.7, 0.2))
 
 
 def test_build_rewards_adds_the_translation_reward():
