@@ -1,19 +1,23 @@
-"""A caption-motion reward for the shapes videos: each frame should be the video's first frame
-with every captioned object carried along its caption's direction at the dataset's speed.
+"""A caption-motion reward for the shapes videos: each frame should be an early frame of the
+video (the anchor) with every captioned object carried along its caption's direction at the
+dataset's speed.
 
 The learned rewards (the per-frame realism critic, the pair motion critic, the attribute
 classifier) were each raised more cheaply by changing the object than by moving it right: tuning
 emptied frames early, faded objects, or over-sharpened them (NOTES.md). This reward is not
-learned: its target is a concrete frame, built from the model's own first frame, so the way to
+learned: its target is a concrete frame, built from the model's own anchor frame, so the way to
 score is to draw that frame's objects where the caption's motion has taken them by then, and
-let them leave when their path does. Two ways out of a plain distance to that target were found
-by tuning (NOTES.md, twenty-ninth and thirtieth sessions), and each is priced here:
+let them leave when their path does. The anchor is not the first frame for the m4v models: their
+first frame is a unit of its own, drawn worse than the frames after it (stray blobs, broken
+shapes), and a run anchored there copied its flaws into every frame (NOTES.md, thirtieth
+session). Two ways out of a plain distance to that target were found by tuning (NOTES.md,
+twenty-ninth and thirtieth sessions), and each is priced here:
 
 - An uncertain object scores better faint or gone than drawn in a slightly wrong place (a
   misplaced object costs its area twice in L1, a missing one once). So each object's colour mass
   is compared with the target's as well: a missing object then costs as much as a misplaced one.
-- A faint or empty first frame asks for faint or empty frames after it. So the first frame is
-  scored too: by how far each captioned object's solid area falls short of the dataset's smallest
+- A faint or empty anchor asks for faint or empty frames around it. So the anchor is scored
+  too: by how far each captioned object's solid area falls short of the dataset's smallest
   object. Area, not mass: a faint haze over the whole frame has the mass of an object, and a
   harsh CPU pilot found that way out of a mass guard in 16 steps.
 """
@@ -35,12 +39,13 @@ ALL_FRAMES = sys.maxsize  # a reward's ``context`` asking for every frame before
 
 
 class TranslationReward:
-    """Scores frames against the video's first frame moved as the caption says.
+    """Scores frames against the video's anchor frame moved as the caption says.
 
     A pixel belongs to the foreground as far as it is from the background colour (fully from
     ``foreground`` on, not at all below a third of it: the decoder's faint noise is not an object),
-    and to the captioned object of the nearest colour. Each object's share of the first frame moves
-    ``t * speed * (size - 1)`` pixels along its direction for frame t (the dataset's motion:
+    and to the captioned object of the nearest colour. Each object's share of the anchor frame a
+    moves ``(t - a) * speed * (size - 1)`` pixels along its direction for frame t (backwards before
+    the anchor; the dataset's motion:
     ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per frame), over the plain
     background: objects keep their first colour, shape and size, leave the frame when their path
     does, and nothing else appears. An object's mass in a frame is the mean over pixels of its
@@ -56,19 +61,22 @@ class TranslationReward:
         mass_weight: weight of the mass term, in the L1 term's units. At 1 an object left out costs
             as much as one drawn wholly in the wrong place; a fade costs twice its L1.
         least_share: the share of the area of the dataset's smallest object of its shape
-            (``MIN_RADIUS``) each captioned object must cover solidly in the first frame: a little
+            (``MIN_RADIUS``) each captioned object must cover solidly in the anchor: a little
             under 1, as pixel edges and the decoder's blur take some.
         solid: the shares of a colour's distance from the background between which a pixel's
             solidity ramps from 0 to 1.
+        anchor_frame: the anchor's index in the video (``build_rewards``: the last frame of the
+            m4v models' first video unit).
 
-    Call with frames (batch, 1 + count, 3, H, W) in [0, 1], frame 0 the video's first, and one
+    Call with frames (batch, frames, 3, H, W) in [0, 1] from the video's first frame on, and one
     caption per video; ``reward_loss`` passes every frame before the unit (``context`` =
-    ``ALL_FRAMES``). Returns (batch, 1 + count) scores:
+    ``ALL_FRAMES``). Returns (batch, frames) scores, all 0 (nothing to score) while the video
+    does not reach the anchor yet:
 
-    - frame 0: -(1 + mass_weight) * the sum over captioned objects of the share of ``least_share``
-      of the smallest object's area that its solid area falls short of: 0 for a real first frame,
-      -(1 + mass_weight) per object for an empty or hazy one;
-    - frames 1..count: -(mean absolute error per pixel and channel + mass_weight * the objects'
+    - the anchor: -(1 + mass_weight) * the sum over captioned objects of the share of
+      ``least_share`` of the smallest object's area that its solid area falls short of: 0 for a
+      real frame, -(1 + mass_weight) per object for an empty or hazy one;
+    - every other frame: -(mean absolute error per pixel and channel + mass_weight * the objects'
       summed absolute mass errors) / ``scale``, against targets that carry no gradient.
 
     A scene of two objects of one colour going different ways is ambiguous: its scores are 0 (no
@@ -78,36 +86,45 @@ class TranslationReward:
     context = ALL_FRAMES
 
     def __init__(self, speed: float = DEFAULT_SPEED, scale: float = 0.02, foreground: float = 0.1,
-                 mass_weight: float = 1.0, least_share: float = 0.75, solid: tuple[float, float] = (0.2, 0.7)):
+                 mass_weight: float = 1.0, least_share: float = 0.75, solid: tuple[float, float] = (0.2, 0.7),
+                 anchor_frame: int = 0):
         if speed < 0 or scale <= 0 or foreground <= 0 or mass_weight < 0 or not 0 <= least_share <= 1:
             raise ValueError(f"speed and mass_weight must be >= 0, scale and foreground > 0, least_share in [0, 1], "
                              f"got speed {speed}, scale {scale}, foreground {foreground}, mass_weight {mass_weight}, "
                              f"least_share {least_share}")
         if not 0 <= solid[0] < solid[1] <= 1:
             raise ValueError(f"solid must be two increasing shares in [0, 1], got {solid}")
+        if anchor_frame < 0:
+            raise ValueError(f"anchor_frame must be >= 0, got {anchor_frame}")
         self.speed, self.scale, self.foreground = speed, scale, foreground
         self.mass_weight, self.least_share, self.solid = mass_weight, least_share, solid
+        self.anchor_frame = anchor_frame
 
     def __call__(self, frames: Tensor, prompts: Sequence[str]) -> Tensor:
         if frames.dim() != 5 or frames.shape[2] != 3 or frames.shape[1] == 0:
             raise ValueError(f"frames must be (batch, frames >= 1, 3, H, W), got {tuple(frames.shape)}")
         if len(prompts) != frames.shape[0]:
             raise ValueError(f"prompts must hold one caption per video: {len(prompts)} for {frames.shape[0]} videos")
-        batch, count = frames.shape[0], frames.shape[1] - 1
+        batch, length, anchor = frames.shape[0], frames.shape[1], self.anchor_frame
+        if length <= anchor:
+            return frames.new_zeros(batch, length)
         scene = self.scene(prompts, *frames.shape[-2:], device=frames.device, dtype=frames.dtype)
-        mass = self.object_mass(frames.flatten(0, 1), scene["colour"].repeat_interleave(count + 1, 0),
-                                scene["present"].repeat_interleave(count + 1, 0)).view(batch, count + 1, -1)
-        area = self.solid_area(frames[:, 0], scene["colour"], scene["present"])
+        area = self.solid_area(frames[:, anchor], scene["colour"], scene["present"])
         shortfall = (1 - area / scene["least_area"].clamp_min(1e-12)).clamp_min(0)
-        first = -(1 + self.mass_weight) * (shortfall * (scene["least_area"] > 0)).sum(1, keepdim=True)
-        if count:
-            targets = self.targets(frames[:, 0].detach(), scene, count)
-            target_mass = self.object_mass(targets.flatten(0, 1), scene["colour"].repeat_interleave(count, 0),
-                                           scene["present"].repeat_interleave(count, 0)).view(batch, count, -1)
-            error = (frames[:, 1:] - targets).abs().mean((2, 3, 4))
-            error = error + self.mass_weight * (mass[:, 1:] - target_mass).abs().sum(2)
-            first = torch.cat([first, -error / self.scale], 1)
-        return first.masked_fill(scene["ambiguous"][:, None], 0.0)
+        scores = frames.new_zeros(batch, length)
+        scores[:, anchor] = -(1 + self.mass_weight) * (shortfall * (scene["least_area"] > 0)).sum(1)
+        others = [t for t in range(length) if t != anchor]
+        if others:
+            offsets = torch.tensor(others, device=frames.device, dtype=frames.dtype) - anchor
+            targets = self.targets(frames[:, anchor].detach(), scene, offsets)
+            colour = scene["colour"].repeat_interleave(len(others), 0)
+            present = scene["present"].repeat_interleave(len(others), 0)
+            mass = self.object_mass(frames[:, others].flatten(0, 1), colour, present).view(batch, len(others), -1)
+            target_mass = self.object_mass(targets.flatten(0, 1), colour, present).view(batch, len(others), -1)
+            error = (frames[:, others] - targets).abs().mean((2, 3, 4))
+            error = error + self.mass_weight * (mass - target_mass).abs().sum(2)
+            scores[:, others] = -error / self.scale
+        return scores.masked_fill(scene["ambiguous"][:, None], 0.0)
 
     def scene(self, prompts: Sequence[str], height: int, width: int, device: torch.device,
               dtype: torch.dtype) -> dict[str, Tensor]:
@@ -165,17 +182,18 @@ class TranslationReward:
         solidity = ((strength - self.solid[0]) / (self.solid[1] - self.solid[0])).clamp(0, 1)
         return ((shares > 0) * solidity).mean((2, 3))
 
-    def targets(self, anchor: Tensor, scene: dict[str, Tensor], count: int) -> Tensor:
-        """Frames 1..count (batch, count, 3, H, W) that the caption's motion makes of the first frame
-        ``anchor`` (batch, 3, H, W), for the objects of ``scene`` (``TranslationReward.scene``)."""
+    def targets(self, anchor: Tensor, scene: dict[str, Tensor], offsets: Tensor) -> Tensor:
+        """The frames (batch, count, 3, H, W) that the caption's motion makes of the frame ``anchor``
+        (batch, 3, H, W) ``offsets`` (count,) frames after it (before it where negative), for the
+        objects of ``scene`` (``TranslationReward.scene``)."""
         batch, _, height, width = anchor.shape
         shares, deviation = self.layers(anchor, scene["colour"], scene["present"])
         slots = shares.shape[1]
         layers = shares[:, :, None] * deviation[:, None]  # (batch, slots, 3, H, W)
 
-        # Frame t moves each layer by t steps: output(p) = layer(p - shift), zeros (background) moving in.
-        time = torch.arange(1, count + 1, device=anchor.device, dtype=anchor.dtype).view(1, count, 1, 1)
-        shift = time * scene["step"][:, None]  # (batch, count, slots, 2)
+        # Offset t moves each layer by t steps: output(p) = layer(p - shift), zeros (background) moving in.
+        count = offsets.numel()
+        shift = offsets.view(1, count, 1, 1) * scene["step"][:, None]  # (batch, count, slots, 2)
         theta = torch.zeros(batch, count, slots, 2, 3, device=anchor.device, dtype=anchor.dtype)
         theta[..., 0, 0] = theta[..., 1, 1] = 1
         theta[..., 0, 2] = -2 * shift[..., 1] / max(width - 1, 1)   # x: columns, align_corners=True units

@@ -209,9 +209,9 @@ class RewardTuneConfig:
     motion_weight: float = 0.0
     motion_critic_steps: int = 300
     motion_faded_share: float = 0.0   # objects fading in place join its fakes, this many per jump (faded_pairs)
-    # The caption-motion reward (m4v.rewards.translation): each rewarded frame against the video's first
-    # frame with its objects moved as the caption says, at the training data's speed, and the first
-    # frame (unit 0) by how far its objects' mass falls short of the dataset's smallest object.
+    # The caption-motion reward (m4v.rewards.translation): each rewarded frame against the first
+    # video unit's last frame with its objects moved as the caption says, at the training data's speed, and
+    # that anchor by how far its objects' solid area falls short of the dataset's smallest object.
     translation_weight: float = 0.0
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
     # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
@@ -324,7 +324,9 @@ def build_rewards(pipe: M4VPipeline, config: RewardTuneConfig) -> tuple[list[tup
     if config.motion_weight != 0:
         rewards.append((RealismReward(motion_critic(pipe, config).to(pipe.device)), config.motion_weight))
     if config.translation_weight != 0:
-        rewards.append((TranslationReward(speed=DEFAULT_SPEED), config.translation_weight))
+        # Anchored on the last frame of the first video unit: the first frame, a unit of its own, is drawn worse.
+        anchor = pipe.autoencoder.num_frames(2) - 1  # units 0 and 1 hold num_frames(2) frames
+        rewards.append((TranslationReward(speed=DEFAULT_SPEED, anchor_frame=anchor), config.translation_weight))
     return rewards, critic
 
 

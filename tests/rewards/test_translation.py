@@ -58,6 +58,24 @@ def test_real_videos_score_near_best_and_every_drift_lower():
     assert float(reward(real, wrong_direction)[:, in_view].mean()) < float(real_scores[:, in_view].mean()) - 0.6
 
 
+def test_a_later_anchor_scores_the_frames_before_it_too_and_ignores_a_flawed_first_frame():
+    reward = TranslationReward(anchor_frame=4)
+    real, captions = real_frames(6, 17, 64, seed=9)
+    scores = reward(real, captions)
+    assert scores.shape == (6, 17) and bool((scores[:, 4] == 0).all()) and float(scores.mean(0).min()) > -0.2
+    wrong_direction = [c.rsplit(" ", 1)[0] + " " + FLIP[c.rsplit(" ", 1)[1]] for c in captions]
+    wrong = reward(real, wrong_direction)
+    for frames in (slice(0, 2), slice(7, 17)):  # before and after the anchor: the motion runs both ways
+        assert float(wrong[:, frames].mean()) < float(scores[:, frames].mean()) - 0.4, frames
+    # The models' first frame is their worst; a blob there costs that frame only.
+    flawed = real.clone()
+    flawed[:, 0, :, 40:50, 5:15] = 1.0
+    flawed_scores = reward(flawed, captions)
+    assert torch.equal(flawed_scores[:, 1:], scores[:, 1:]) and bool((flawed_scores[:, 0] < scores[:, 0] - 0.3).all())
+    # Not reaching the anchor yet: nothing to score.
+    assert torch.equal(reward(real[:, :4], captions), torch.zeros(6, 4))
+
+
 def test_two_object_scenes_move_each_object_its_own_way():
     reward = TranslationReward()
     videos, captions = real_frames(8, 17, 64, seed=5, two_object_fraction=1.0)
@@ -143,15 +161,19 @@ def test_bad_input_is_named():
         TranslationReward(least_share=1.5)
     with pytest.raises(ValueError, match="solid"):
         TranslationReward(solid=(0.7, 0.2))
+    with pytest.raises(ValueError, match="anchor_frame"):
+        TranslationReward(anchor_frame=-1)
 
 
 def test_build_rewards_adds_the_translation_reward():
     config = RewardTuneConfig(height=32, width=32, max_unit=2, frames=5, attribute_weight=0.0, realism_weight=0.0,
                               translation_weight=2.0)
-    rewards, realism = build_rewards(M4VPipeline.from_preset(seed=0), config)
+    pipe = M4VPipeline.from_preset(seed=0)
+    rewards, realism = build_rewards(pipe, config)
     assert realism is None and len(rewards) == 1
     reward, weight = rewards[0]
     assert isinstance(reward, TranslationReward) and reward.context == ALL_FRAMES and weight == 2.0
+    assert reward.anchor_frame == pipe.autoencoder.temporal_factor  # the last frame of unit 1
 
 
 class _AllFramesRecorder:
