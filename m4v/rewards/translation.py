@@ -47,7 +47,7 @@ class TranslationReward:
     moves ``(t - a) * speed * (size - 1)`` pixels along its direction for frame t (backwards before
     the anchor; the dataset's motion:
     ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per frame), over the plain
-    background: objects keep their first colour, shape and size, leave the frame when their path
+    background: objects keep the anchor's colour, shape and size, leave the frame when their path
     does, and nothing else appears. An object's mass in a frame is the mean over pixels of its
     share times the pixel's mean absolute deviation from the background; its solid area, the mean
     over its pixels of how close each is to the full colour (nothing below ``solid[0]`` of the

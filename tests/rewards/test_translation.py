@@ -96,11 +96,11 @@ def test_ambiguous_scenes_score_zero_and_the_targets_carry_no_gradient():
     scores = reward(frames, captions)
     assert scores.shape == (2, 5) and bool((scores[0] == 0).all()) and bool((scores[1, 1:] < 0).all())
     scores.sum().backward()
-    # Random frames hold mass everywhere, so the first frame's guard is met: its gradient is 0, as the
-    # targets built from it pass none back.
+    # Random frames are solid everywhere, so the anchor's (frame 0's) guard is met: its gradient is 0, as
+    # the targets built from it pass none back.
     assert scores[1, 0] == 0 and bool((frames.grad[:, 0] == 0).all()) and frames.grad[1, 1:].abs().sum() > 0
     assert frames.grad[0].abs().sum() == 0
-    # One frame: the first frame's guard only.
+    # One frame: the anchor's guard only.
     assert reward(torch.rand(2, 1, 3, 16, 16), captions).shape == (2, 1)
 
 
@@ -117,10 +117,10 @@ def test_a_missing_object_costs_as_much_as_a_misplaced_one():
         assert (gap < 0) == missing_costs_more, (mass_weight, gap)
 
 
-def test_an_empty_or_faint_first_frame_is_scored_and_pushed_back():
-    reward = TranslationReward()
+def test_an_empty_or_faint_anchor_is_scored_and_pushed_back():
+    reward = TranslationReward()  # anchored on frame 0
     background = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1)
-    # An empty video scores perfectly after frame 0 (its targets are empty): frame 0 must pay for it,
+    # An empty video scores perfectly after the anchor (its targets are empty): the anchor must pay for it,
     # (1 + mass_weight) per object; objects of one colour are counted together, and an ambiguous scene scores 0.
     captions = ["a red circle moving left", "a red circle moving left and a blue square moving up",
                 "a red circle moving left and a red square moving left",
@@ -138,7 +138,7 @@ def test_an_empty_or_faint_first_frame_is_scored_and_pushed_back():
     clear = [i for i, c in enumerate(captions)
              if len({o["colour"] for o in caption_objects(c)}) == len(caption_objects(c))]
     assert len(clear) >= 4 and bool((faint_scores[clear] < 0).all()) and bool((faint_scores > -4).all())
-    # Ascending the score brightens the first frame's objects: the gradient points away from the background.
+    # Ascending the score brightens the anchor's objects: the gradient points away from the background.
     faint_scores.sum().backward()
     assert float((faint.grad[:, 0] * (real[:, 0] - background[:, 0])).sum()) > 0
 
