@@ -202,7 +202,8 @@ class TranslationReward:
         grid = F.affine_grid(theta.view(-1, 2, 3), list(moved_input.shape), align_corners=True)
         moved = F.grid_sample(moved_input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         moved = moved.view(batch, count, slots, 3, height, width).sum(2)
-        return (anchor[:, None] - deviation[:, None] + moved).clamp(0, 1)  # anchor - deviation: the background
+        background = torch.tensor(BACKGROUND, device=anchor.device, dtype=anchor.dtype).view(1, 1, 3, 1, 1)
+        return (background + moved).clamp(0, 1)
 
 
 __all__ = ["TranslationReward", "ALL_FRAMES"]
