@@ -10,7 +10,10 @@ score is to draw that frame's objects where the caption's motion has taken them 
 let them leave when their path does. The anchor is not the first frame for the m4v models: their
 first frame is a unit of its own, drawn worse than the frames after it (stray blobs, broken
 shapes), and a run anchored there copied its flaws into every frame (NOTES.md, thirtieth
-session). Two ways out of a plain distance to that target were found by tuning (NOTES.md,
+session). Frames before the anchor are not scored: they share its video unit, so while tuning
+they and the anchor are one estimate, and targets built from a faint estimate of the anchor pull
+its own unit toward empty (a device run emptied two videos of eight from the anchor on that way,
+thirty-first session). Two ways out of a plain distance to that target were found by tuning (NOTES.md,
 twenty-ninth and thirtieth sessions), and each is priced here:
 
 - An uncertain object scores better faint or gone than drawn in a slightly wrong place (a
@@ -44,9 +47,8 @@ class TranslationReward:
     A pixel belongs to the foreground as far as it is from the background colour (fully from
     ``foreground`` on, not at all below a third of it: the decoder's faint noise is not an object),
     and to the captioned object of the nearest colour. Each object's share of the anchor frame a
-    moves ``(t - a) * speed * (size - 1)`` pixels along its direction for frame t (backwards before
-    the anchor; the dataset's motion:
-    ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per frame), over the plain
+    moves ``(t - a) * speed * (size - 1)`` pixels along its direction for frame t > a (the dataset's
+    motion: ``ShapesVideoDataset`` moves centres by ``speed`` of the frame per frame), over the plain
     background: objects keep the anchor's colour, shape and size, leave the frame when their path
     does, and nothing else appears. An object's mass in a frame is the mean over pixels of its
     share times the pixel's mean absolute deviation from the background; its solid area, the mean
@@ -76,8 +78,9 @@ class TranslationReward:
     - the anchor: -(1 + mass_weight) * the sum over captioned objects of the share of
       ``least_share`` of the smallest object's area that its solid area falls short of: 0 for a
       real frame, -(1 + mass_weight) per object for an empty or hazy one;
-    - every other frame: -(mean absolute error per pixel and channel + mass_weight * the objects'
-      summed absolute mass errors) / ``scale``, against targets that carry no gradient.
+    - every later frame: -(mean absolute error per pixel and channel + mass_weight * the objects'
+      summed absolute mass errors) / ``scale``, against targets that carry no gradient;
+    - the frames before the anchor: 0.
 
     A scene of two objects of one colour going different ways is ambiguous: its scores are 0 (no
     gradient).
@@ -113,7 +116,7 @@ class TranslationReward:
         shortfall = (1 - area / scene["least_area"].clamp_min(1e-12)).clamp_min(0)
         scores = frames.new_zeros(batch, length)
         scores[:, anchor] = -(1 + self.mass_weight) * (shortfall * (scene["least_area"] > 0)).sum(1)
-        others = [t for t in range(length) if t != anchor]
+        others = list(range(anchor + 1, length))
         if others:
             offsets = torch.tensor(others, device=frames.device, dtype=frames.dtype) - anchor
             targets = self.targets(frames[:, anchor].detach(), scene, offsets)

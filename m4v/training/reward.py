@@ -209,9 +209,9 @@ class RewardTuneConfig:
     motion_weight: float = 0.0
     motion_critic_steps: int = 300
     motion_faded_share: float = 0.0   # objects fading in place join its fakes, this many per jump (faded_pairs)
-    # The caption-motion reward (m4v.rewards.translation): each rewarded frame against the first
-    # video unit's last frame with its objects moved as the caption says, at the training data's speed, and
-    # that anchor by how far its objects' solid area falls short of the dataset's smallest object.
+    # The caption-motion reward (m4v.rewards.translation): each rewarded frame after the first video
+    # unit's last frame against that anchor with its objects moved as the caption says, at the training
+    # data's speed, and the anchor by how far its objects' solid area falls short of the dataset's smallest object.
     translation_weight: float = 0.0
     lora_rank: int = 0                # > 0: tune LoRA adapters of this rank instead of all weights
     # The flow regulariser's stage-0 source hint (TrainConfig's fields of the same names): a model
