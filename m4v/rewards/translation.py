@@ -116,17 +116,16 @@ class TranslationReward:
         shortfall = (1 - area / scene["least_area"].clamp_min(1e-12)).clamp_min(0)
         scores = frames.new_zeros(batch, length)
         scores[:, anchor] = -(1 + self.mass_weight) * (shortfall * (scene["least_area"] > 0)).sum(1)
-        others = list(range(anchor + 1, length))
-        if others:
-            offsets = torch.tensor(others, device=frames.device, dtype=frames.dtype) - anchor
-            targets = self.targets(frames[:, anchor].detach(), scene, offsets)
-            colour = scene["colour"].repeat_interleave(len(others), 0)
-            present = scene["present"].repeat_interleave(len(others), 0)
-            mass = self.object_mass(frames[:, others].flatten(0, 1), colour, present).view(batch, len(others), -1)
-            target_mass = self.object_mass(targets.flatten(0, 1), colour, present).view(batch, len(others), -1)
-            error = (frames[:, others] - targets).abs().mean((2, 3, 4))
+        later, count = frames[:, anchor + 1:], length - anchor - 1
+        if count:
+            targets = self.targets(frames[:, anchor].detach(), scene, count)
+            colour = scene["colour"].repeat_interleave(count, 0)
+            present = scene["present"].repeat_interleave(count, 0)
+            mass = self.object_mass(later.flatten(0, 1), colour, present).view(batch, count, -1)
+            target_mass = self.object_mass(targets.flatten(0, 1), colour, present).view(batch, count, -1)
+            error = (later - targets).abs().mean((2, 3, 4))
             error = error + self.mass_weight * (mass - target_mass).abs().sum(2)
-            scores[:, others] = -error / self.scale
+            scores[:, anchor + 1:] = -error / self.scale
         return scores.masked_fill(scene["ambiguous"][:, None], 0.0)
 
     def scene(self, prompts: Sequence[str], height: int, width: int, device: torch.device,
@@ -185,18 +184,18 @@ class TranslationReward:
         solidity = ((strength - self.solid[0]) / (self.solid[1] - self.solid[0])).clamp(0, 1)
         return ((shares > 0) * solidity).mean((2, 3))
 
-    def targets(self, anchor: Tensor, scene: dict[str, Tensor], offsets: Tensor) -> Tensor:
-        """The frames (batch, count, 3, H, W) that the caption's motion makes of the frame ``anchor``
-        (batch, 3, H, W) ``offsets`` (count,) frames after it (before it where negative), for the
-        objects of ``scene`` (``TranslationReward.scene``)."""
+    def targets(self, anchor: Tensor, scene: dict[str, Tensor], count: int) -> Tensor:
+        """The ``count`` frames (batch, count, 3, H, W) that the caption's motion makes of the frame
+        ``anchor`` (batch, 3, H, W) after it, for the objects of ``scene`` (``TranslationReward.scene``)."""
         batch, _, height, width = anchor.shape
         shares, deviation = self.layers(anchor, scene["colour"], scene["present"])
         slots = shares.shape[1]
         layers = shares[:, :, None] * deviation[:, None]  # (batch, slots, 3, H, W)
 
-        # Offset t moves each layer by t steps: output(p) = layer(p - shift), zeros (background) moving in.
-        count = offsets.numel()
-        shift = offsets.view(1, count, 1, 1) * scene["step"][:, None]  # (batch, count, slots, 2)
+        # The t-th frame after the anchor moves each layer by t steps: output(p) = layer(p - shift),
+        # zeros (background) moving in.
+        time = torch.arange(1, count + 1, device=anchor.device, dtype=anchor.dtype).view(1, count, 1, 1)
+        shift = time * scene["step"][:, None]  # (batch, count, slots, 2)
         theta = torch.zeros(batch, count, slots, 2, 3, device=anchor.device, dtype=anchor.dtype)
         theta[..., 0, 0] = theta[..., 1, 1] = 1
         theta[..., 0, 2] = -2 * shift[..., 1] / max(width - 1, 1)   # x: columns, align_corners=True units
