@@ -146,7 +146,8 @@ case "${1:-check}" in
   reward)
     # CONFIGS (default: configs/shapes-reward.json) tune one after another from the same base; the base is the
     # shipped model when its training run is not on this machine (it ships that run's weights in bf16).
-    # EVAL_EXTRA: more pipelines for the same eval; EVAL_ARGS: more `m4v eval` arguments.
+    # EVAL_EXTRA: more pipelines for the same eval; EVAL_ARGS: more `m4v eval` arguments; EVAL_BASE=0 leaves
+    # the base out of the eval (when device time is short and its numbers are already known).
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     configs=${CONFIGS:-configs/shapes-reward.json}
     field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
@@ -158,7 +159,7 @@ case "${1:-check}" in
       python3 -m m4v reward-tune --config "$config" >"$OUT/reward-$(basename "$config" .json).log" 2>&1
     done
     models=()
-    pack_bf16 "$base_dir" base && models+=(--model /tmp/ship/base)
+    [ "${EVAL_BASE:-1}" = 0 ] || { pack_bf16 "$base_dir" base && models+=(--model /tmp/ship/base); }
     for config in $configs; do
       name=$(basename "$config" .json) out_dir=$(field "$config" out_dir)
       tail -2 "$OUT/reward-$name.log"; cp "$out_dir/metrics.jsonl" "$OUT/reward-$name-metrics.jsonl"
