@@ -144,16 +144,17 @@ case "${1:-check}" in
     python3 -m m4v eval "${models[@]}" ${EVAL_ARGS:-} --device cuda --json "$OUT/eval.json" --quiet
     ;;
   reward)
-    # CONFIGS (default: configs/shapes-reward.json) tune one after another from the same base; the base is the
-    # shipped model when its training run is not on this machine (it ships that run's weights in bf16).
+    # CONFIGS (default: configs/shapes-reward.json) tune one after another from the same base; the base is
+    # m4v/assets/m4v-shapes-base (the shipped model before its reward tuning: that training run's EMA in bf16)
+    # when the training run is not on this machine.
     # EVAL_EXTRA: more pipelines for the same eval; EVAL_ARGS: more `m4v eval` arguments; EVAL_BASE=0 leaves
     # the base out of the eval (when device time is short and its numbers are already known).
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     configs=${CONFIGS:-configs/shapes-reward.json}
     field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
     base_dir=$(field "${configs%% *}" model)
-    [ -d "$base_dir" ] || { echo "reward: $base_dir is not here, tuning from a copy of the shipped model"
-      mkdir -p "$(dirname "$base_dir")" && cp -r m4v/assets/m4v-shapes "$base_dir"; }
+    [ -d "$base_dir" ] || { echo "reward: $base_dir is not here, tuning from a copy of the shipped base"
+      mkdir -p "$(dirname "$base_dir")" && cp -r m4v/assets/m4v-shapes-base "$base_dir"; }
     for config in $configs; do  # one at a time: side by side, their CPU work starved each other
       echo "$(date +%T) reward-tune $config"
       python3 -m m4v reward-tune --config "$config" >"$OUT/reward-$(basename "$config" .json).log" 2>&1
