@@ -428,8 +428,9 @@ def test_backward_is_deterministic(backend):
 @pytest.mark.skipif(not available_backends()["triton"].usable, reason="needs Triton")
 @pytest.mark.parametrize("reverse", [False, True])
 def test_triton_tiles_compute_the_same_scan(reverse, poison_outputs):
-    """The tiles that benchmarks/tune_triton_selective_scan.py sweeps (channels per program, warps)
-    give the default tile's outputs and gradients, partial channel blocks included."""
+    """The tiles that benchmarks/tune_triton_selective_scan.py sweeps (channels per program, warps,
+    the forward's register cap) give the default tile's outputs and gradients, partial channel blocks
+    included."""
     from m4v.kernels.triton.selective_scan import selective_scan_bwd_triton, selective_scan_fwd_triton
 
     case = Case(dim=6, seqlen=70, dstate=16, groups=2, with_init=True, reverse=reverse)  # 2 chunks, one partial
@@ -437,17 +438,17 @@ def test_triton_tiles_compute_the_same_scan(reverse, poison_outputs):
     bias, init = kwargs["delta_bias"], kwargs["initial_state"]
     dout, dlast = torch.randn_like(u), torch.randn_like(init)
 
-    def run(tile):
+    def run(tile, max_registers=None):
         out, last, checkpoints = selective_scan_fwd_triton(u, delta, A, B, C, D, z, bias, init, None, True, reverse,
-                                                           True, tile=tile)
+                                                           True, tile=tile, max_registers=max_registers)
         grads = selective_scan_bwd_triton(dout, dlast, u, delta, A, B, C, D, z, bias, init, None, checkpoints,
                                           True, reverse, tile=tile)
         return [out, last, *grads]
 
     expected = run(None)
     assert all(torch.isfinite(t).all() for t in expected)
-    for tile in [(4, 2), (1, 1)]:
-        for got, want in zip(run(tile), expected):
+    for tile, max_registers in [((4, 2), None), ((1, 1), None), (None, 128)]:
+        for got, want in zip(run(tile, max_registers), expected):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 

@@ -482,6 +482,10 @@ def _block_sizes(dstate: int, tile_elements: int) -> tuple[int, int]:
 # 8.50 at 64.
 FORWARD_TILE_ELEMENTS = 2048
 FORWARD_NUM_WARPS = 1
+# Registers per thread of the forward (Triton's `maxnreg`; None: the compiler's choice). A cap of 128
+# lets 16 one-warp programs share an SM instead of ~12, so that 2,048 programs, (2, 2048, seqlen) at the
+# default tile, run in one wave instead of 1.3; `tune_triton_selective_scan.py --max-registers` times it.
+FORWARD_MAX_REGISTERS = None
 # The backward kernels' tile: at most 2,048 elements, 1,024 per warp. Its sweep (H200, same shape,
 # h200-triton-bwd-sweep.json): at dstate 16, 2 channels over 2 warps 9.14 ms against 13.85 for 8 over
 # 4, and one warp is slower (10.8 ms for 1 channel, 12.1 for 2): the backward holds about three times
@@ -512,11 +516,12 @@ def _row_strides(t):
 
 
 def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
-                              reverse, save_checkpoints, tile=None):
+                              reverse, save_checkpoints, tile=None, max_registers=FORWARD_MAX_REGISTERS):
     """Same contract as the m4v::selective_scan_fwd op (B, C in (batch, groups, dstate, seqlen)).
 
-    tile: (channels per program, warps per program) in place of the defaults; the tuning sweep
-    (benchmarks/tune_triton_selective_scan.py) times them.
+    tile: (channels per program, warps per program) in place of the defaults, and max_registers a
+    cap on registers per thread (None: none); the tuning sweep (benchmarks/tune_triton_selective_scan.py)
+    times them.
     """
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
@@ -542,7 +547,7 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         HAS_INIT=initial_state is not None, VARLEN=cu_seqlens is not None, SAVE_CK=save_checkpoints,
         SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK,
-        ALIGN=SEQ_ALIGN, num_warps=num_warps,
+        ALIGN=SEQ_ALIGN, num_warps=num_warps, **({"maxnreg": max_registers} if max_registers else {}),
     )
     return out, last, checkpoints
 
