@@ -39,15 +39,15 @@ def main(argv=None):
     from triton.testing import do_bench
 
     from m4v.kernels import available_backends, selective_scan
-    from m4v.kernels.triton.selective_scan import (FORWARD_MAX_REGISTERS, FORWARD_NUM_WARPS, FORWARD_TILE_ELEMENTS,
-                                                   _block_sizes, backward_tile, selective_scan_bwd_triton,
+    from m4v.kernels.triton.selective_scan import (FORWARD_NUM_WARPS, FORWARD_TILE_ELEMENTS, _block_sizes,
+                                                   backward_tile, forward_max_registers, selective_scan_bwd_triton,
                                                    selective_scan_fwd_triton)
 
     shape = tuple(int(v) for v in args.shape.split(","))
     (u, delta, A, B, C, D, z), _ = make_inputs(shape, torch.bfloat16, requires_grad=False)
     B4, C4 = B.unsqueeze(1), C.unsqueeze(1)  # (batch, groups=1, dstate, seqlen)
 
-    def forward(tile, save_checkpoints=False, max_registers=FORWARD_MAX_REGISTERS):
+    def forward(tile, save_checkpoints=False, max_registers=None):
         return selective_scan_fwd_triton(u, delta, A, B4, C4, D, z, None, None, None, True, args.reverse,
                                          save_checkpoints, tile=tile, max_registers=max_registers)
 
@@ -61,17 +61,19 @@ def main(argv=None):
 
         default_tile = backward_tile(shape[3])
     else:
-        def run(tile, max_registers=FORWARD_MAX_REGISTERS):
+        def run(tile, max_registers=None):
             return [forward(tile, max_registers=max_registers)[0]]
 
-        default_tile = (_block_sizes(shape[3], FORWARD_TILE_ELEMENTS)[0], FORWARD_NUM_WARPS)
+        block_d = _block_sizes(shape[3], FORWARD_TILE_ELEMENTS)[0]
+        programs = shape[0] * -(-shape[1] // block_d)
+        default_tile = (block_d, FORWARD_NUM_WARPS, forward_max_registers(programs, shape[3], u.device))
 
     def time(fn):
         with torch.no_grad():
             return do_bench(fn, warmup=50, rep=300, return_mode="median")
 
-    expected = [t.float() for t in run(default_tile)]
-    default_ms = time(lambda: run(default_tile))
+    expected = [t.float() for t in run(None)]  # the defaults: tile, and for the forward its register cap
+    default_ms = time(lambda: run(None))
     cuda_ms = None
     if available_backends()["cuda"].usable and not args.backward:
         cuda_ms = time(lambda: selective_scan(u, delta, A, B, C, D, z, delta_softplus=True, reverse=args.reverse,

@@ -452,6 +452,22 @@ def test_triton_tiles_compute_the_same_scan(reverse, poison_outputs):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_triton_forward_caps_registers_only_past_one_wave(monkeypatch):
+    """The default register cap is taken when the one-warp programs outnumber what the SMs hold
+    uncapped, at dstate 16 (where it was timed), and never on CPU (the interpreter)."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("triton")
+    from m4v.kernels.triton import selective_scan as triton_scan
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    gpu = torch.device("cuda", 0)
+    assert triton_scan.forward_max_registers(2048, 16, gpu) == triton_scan.FORWARD_CAPPED_REGISTERS  # (2, 2048, L)
+    assert triton_scan.forward_max_registers(1536, 16, gpu) is None  # (1, 3072, L): one wave already
+    assert triton_scan.forward_max_registers(4096, 32, gpu) is None
+    assert triton_scan.forward_max_registers(10**6, 16, torch.device("cpu")) is None
+
+
 # ------------------------------------------------------------------------------------------------
 # Registration: opcheck, torch.compile, FLOP formula, backend choice.
 

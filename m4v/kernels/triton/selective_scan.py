@@ -482,10 +482,22 @@ def _block_sizes(dstate: int, tile_elements: int) -> tuple[int, int]:
 # 8.50 at 64.
 FORWARD_TILE_ELEMENTS = 2048
 FORWARD_NUM_WARPS = 1
-# Registers per thread of the forward (Triton's `maxnreg`; None: the compiler's choice). A cap of 128
-# lets 16 one-warp programs share an SM instead of ~12, so that 2,048 programs, (2, 2048, seqlen) at the
-# default tile, run in one wave instead of 1.3; `tune_triton_selective_scan.py --max-registers` times it.
-FORWARD_MAX_REGISTERS = None
+# The forward's registers per thread (Triton's `maxnreg`) when its one-warp programs outnumber what the
+# SMs hold at the compiler's own choice (~168 at dstate 16: 12 programs per SM on sm_90). Capped at 128,
+# 16 fit, so (2, 2048, seqlen)'s 2,048 programs run in one wave instead of 1.3: H100, same run as the
+# CUDA kernel (benchmarks/results/h100-triton-max-registers.json), (2, 2048, 32768) 4.353 -> 2.983 ms
+# (2.85x -> 1.95x CUDA's). Where the grid fits one wave anyway the cap only spills: the anchor 1.029 ->
+# 1.168 ms, (1, 3072, 65536) 4.449 -> 4.937. Measured at dstate 16 only, so only taken there.
+FORWARD_CAPPED_REGISTERS = 128
+FORWARD_UNCAPPED_PROGRAMS_PER_SM = 12
+
+
+def forward_max_registers(programs: int, dstate: int, device: torch.device) -> int | None:
+    """The default tile's register cap (None: the compiler's choice) for a grid of ``programs``."""
+    if device.type != "cuda" or dstate > 16:
+        return None
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return FORWARD_CAPPED_REGISTERS if programs > FORWARD_UNCAPPED_PROGRAMS_PER_SM * sms else None
 # The backward kernels' tile: at most 2,048 elements, 1,024 per warp. Its sweep (H200, same shape,
 # h200-triton-bwd-sweep.json): at dstate 16, 2 channels over 2 warps 9.14 ms against 13.85 for 8 over
 # 4, and one warp is slower (10.8 ms for 1 channel, 12.1 for 2): the backward holds about three times
@@ -516,12 +528,12 @@ def _row_strides(t):
 
 
 def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
-                              reverse, save_checkpoints, tile=None, max_registers=FORWARD_MAX_REGISTERS):
+                              reverse, save_checkpoints, tile=None, max_registers=None):
     """Same contract as the m4v::selective_scan_fwd op (B, C in (batch, groups, dstate, seqlen)).
 
-    tile: (channels per program, warps per program) in place of the defaults, and max_registers a
-    cap on registers per thread (None: none); the tuning sweep (benchmarks/tune_triton_selective_scan.py)
-    times them.
+    tile: (channels per program, warps per program), and max_registers a cap on registers per thread,
+    for the tuning sweep (benchmarks/tune_triton_selective_scan.py); with neither given, the default
+    tile and its cap (forward_max_registers). Given either, the other is as given (no cap: None).
     """
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
@@ -536,6 +548,8 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
     offsets = _chunk_offsets(cu_seqlens)
     dummy = last
     grid = (num_seqs, triton.cdiv(dim, block_d))
+    if tile is None and max_registers is None:
+        max_registers = forward_max_registers(grid[0] * grid[1], dstate, u.device)
     _selective_scan_fwd_kernel[grid](
         u, delta, z if z is not None else u, out, B, C, A, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy,
