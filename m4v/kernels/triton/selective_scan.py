@@ -498,6 +498,8 @@ def forward_max_registers(programs: int, dstate: int, device: torch.device) -> i
         return None
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return FORWARD_CAPPED_REGISTERS if programs > FORWARD_UNCAPPED_PROGRAMS_PER_SM * sms else None
+
+
 # The backward kernels' tile: at most 2,048 elements, 1,024 per warp. Its sweep (H200, same shape,
 # h200-triton-bwd-sweep.json): at dstate 16, 2 channels over 2 warps 9.14 ms against 13.85 for 8 over
 # 4, and one warp is slower (10.8 ms for 1 channel, 12.1 for 2): the backward holds about three times
