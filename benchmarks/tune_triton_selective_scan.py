@@ -39,8 +39,7 @@ def main(argv=None):
     from triton.testing import do_bench
 
     from m4v.kernels import available_backends, selective_scan
-    from m4v.kernels.triton.selective_scan import (FORWARD_NUM_WARPS, FORWARD_TILE_ELEMENTS, _block_sizes,
-                                                   backward_tile, forward_max_registers, selective_scan_bwd_triton,
+    from m4v.kernels.triton.selective_scan import (backward_tile, default_forward_tile, selective_scan_bwd_triton,
                                                    selective_scan_fwd_triton)
 
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -64,9 +63,7 @@ def main(argv=None):
         def run(tile, max_registers=None):
             return [forward(tile, max_registers=max_registers)[0]]
 
-        block_d = _block_sizes(shape[3], FORWARD_TILE_ELEMENTS)[0]
-        programs = shape[0] * -(-shape[1] // block_d)
-        default_tile = (block_d, FORWARD_NUM_WARPS, forward_max_registers(programs, shape[3], u.device))
+        default_tile = default_forward_tile(shape[0], shape[1], shape[3], u.device)
 
     def time(fn):
         with torch.no_grad():

@@ -462,8 +462,9 @@ def test_triton_forward_caps_registers_only_past_one_wave(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     gpu = torch.device("cuda", 0)
-    assert triton_scan.forward_max_registers(2048, 16, gpu) == triton_scan.FORWARD_CAPPED_REGISTERS  # (2, 2048, L)
-    assert triton_scan.forward_max_registers(1536, 16, gpu) is None  # (1, 3072, L): one wave already
+    # (2, 2048, L): 2,048 programs of 2 channels; (1, 3072, L): 1,536, one wave already
+    assert triton_scan.default_forward_tile(2, 2048, 16, gpu) == (2, 1, triton_scan.FORWARD_CAPPED_REGISTERS)
+    assert triton_scan.default_forward_tile(1, 3072, 16, gpu) == (2, 1, None)
     assert triton_scan.forward_max_registers(4096, 32, gpu) is None
     assert triton_scan.forward_max_registers(10**6, 16, torch.device("cpu")) is None
 

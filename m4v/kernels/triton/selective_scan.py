@@ -500,6 +500,13 @@ def forward_max_registers(programs: int, dstate: int, device: torch.device) -> i
     return FORWARD_CAPPED_REGISTERS if programs > FORWARD_UNCAPPED_PROGRAMS_PER_SM * sms else None
 
 
+def default_forward_tile(num_seqs: int, dim: int, dstate: int, device: torch.device) -> tuple[int, int, int | None]:
+    """(channels per program, warps per program, register cap) of the forward's default launch."""
+    block_d = _block_sizes(dstate, FORWARD_TILE_ELEMENTS)[0]
+    programs = num_seqs * triton.cdiv(dim, block_d)
+    return block_d, FORWARD_NUM_WARPS, forward_max_registers(programs, dstate, device)
+
+
 # The backward kernels' tile: at most 2,048 elements, 1,024 per warp. Its sweep (H200, same shape,
 # h200-triton-bwd-sweep.json): at dstate 16, 2 channels over 2 warps 9.14 ms against 13.85 for 8 over
 # 4, and one warp is slower (10.8 ms for 1 channel, 12.1 for 2): the backward holds about three times
@@ -535,7 +542,7 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
 
     tile: (channels per program, warps per program), and max_registers a cap on registers per thread,
     for the tuning sweep (benchmarks/tune_triton_selective_scan.py); with neither given, the default
-    tile and its cap (forward_max_registers). Given either, the other is as given (no cap: None).
+    tile and its cap (default_forward_tile). Given either, the other is as given (no cap: None).
     """
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
@@ -545,13 +552,14 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
     last = _new_output((num_seqs, dim, dstate), **f32)
     rows = checkpoint_rows("triton", batch, seqlen, cu_seqlens) if save_checkpoints else 0
     checkpoints = _new_output((rows, dim, dstate), **f32)
-    block_d, block_n = _block_sizes(dstate, FORWARD_TILE_ELEMENTS)
-    block_d, num_warps = tile if tile is not None else (block_d, FORWARD_NUM_WARPS)
+    block_n = _block_sizes(dstate, FORWARD_TILE_ELEMENTS)[1]
+    default_d, default_warps, default_cap = default_forward_tile(num_seqs, dim, dstate, u.device)
+    block_d, num_warps = tile if tile is not None else (default_d, default_warps)
+    if tile is None and max_registers is None:
+        max_registers = default_cap
     offsets = _chunk_offsets(cu_seqlens)
     dummy = last
     grid = (num_seqs, triton.cdiv(dim, block_d))
-    if tile is None and max_registers is None:
-        max_registers = forward_max_registers(grid[0] * grid[1], dstate, u.device)
     _selective_scan_fwd_kernel[grid](
         u, delta, z if z is not None else u, out, B, C, A, D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy,
