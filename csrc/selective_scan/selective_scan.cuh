@@ -1032,8 +1032,8 @@ __device__ __forceinline__ void staged_chunk_inputs(const float* rows, ChunkInpu
   for (int k = 0; k < K; ++k) in.dt_sum += in.dt[kReverse ? K - 1 - k : k];
 }
 
-// Both backward passes take states in pairs, so their per-state rows (and the main pass's B/C
-// tiles) hold dstate rounded up to a pair; a padding state reads as zeros.
+// The main pass takes states in pairs, so its per-state rows and B/C tiles hold dstate rounded up
+// to a pair; a padding state reads as zeros.
 __host__ __device__ constexpr int state_pitch(int dstate) { return (dstate + 1) / 2 * 2; }
 
 // Per-warp shared rows of per-state values ([rows][pitch]): the first N entries of src times
@@ -1079,21 +1079,52 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
   return true;
 }
 
-// The chunk's map for one state of one channel: this lane's items folded right to left in scan order
-// (v_k = a_k * (C_k * gy_k + v_{k+1})), then composed over the warp.
+// The summary takes states in fours (one warp_sum_quad), so its rows and C tile hold dstate rounded
+// up to four; a padding state reads as zeros.
+constexpr int kSummaryStates = 4;
+__host__ __device__ constexpr int summary_pitch(int dstate) {
+  return (dstate + kSummaryStates - 1) / kSummaryStates * kSummaryStates;
+}
+
+// This lane's items' dt summed from the chunk's first step in scan order through each item
+// (lanes in scan order: descending physical lanes for kReverse), and the chunk's total. The
+// adjoint the chunk produces on its own is then sum_k exp2(A2 * prefix_k) * C_k * gy_k per state:
+// every term is independent, where folding and scanning the affine maps per state is a chain.
 template <bool kReverse>
-__device__ __forceinline__ void chunk_adjoint_map(const ChunkInputs& in, const float (&gy)[K], const float (&Cv)[K],
-                                                  float A2, float& decay, float& value) {
-  value = 0.f;
+__device__ __forceinline__ float chunk_dt_prefix(const ChunkInputs& in, float (&prefix)[K]) {
+  const int lane = threadIdx.x & 31;
+  float run = 0.f;
 #pragma unroll
-  for (int k = K - 1; k >= 0; --k) value = fast_exp2(in.dt[k] * A2) * fmaf(Cv[k], gy[k], value);
-  decay = fast_exp2(in.dt_sum * A2);
-  warp_scan<!kReverse>(decay, value);
+  for (int k = 0; k < K; ++k) prefix[k] = run += in.dt[k];
+  float through = run;  // this lane's items and the lanes before it
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const float earlier = kReverse ? __shfl_down_sync(kFullMask, through, offset)
+                                   : __shfl_up_sync(kFullMask, through, offset);
+    if (kReverse ? lane + offset < 32 : lane >= offset) through += earlier;
+  }
+  float before = kReverse ? __shfl_down_sync(kFullMask, through, 1) : __shfl_up_sync(kFullMask, through, 1);
+  if (lane == (kReverse ? 31 : 0)) before = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) prefix[k] += before;
+  return __shfl_sync(kFullMask, through, kReverse ? 0 : 31);
+}
+
+// Four values summed over the warp, the partial sums split across lanes after each of the first
+// two steps (six shuffles where four warp_sums take twenty): lane 8 j returns the sum of v[j].
+__device__ __forceinline__ float warp_sum_quad(const float (&v)[kSummaryStates]) {
+  const bool upper = threadIdx.x & 16, odd = threadIdx.x & 8;
+  const float even_state = (upper ? v[2] : v[0]) + __shfl_xor_sync(kFullMask, upper ? v[0] : v[2], 16);
+  const float odd_state = (upper ? v[3] : v[1]) + __shfl_xor_sync(kFullMask, upper ? v[1] : v[3], 16);
+  float sum = (odd ? odd_state : even_state) + __shfl_xor_sync(kFullMask, odd ? even_state : odd_state, 8);
+#pragma unroll
+  for (int offset = 4; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
+  return sum;
 }
 
 // Pass 1: per (chunk, channel, state) the product of the chunk's decays and the adjoint the chunk
 // produces on its own; also dz, from the pre-gate output the forward kept. kStaged (dstate <=
-// kBwdTileMaxDstate): C comes from the chunk's shared tile, padded to whole pairs of states, and
+// kBwdTileMaxDstate): C comes from the chunk's shared tile, padded to whole fours of states, and
 // the state loop is branch-free.
 template <typename T, bool kReverse, bool kStaged>
 __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
@@ -1102,7 +1133,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   if (!bwd_tile(p, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool desc = kReverse;
-  const int N = p.dstate, pitch = state_pitch(N);
+  const int N = p.dstate, pitch = summary_pitch(N);
   const int pos = tile.chunk * kScanChunk + lane * K;
   // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][pitch]).
   float* rows = smem + warp * 3 * pitch;
@@ -1126,7 +1157,6 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
     }
   }
   __syncthreads();
-  const int first_lane = desc ? 31 : 0;  // the lane that ends the right-to-left scan
   // With staged inputs every warp has a channel in every iteration (whole 8-channel blocks), so
   // the barriers around the staging are met by all.
   for (int d = tile.d_begin + warp; d < tile.d_end; d += kBwdWarps) {
@@ -1157,30 +1187,34 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
       }
       load_chunk_inputs<T, kReverse>(p, tile.span, d, pos, in);
     }
+    float prefix[K];
+    const float dt_total = chunk_dt_prefix<kReverse>(in, prefix);
     __syncwarp();
-    if constexpr (kStaged) {
-      for (int n = 0; n < pitch; n += 2) {  // two states' scans in one basic block
-        float Cv0[K], Cv1[K], decay0, value0, decay1, value1;
-        tile_items(tile_C + n * kScanChunk, desc, Cv0);
-        tile_items(tile_C + (n + 1) * kScanChunk, desc, Cv1);
-        chunk_adjoint_map<kReverse>(in, gy, Cv0, rows[n], decay0, value0);
-        chunk_adjoint_map<kReverse>(in, gy, Cv1, rows[n + 1], decay1, value1);
-        if (lane == first_lane) {
-          rows[pitch + n] = decay0;
-          rows[pitch + n + 1] = decay1;
-          rows[2 * pitch + n] = value0;
-          rows[2 * pitch + n + 1] = value1;
+    for (int n0 = 0; n0 < pitch; n0 += kSummaryStates) {
+      float adjoint[kSummaryStates];
+#pragma unroll
+      for (int j = 0; j < kSummaryStates; ++j) {
+        const int n = n0 + j;
+        float Cv[K];
+        if constexpr (kStaged) {
+          tile_items(tile_C + n * kScanChunk, desc, Cv);
+        } else if (n < N) {
+          load_state_items<T>(p.C, tile.span, tile.group, n, pos, desc, Cv);
+        } else {
+#pragma unroll
+          for (int k = 0; k < K; ++k) Cv[k] = 0.f;
         }
+        const float A2 = rows[n];
+        float sum = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) sum = fmaf(fast_exp2(A2 * prefix[k]), Cv[k] * gy[k], sum);
+        adjoint[j] = sum;
       }
-    } else {
-      for (int n = 0; n < N; ++n) {
-        float Cv[K], decay, value;
-        load_state_items<T>(p.C, tile.span, tile.group, n, pos, desc, Cv);
-        chunk_adjoint_map<kReverse>(in, gy, Cv, rows[n], decay, value);
-        if (lane == first_lane) {
-          rows[pitch + n] = decay;
-          rows[2 * pitch + n] = value;
-        }
+      const float total = warp_sum_quad(adjoint);
+      if ((lane & 7) == 0) {
+        const int n = n0 + (lane >> 3);
+        rows[pitch + n] = fast_exp2(rows[n] * dt_total);
+        rows[2 * pitch + n] = total;
       }
     }
     __syncwarp();
@@ -1574,7 +1608,7 @@ size_t fwd_smem(int dstate) {
   return sizeof(float) * (size_t{2} * kFwdStateTile * kFwdRowPitch + size_t{2} * kFwdChannels * dstate) + prefetch;
 }
 inline size_t bwd_summary_smem(int dstate, bool inputs_token_major) {
-  const int pitch = state_pitch(dstate);
+  const int pitch = summary_pitch(dstate);
   const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * pitch * kScanChunk : 0;
   const size_t raw_floats = size_t{1} * kRawOutPre * kScanChunk * 4;  // no out_pre slots
   const size_t inputs = inputs_token_major ? size_t{1} * kStagedInputs * kBwdWarps * kScanChunk + raw_floats : 0;
