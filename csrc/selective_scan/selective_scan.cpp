@@ -51,6 +51,25 @@ StateTensor state_tensor(const Tensor& t) {
   return s;
 }
 
+// A backward pass's channel blocks per group: the count whose grid (`tiles` chunk-and-group tiles,
+// each split into blocks) wastes the least of the last wave of `slots` resident CTAs. A CTA's time
+// grows with its channel count, so the cost is (waves) x (channels per block); ties go to fewer
+// blocks, which keeps the dB/dC partial buffer (one copy per main-pass block) small.
+ChannelBlocks pick_channel_blocks(int64_t channels_per_group, int64_t tiles, int64_t slots, int64_t groups) {
+  const int64_t max_blocks = std::min<int64_t>({ceil_div(channels_per_group, kScanBwdWarps), 32,
+                                                std::max<int64_t>(1, 65535 / groups)});
+  int64_t channels = 0, best_cost = 0;
+  for (int64_t blocks = 1; blocks <= max_blocks; ++blocks) {
+    const int64_t per_block = ceil_div(ceil_div(channels_per_group, blocks), kScanBwdWarps) * kScanBwdWarps;
+    const int64_t cost = ceil_div(tiles * ceil_div(channels_per_group, per_block), slots) * per_block;
+    if (channels == 0 || cost < best_cost) {
+      channels = per_block;
+      best_cost = cost;
+    }
+  }
+  return ChannelBlocks{static_cast<int>(ceil_div(channels_per_group, channels)), static_cast<int>(channels)};
+}
+
 // Checks every input and fills the fields shared by the forward and the backward. Returns the
 // tensors that must outlive the launch (contiguous copies, chunk offsets).
 std::vector<Tensor> fill_common(ScanParams& p, const Tensor& u, const Tensor& delta, const Tensor& A,
@@ -283,32 +302,22 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
     p.dlast_state = keep.back().data_ptr<float>();
   }
 
-  // Channel blocks per group: the count whose grid wastes the least of the last wave. A CTA's time
-  // grows with its channel count, so the cost is (waves) x (channels per block); ties go to fewer
-  // blocks, which keeps the dB/dC partial buffer (one copy per block) small.
-  int num_sms = 0, ctas_per_sm = 0;
+  // Each pass's channel blocks, for its own CTAs per SM: the summary fits more than the main pass,
+  // and has no partial buffers to keep small.
+  int num_sms = 0, main_ctas_per_sm = 0, summary_ctas_per_sm = 0;
   TORCH_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, u.get_device()) == cudaSuccess,
               "selective_scan: cannot read the multiprocessor count");
   const cudaError_t occupancy_err = dispatch_dtype(u.scalar_type(), [&](auto tag) {
-    return selective_scan_bwd_ctas_per_sm<decltype(tag)>(p.dstate, &ctas_per_sm);
+    return selective_scan_bwd_ctas_per_sm<decltype(tag)>(p.dstate, &main_ctas_per_sm, &summary_ctas_per_sm);
   });
   TORCH_CHECK(occupancy_err == cudaSuccess, "selective_scan: backward occupancy query failed: ",
               cudaGetErrorString(occupancy_err));
-  const int64_t slots = std::max<int64_t>(1, static_cast<int64_t>(num_sms) * ctas_per_sm);
-  const int64_t max_blocks = std::min<int64_t>({ceil_div(p.channels_per_group, kScanBwdWarps), 32,
-                                                std::max<int64_t>(1, 65535 / p.groups)});
-  int64_t channels_per_block = 0, best_cost = 0;
-  for (int64_t blocks = 1; blocks <= max_blocks; ++blocks) {
-    const int64_t per_block = ceil_div(ceil_div(p.channels_per_group, blocks), kScanBwdWarps) * kScanBwdWarps;
-    const int64_t ctas = rows * p.groups * ceil_div(p.channels_per_group, per_block);
-    const int64_t cost = ceil_div(ctas, slots) * per_block;
-    if (channels_per_block == 0 || cost < best_cost) {
-      channels_per_block = per_block;
-      best_cost = cost;
-    }
-  }
-  p.blocks_per_group = static_cast<int>(ceil_div(p.channels_per_group, channels_per_block));
-  p.channels_per_block = static_cast<int>(channels_per_block);
+  const auto blocks_for = [&](int ctas_per_sm) {
+    const int64_t slots = std::max<int64_t>(1, static_cast<int64_t>(num_sms) * ctas_per_sm);
+    return pick_channel_blocks(p.channels_per_group, rows * p.groups, slots, p.groups);
+  };
+  p.main_blocks = blocks_for(main_ctas_per_sm);
+  p.summary_blocks = blocks_for(summary_ctas_per_sm);
   p.total_chunks = static_cast<int>(rows);
   p.checkpoints = checkpoints.data_ptr<float>();
   p.dout = row_tensor(dout);
@@ -323,7 +332,7 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   Tensor dD_partial = at::zeros({rows, p.dim}, f32);
   Tensor ddelta_bias_partial = at::zeros({rows, p.dim}, f32);
   const int64_t batch_rows = u.size(0);
-  Tensor dB_partial = at::zeros({p.blocks_per_group, batch_rows, p.groups, p.dstate, p.seqlen}, f32);
+  Tensor dB_partial = at::zeros({p.main_blocks.per_group, batch_rows, p.groups, p.dstate, p.seqlen}, f32);
   Tensor dC_partial = at::zeros_like(dB_partial);
   Tensor chunk_decay = new_output({rows, p.dim, p.dstate}, f32);
   Tensor chunk_adjoint = at::empty_like(chunk_decay);
@@ -354,8 +363,8 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   Tensor dA = dA_partial.sum(0);
   Tensor dD = D.has_value() ? dD_partial.sum(0) : at::empty({0}, f32);
   Tensor ddelta_bias = delta_bias.has_value() ? ddelta_bias_partial.sum(0) : at::empty({0}, f32);
-  Tensor dB = p.blocks_per_group == 1 ? dB_partial.select(0, 0) : dB_partial.sum(0);
-  Tensor dC = p.blocks_per_group == 1 ? dC_partial.select(0, 0) : dC_partial.sum(0);
+  Tensor dB = p.main_blocks.per_group == 1 ? dB_partial.select(0, 0) : dB_partial.sum(0);
+  Tensor dC = p.main_blocks.per_group == 1 ? dC_partial.select(0, 0) : dC_partial.sum(0);
   return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state};
 }
 

@@ -1059,23 +1059,24 @@ __device__ __forceinline__ void prefetch_state_rows(const ScanBwdParams& p, int 
   cp_async_or_zero<4>(rows + 2 * pitch + n, real ? p.adjoint_carry + at : p.adjoint_carry, real);
 }
 
-// The channels [d_begin, d_end) that a backward CTA owns, and its chunk.
+// The channels [d_begin, d_end) that a backward CTA owns, and its chunk, on a grid of
+// blocks.per_group blocks of blocks.channels channels per group (each pass has its own).
 struct BwdTile {
   SeqSpan span;
   int chunk, global_chunk, group, block, d_begin, d_end;
 };
 
-__device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, BwdTile& t) {
+__device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, ChannelBlocks blocks, BwdTile& t) {
   t.global_chunk = blockIdx.x;
   const int s = seq_of_chunk(p, t.global_chunk);
   if (s < 0) return false;
   t.span = seq_span(p, s);
   t.chunk = t.global_chunk - t.span.first_chunk;
-  t.group = blockIdx.y / p.blocks_per_group;
-  t.block = blockIdx.y % p.blocks_per_group;
+  t.group = blockIdx.y / blocks.per_group;
+  t.block = blockIdx.y % blocks.per_group;
   const int group_begin = t.group * p.channels_per_group;
-  t.d_begin = group_begin + t.block * p.channels_per_block;
-  t.d_end = min(t.d_begin + p.channels_per_block, group_begin + p.channels_per_group);
+  t.d_begin = group_begin + t.block * blocks.channels;
+  t.d_end = min(t.d_begin + blocks.channels, group_begin + p.channels_per_group);
   return true;
 }
 
@@ -1130,7 +1131,7 @@ template <typename T, bool kReverse, bool kStaged>
 __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_kernel(ScanBwdParams p) {
   extern __shared__ float smem[];
   BwdTile tile;
-  if (!bwd_tile(p, tile)) return;  // uniform across the CTA
+  if (!bwd_tile(p, p.summary_blocks, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool desc = kReverse;
   const int N = p.dstate, pitch = summary_pitch(N);
@@ -1390,7 +1391,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
   static_assert(kStaged || !kTokenMajorInputs, "token-major input staging needs the staged instance");
   extern __shared__ float smem[];
   BwdTile tile;
-  if (!bwd_tile(p, tile)) return;  // uniform across the CTA
+  if (!bwd_tile(p, p.main_blocks, tile)) return;  // uniform across the CTA
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool desc = kReverse;
   const int N = p.dstate, pitch = state_pitch(N);
@@ -1450,7 +1451,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     // need no divergence handling (moves, checks and predicate spills around each one).
     const bool active = d < tile.d_end;
     // Token-major gradients leave through shared memory. The launcher sets grads_token_major only
-    // when channels_per_group is a multiple of kBwdWarps (channels_per_block always is), so every
+    // when channels_per_group is a multiple of kBwdWarps (every pass's channel blocks are), so every
     // round has all its warps active.
     const bool vector_out = p.grads_token_major;
     const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
@@ -1647,7 +1648,6 @@ cudaError_t launch_fwd(const ScanParams& params, cudaStream_t stream) {
 
 template <typename input_t, bool kReverse>
 cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
-  const dim3 grid(params.total_chunks, params.groups * params.blocks_per_group);
   const size_t summary_smem = bwd_summary_smem(params.dstate, params.inputs_token_major);
   const size_t main_smem = bwd_main_smem(params.dstate, params.inputs_token_major);
   const bool staged = params.dstate <= kBwdTileMaxDstate;
@@ -1655,7 +1655,8 @@ cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
                                      : selective_scan_bwd_summary_kernel<input_t, kReverse, false>;
   cudaError_t err = allow_smem(summary_kernel, summary_smem);
   if (err != cudaSuccess) return err;
-  summary_kernel<<<grid, kBwdWarps * 32, summary_smem, stream>>>(params);
+  const dim3 summary_grid(params.total_chunks, params.groups * params.summary_blocks.per_group);
+  summary_kernel<<<summary_grid, kBwdWarps * 32, summary_smem, stream>>>(params);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
@@ -1673,7 +1674,8 @@ cudaError_t launch_bwd(const ScanBwdParams& params, cudaStream_t stream) {
   }
   err = allow_smem(main_kernel, main_smem);
   if (err != cudaSuccess) return err;
-  main_kernel<<<grid, kBwdWarps * 32, main_smem, stream>>>(params);
+  const dim3 main_grid(params.total_chunks, params.groups * params.main_blocks.per_group);
+  main_kernel<<<main_grid, kBwdWarps * 32, main_smem, stream>>>(params);
   return cudaGetLastError();
 }
 
@@ -1691,17 +1693,26 @@ cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t 
                         : scan_detail::launch_bwd<input_t, false>(params, stream);
 }
 
-// Both directions and input layouts share one occupancy (same registers; the token-major inputs'
-// extra shared memory still fits two CTAs per SM, and the larger size is the one asked about).
+// Both directions and input layouts share one occupancy per pass (same registers; the token-major
+// inputs' extra shared memory costs no CTA, and the larger size is the one asked about).
 template <typename input_t>
-cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* ctas) {
+cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* main_ctas, int* summary_ctas) {
   using namespace scan_detail;
-  const size_t smem = bwd_main_smem(dstate, kTokenMajorStaging<input_t> && dstate <= kBwdTileMaxDstate);
-  const auto kernel = dstate <= kBwdTileMaxDstate ? selective_scan_bwd_main_kernel<input_t, false, true, false>
-                                                  : selective_scan_bwd_main_kernel<input_t, false, false, false>;
-  const cudaError_t err = allow_smem(kernel, smem);
+  const bool staged = dstate <= kBwdTileMaxDstate;
+  const bool token_major = kTokenMajorStaging<input_t> && staged;
+  const size_t main_smem = bwd_main_smem(dstate, token_major);
+  const auto main_kernel = staged ? selective_scan_bwd_main_kernel<input_t, false, true, false>
+                                  : selective_scan_bwd_main_kernel<input_t, false, false, false>;
+  cudaError_t err = allow_smem(main_kernel, main_smem);
   if (err != cudaSuccess) return err;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas, kernel, kBwdWarps * 32, smem);
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(main_ctas, main_kernel, kBwdWarps * 32, main_smem);
+  if (err != cudaSuccess) return err;
+  const size_t summary_smem = bwd_summary_smem(dstate, token_major);
+  const auto summary_kernel = staged ? selective_scan_bwd_summary_kernel<input_t, false, true>
+                                     : selective_scan_bwd_summary_kernel<input_t, false, false>;
+  err = allow_smem(summary_kernel, summary_smem);
+  if (err != cudaSuccess) return err;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(summary_ctas, summary_kernel, kBwdWarps * 32, summary_smem);
 }
 
 }  // namespace m4v

@@ -69,10 +69,18 @@ struct ScanParams {
   float* checkpoints = nullptr;  // (total_chunks, dim, dstate), or null when no backward follows
 };
 
+// How a backward pass's grid splits each group's channels: per_group blocks of `channels` channels
+// (a multiple of the warp count; the last block may own fewer).
+struct ChannelBlocks {
+  int per_group = 1;
+  int channels = 0;
+};
+
 struct ScanBwdParams : ScanParams {
   int total_chunks = 0;          // rows of the checkpoint / partial buffers (an upper bound)
-  int blocks_per_group = 1;      // channel blocks per group in the backward grid
-  int channels_per_block = 0;    // channels each backward CTA owns (multiple of the warp count)
+  // The main pass's and the summary pass's channel blocks, each sized for its own CTAs per SM. The
+  // main pass's count also sets the dB/dC partial buffers' first dimension.
+  ChannelBlocks main_blocks, summary_blocks;
 
   RowTensor dout;                       // gradient of the gated output
   const float* dlast_state = nullptr;   // contiguous (num_seqs, dim, dstate) or null
@@ -95,7 +103,7 @@ struct ScanBwdParams : ScanParams {
   float* dD_partial = nullptr;          // (total_chunks, dim)
   float* ddelta_bias_partial = nullptr; // (total_chunks, dim)
   // dB and dC summed over the channels of one channel block:
-  // (blocks_per_group, batch, groups, dstate, seqlen), reduced over blocks by the launcher.
+  // (main_blocks.per_group, batch, groups, dstate, seqlen), reduced over blocks by the launcher.
   float* dB_partial = nullptr;
   float* dC_partial = nullptr;
   // Scratch written by the chunk-summary pass: per (chunk, channel, state), the product of the
@@ -111,8 +119,9 @@ template <typename input_t>
 cudaError_t launch_selective_scan_fwd(const ScanParams& params, cudaStream_t stream);
 template <typename input_t>
 cudaError_t launch_selective_scan_bwd(const ScanBwdParams& params, cudaStream_t stream);
-// How many CTAs of the backward's main pass fit on one SM at this dstate (for the grid choice).
+// How many CTAs of the backward's main and summary passes fit on one SM at this dstate (for the
+// grids' choice).
 template <typename input_t>
-cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* ctas);
+cudaError_t selective_scan_bwd_ctas_per_sm(int dstate, int* main_ctas, int* summary_ctas);
 
 }  // namespace m4v

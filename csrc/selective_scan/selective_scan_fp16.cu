@@ -4,5 +4,5 @@
 namespace m4v {
 template cudaError_t launch_selective_scan_fwd<__half>(const ScanParams&, cudaStream_t);
 template cudaError_t launch_selective_scan_bwd<__half>(const ScanBwdParams&, cudaStream_t);
-template cudaError_t selective_scan_bwd_ctas_per_sm<__half>(int, int*);
+template cudaError_t selective_scan_bwd_ctas_per_sm<__half>(int, int*, int*);
 }  // namespace m4v
