@@ -348,6 +348,20 @@ def test_cuda_many_short_packed_sequences(dtype, case, poison_outputs):
     _check_backend_against_reference("cuda", case, dtype, layout=mixer_layout)
 
 
+# The backward's summary and main passes size their channel blocks for their own CTAs per SM; at
+# these widths on an H100 they differ (16 chunk rows: main 16 blocks of 48 channels, summary 24 of
+# 32; with two groups, 8 of 48 against 12 of 32), so a chunk's summary and its main pass come from
+# different CTAs.
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="a CUDA grid-size case")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [Case(batch=1, dim=768, seqlen=4096, dstate=16, groups=1),
+                                  Case(batch=1, dim=768, seqlen=4095, dstate=16, groups=2, reverse=True,
+                                       with_init=True)], ids=case_id)
+def test_cuda_backward_passes_on_their_own_channel_blocks(dtype, case, poison_outputs):
+    _check_backend_against_reference("cuda", case, dtype)
+    _check_backend_against_reference("cuda", case, dtype, layout=mixer_layout)
+
+
 @pytest.mark.skipif(not HAS_GPU, reason="the token-major fast paths are GPU kernels")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
