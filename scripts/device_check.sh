@@ -26,10 +26,13 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 PEER_DIR=/tmp/peer
 
-# The device image has no package registry: install carried wheels (.wheels/) that are missing.
+# The device image has no package registry: install carried wheels (.wheels/) that are missing. Made
+# here with `pip download --no-deps --only-binary :all: --python-version 3.12 --platform
+# manylinux2014_x86_64 -d .wheels safetensors einops tqdm imageio-ffmpeg` (imageio-ffmpeg: the
+# device's imageio has no FFMPEG plugin, which the mp4 tests need).
 install_wheels() {
-  python3 -c "import safetensors, einops, tqdm" 2>/dev/null && return 0
-  python3 -m pip install -q --no-index --find-links .wheels safetensors einops tqdm
+  python3 -c "import safetensors, einops, tqdm, imageio_ffmpeg" 2>/dev/null && return 0
+  python3 -m pip install -q --no-index --find-links .wheels safetensors einops tqdm imageio-ffmpeg
 }
 
 build_m4v() {
