@@ -205,7 +205,10 @@ def _chunk_tile(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, FULL: tl.constexpr, CHUNK_L: tl.constexpr,
 ):
-    """Loads one chunk for a block of channels and replays its forward states from the checkpoint."""
+    """Loads one chunk for a block of channels and replays its forward states from the checkpoint.
+
+    Tiles are (BLOCK_D, CHUNK_L) per channel and (BLOCK_D, BLOCK_N, CHUNK_L) per state.
+    """
     steps = tl.arange(0, CHUNK_L)
     t = c * CHUNK_L + steps
     in_seq = _in_sequence(t, lead, end, FULL, True)
@@ -230,14 +233,21 @@ def _chunk_tile(
     entry = tl.load(ck_ptr + (global_chunk * dim + d[:, None]) * dstate + n[None, :], mask=dn_ok, other=0.0)
     scan_decay, scan_drive = tl.associative_scan((decay, drive), 2, _compose, reverse=REVERSE)
     x = scan_decay * entry[:, :, None] + scan_drive
-    # Decay of the step after each step in scan order (1 past the chunk's end: the carry covers it).
+    return u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, valid, pos
+
+
+@triton.jit
+def _next_decay(delta_ptr, batch, start, lead, end, c, d, d_ok, A2, bias, sdl_b, sdl_d, sdl_l,
+                SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, CHUNK_L: tl.constexpr):
+    """Decay of the step after each step in scan order, (BLOCK_D, BLOCK_N, CHUNK_L); 1 past the chunk's
+    end, where the carry covers it."""
+    t = c * CHUNK_L + tl.arange(0, CHUNK_L)
     t_next = t - 1 if REVERSE else t + 1
     next_in_chunk = (t_next >= c * CHUNK_L) & (t_next < c * CHUNK_L + CHUNK_L) & (t_next >= lead) & (t_next < end)
     next_valid = d_ok[:, None] & next_in_chunk[None, :]
     dt_next, _ = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, start + t_next, next_valid, sdl_l, bias,
                           SOFTPLUS)
-    decay_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
-    return u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos
+    return tl.exp2(dt_next[:, None, :] * A2[:, :, None])
 
 
 @triton.jit
@@ -266,7 +276,7 @@ def _bwd_summary_chunk(
     A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0) * 1.4426950408889634
     bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
     Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-    u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos = _chunk_tile(
+    u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, valid, pos = _chunk_tile(
         u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
         batch, start, lead, end, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
         su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
@@ -281,10 +291,11 @@ def _bwd_summary_chunk(
         gy = dout * z * sg
     else:
         gy = dout
-    h = _adjoint(decay_next, Ct * gy[:, None, :], tl.zeros([BLOCK_D, BLOCK_N], tl.float32), REVERSE)
-    first_step = CHUNK_L - 1 if REVERSE else 0
-    steps = tl.arange(0, CHUNK_L)
-    adjoint = tl.sum(tl.where(steps[None, None, :] == first_step, decay * h, 0.0), 2)
+    # The adjoint at the chunk's first step in scan order is sum_t exp2(A2 * P_t) * C_t * gy_t, with
+    # P_t the chunk's dt summed from that step through t: independent terms (each an exact product
+    # of the chunk's decays), where an adjoint scan per state would be a second associative scan.
+    through = tl.cumsum(dt, 1, reverse=REVERSE)
+    adjoint = tl.sum(tl.exp2(through[:, None, :] * A2[:, :, None]) * Ct * gy[:, None, :], 2)
     chunk_decay = tl.exp2(tl.sum(dt, 1)[:, None] * A2)
     out_off = (global_chunk * dim + d[:, None]) * dstate + n[None, :]
     tl.store(chunk_decay_ptr + out_off, chunk_decay, mask=dn_ok)
@@ -394,7 +405,7 @@ def _bwd_main_chunk(
         A2 = A * 1.4426950408889634
         bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
         Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-        u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, decay_next, valid, pos = _chunk_tile(
+        u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, valid, pos = _chunk_tile(
             u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
             batch, start, lead, end, c, global_chunk, d, tl.zeros([BLOCK_D], tl.int32) + g, n, d_ok, dn_ok, A2,
             bias, Dv, dim, dstate,
@@ -404,6 +415,8 @@ def _bwd_main_chunk(
         gy = dout * z * tl.sigmoid(z) if HAS_Z else dout
         state_off = (global_chunk * dim + d[:, None]) * dstate + n[None, :]
         entering = tl.load(carry_ptr + state_off, mask=dn_ok, other=0.0)
+        decay_next = _next_decay(delta_ptr, batch, start, lead, end, c, d, d_ok, A2, bias, sdl_b, sdl_d, sdl_l,
+                                 SOFTPLUS, REVERSE, CHUNK_L)
         h = _adjoint(decay_next, Ct * gy[:, None, :], entering, REVERSE)
         decay_term = x - drive  # a_t * x_{t-1}
         du = Dv[:, None] * gy + tl.sum(h * Bt, 1) * dt
