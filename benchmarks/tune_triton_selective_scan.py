@@ -51,12 +51,13 @@ def main(argv=None):
                                          save_checkpoints, tile=tile, max_registers=max_registers)
 
     if args.backward:
-        checkpoints = forward(None, save_checkpoints=True)[2]
+        _, _, checkpoints, out_pre = forward(None, save_checkpoints=True)
         dout = torch.randn_like(u)
 
         def run(tile, max_registers=None):  # du, ddelta, dA, dB, dC, dD, dz
             return [t for t in selective_scan_bwd_triton(dout, None, u, delta, A, B4, C4, D, z, None, None, None,
-                                                         checkpoints, True, args.reverse, tile=tile) if t.numel()]
+                                                         checkpoints, out_pre, True, args.reverse, tile=tile)
+                    if t.numel()]
 
         default_tile = backward_tile(shape[3])
     else:

@@ -33,35 +33,37 @@ INDEX_POINTERS = {"cu_ptr", "chunk_off_ptr"}
 
 
 def kernel_launches(dstate: int) -> list[tuple[str, object, dict, int]]:
-    """(name, kernel, constexpr values, warps) of every kernel a forward and backward launch."""
+    """(name, kernel, constexpr values (a superset of the kernel's), warps) of every kernel a forward
+    and a backward launch."""
     fwd_d, fwd_n = scan._block_sizes(dstate, scan.FORWARD_TILE_ELEMENTS)
     bwd_d, bwd_warps = scan.backward_tile(dstate)
     bwd_n = scan._block_sizes(dstate, scan.BACKWARD_TILE_ELEMENTS)[1]
-    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, VARLEN=False, SOFTPLUS=True, CHUNK_L=scan.CHUNK,
-                 ALIGN=scan.SEQ_ALIGN)
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_INIT=True, HAS_DLAST=True, VARLEN=False, SAVE_CK=True,
+                 SOFTPLUS=True, CHUNK_L=scan.CHUNK, ALIGN=scan.SEQ_ALIGN)
     launches = []
     for reverse in (False, True):
         direction = "reverse" if reverse else "forward"
         launches += [
             (f"fwd ({direction})", scan._selective_scan_fwd_kernel,
-             dict(flags, HAS_INIT=True, SAVE_CK=True, REVERSE=reverse, BLOCK_D=fwd_d, BLOCK_N=fwd_n),
+             dict(flags, REVERSE=reverse, BLOCK_D=fwd_d, BLOCK_N=fwd_n),
              scan.FORWARD_NUM_WARPS),
             (f"bwd summary ({direction})", scan._selective_scan_bwd_summary_kernel,
              dict(flags, REVERSE=reverse, BLOCK_D=bwd_d, BLOCK_N=bwd_n), bwd_warps),
             (f"bwd carry ({direction})", scan._selective_scan_bwd_carry_kernel,
-             dict(HAS_DLAST=True, VARLEN=False, REVERSE=reverse, BLOCK=256, ALIGN=scan.SEQ_ALIGN), 4),
+             dict(flags, REVERSE=reverse, BLOCK=256), 4),
             (f"bwd main ({direction})", scan._selective_scan_bwd_main_kernel,
              dict(flags, REVERSE=reverse, BLOCK_D=bwd_d, BLOCK_N=bwd_n), bwd_warps),
         ]
     return launches
 
 
-def compile_for_hopper(kernel, constexprs: dict, num_warps: int):
-    """The compiled kernel (its `asm` holds the PTX and the cubin)."""
-    signature = {}
+def compile_for_hopper(kernel, values: dict, num_warps: int):
+    """The compiled kernel (its `asm` holds the PTX and the cubin); its constexprs taken from `values`."""
+    signature, constexprs = {}, {}
     for param in kernel.params:
         if param.is_constexpr:
             signature[param.name] = "constexpr"
+            constexprs[param.name] = values[param.name]
         elif param.name.endswith("_ptr"):
             signature[param.name] = ("*i32" if param.name in INDEX_POINTERS
                                      else "*fp32" if param.name in FP32_POINTERS else "*bf16")
@@ -98,8 +100,8 @@ def main() -> int:
     parser.add_argument("--dstate", type=int, default=16)
     parser.add_argument("--sass-counts", action="store_true", help="print each kernel's SASS instruction count")
     args = parser.parse_args()
-    for name, kernel, constexprs, num_warps in kernel_launches(args.dstate):
-        compiled = compile_for_hopper(kernel, constexprs, num_warps)
+    for name, kernel, values, num_warps in kernel_launches(args.dstate):
+        compiled = compile_for_hopper(kernel, values, num_warps)
         if not compiled.asm.get("cubin"):
             print(f"{name}: no cubin", file=sys.stderr)
             return 1

@@ -349,7 +349,8 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 
     Returns (out (batch, dim, seqlen), last_state (num_seqs, dim, dstate) fp32, checkpoints,
     out_pre). checkpoints holds the states the backend's backward needs (empty for the reference);
-    out_pre is y before the z gate, which the CUDA backward uses for dz (otherwise empty).
+    out_pre is y before the z gate, which the CUDA and Triton backwards use for dz (empty without z,
+    without checkpoints, and for the reference).
     """
     if backend == "cuda":
         return _cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse,
@@ -357,9 +358,8 @@ def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     if backend == "triton":
         from m4v.kernels.triton.selective_scan import selective_scan_fwd_triton
 
-        out, last, checkpoints = selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                                           cu_seqlens, delta_softplus, reverse, save_checkpoints)
-        return out, last, checkpoints, u.new_empty((0,))
+        return selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
+                                         delta_softplus, reverse, save_checkpoints)
     out, last = _reference_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
                                reverse)
     return out, last, u.new_empty((0, u.shape[1], A.shape[1]), dtype=torch.float32), u.new_empty((0,))
@@ -377,9 +377,9 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
     state_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     last = u.new_empty((_num_seqs(batch, cu_seqlens), dim, A.shape[1]), dtype=state_dtype)
     rows = checkpoint_rows(backend, batch, seqlen, cu_seqlens) if save_checkpoints else 0
-    keeps_pre_gate = backend == "cuda" and save_checkpoints and z is not None
-    out_pre = new_scan_output(u) if keeps_pre_gate else u.new_empty((0,))
-    out = new_scan_output(u) if backend == "cuda" else u.new_empty(u.shape)
+    keeps_pre_gate = backend in ("cuda", "triton") and save_checkpoints and z is not None
+    out_pre = _row_output(u, backend) if keeps_pre_gate else u.new_empty((0,))
+    out = _row_output(u, backend)
     return out, last, u.new_empty((rows, dim, A.shape[1]), dtype=torch.float32), out_pre
 
 
@@ -401,7 +401,7 @@ def selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, d
         from m4v.kernels.triton.selective_scan import selective_scan_bwd_triton
 
         return selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state,
-                                         cu_seqlens, checkpoints, delta_softplus, reverse)
+                                         cu_seqlens, checkpoints, out_pre, delta_softplus, reverse)
     return _reference_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
                           delta_softplus, reverse)
 

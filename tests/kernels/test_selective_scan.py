@@ -457,17 +457,33 @@ def test_triton_tiles_compute_the_same_scan(reverse, poison_outputs):
     dout, dlast = torch.randn_like(u), torch.randn_like(init)
 
     def run(tile, max_registers=None):
-        out, last, checkpoints = selective_scan_fwd_triton(u, delta, A, B, C, D, z, bias, init, None, True, reverse,
-                                                           True, tile=tile, max_registers=max_registers)
+        out, last, checkpoints, out_pre = selective_scan_fwd_triton(u, delta, A, B, C, D, z, bias, init, None, True,
+                                                                    reverse, True, tile=tile,
+                                                                    max_registers=max_registers)
         grads = selective_scan_bwd_triton(dout, dlast, u, delta, A, B, C, D, z, bias, init, None, checkpoints,
-                                          True, reverse, tile=tile)
-        return [out, last, *grads]
+                                          out_pre, True, reverse, tile=tile)
+        return [out, last, out_pre, *grads]
 
     expected = run(None)
     assert all(torch.isfinite(t).all() for t in expected)
     for tile, max_registers in [((4, 2), None), ((1, 1), None), (None, 128)]:
         for got, want in zip(run(tile, max_registers), expected):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not available_backends()["triton"].usable, reason="needs Triton")
+def test_triton_backward_names_a_missing_pre_gate_output():
+    """With z, the Triton backward reads dz's y from the forward's out_pre: without it, a clear error."""
+    from m4v.kernels.triton.selective_scan import selective_scan_bwd_triton, selective_scan_fwd_triton
+
+    (u, delta, A, B, C, D, z), kwargs = make_inputs(Case(dim=4, seqlen=9, dstate=4))
+    _, _, checkpoints, out_pre = selective_scan_fwd_triton(u, delta, A, B, C, D, z, None, None, None, True, False,
+                                                           True)
+    assert out_pre.shape == u.shape
+    for bad in (u.new_empty((0,)), out_pre.mT.contiguous().mT, out_pre.double()):
+        with pytest.raises(ValueError, match="out_pre"):
+            selective_scan_bwd_triton(torch.randn_like(u), None, u, delta, A, B, C, D, z, None, None, None,
+                                      checkpoints, bad, True, False)
 
 
 def test_triton_kernels_compile_for_hopper():

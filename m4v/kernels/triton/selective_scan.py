@@ -90,14 +90,18 @@ def _load_dt(delta_ptr, row_off, t, valid, s_l, bias, SOFTPLUS: tl.constexpr):
 
 @triton.jit
 def _fwd_chunk(
-    u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+    u_ptr, delta_ptr, z_ptr, out_ptr, pre_ptr, B_ptr, C_ptr, ck_ptr,
     batch, start, lead, end, c, chunk_row, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry, dim, dstate,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_Z: tl.constexpr, SAVE_CK: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
     FULL: tl.constexpr, VARLEN: tl.constexpr, CHUNK_L: tl.constexpr,
 ):
-    """Scans chunk c of a block of channels from `carry`, stores its outputs; returns the new carry."""
+    """Scans chunk c of a block of channels from `carry`, stores its outputs; returns the new carry.
+
+    With SAVE_CK and a gate it also stores y before the gate at `pre_ptr` (out's strides), which the
+    backward reads for dz instead of replaying the scan.
+    """
     steps = tl.arange(0, CHUNK_L)
     t = c * CHUNK_L + steps
     in_seq = _in_sequence(t, lead, end, FULL, VARLEN)
@@ -128,6 +132,9 @@ def _fwd_chunk(
         y = tl.flip(y, 1)
     y = y + Dv[:, None] * u
     if HAS_Z:
+        if SAVE_CK:
+            tl.store(pre_ptr + batch * so_b + d[:, None] * so_d + pos[None, :] * so_l,
+                     y.to(pre_ptr.dtype.element_ty), mask=valid)
         z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
         z = z.to(tl.float32)
         y = y * z * tl.sigmoid(z)
@@ -138,7 +145,7 @@ def _fwd_chunk(
 
 @triton.jit
 def _selective_scan_fwd_kernel(
-    u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, init_ptr, last_ptr, ck_ptr,
+    u_ptr, delta_ptr, z_ptr, out_ptr, pre_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, init_ptr, last_ptr, ck_ptr,
     cu_ptr, chunk_off_ptr,
     dim, seqlen, dstate, channels_per_group, chunks_per_seq,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
@@ -170,14 +177,14 @@ def _selective_scan_fwd_kernel(
             c = num_chunks - 1 - q if REVERSE else q
             if _chunk_is_full(c, lead, end, CHUNK_L):
                 carry = _fwd_chunk(
-                    u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+                    u_ptr, delta_ptr, z_ptr, out_ptr, pre_ptr, B_ptr, C_ptr, ck_ptr,
                     batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry,
                     dim, dstate, su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
                     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
                     HAS_Z, SAVE_CK, SOFTPLUS, REVERSE, True, True, CHUNK_L)
             else:
                 carry = _fwd_chunk(
-                    u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+                    u_ptr, delta_ptr, z_ptr, out_ptr, pre_ptr, B_ptr, C_ptr, ck_ptr,
                     batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry,
                     dim, dstate, su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
                     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
@@ -189,7 +196,7 @@ def _selective_scan_fwd_kernel(
         for q in range(0, num_chunks):
             c = num_chunks - 1 - q if REVERSE else q
             carry = _fwd_chunk(
-                u_ptr, delta_ptr, z_ptr, out_ptr, B_ptr, C_ptr, ck_ptr,
+                u_ptr, delta_ptr, z_ptr, out_ptr, pre_ptr, B_ptr, C_ptr, ck_ptr,
                 batch, start, lead, end, c, first_chunk + c, d, g, n, d_ok, dn_ok, A2, bias, Dv, carry,
                 dim, dstate, su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
                 sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
@@ -259,15 +266,15 @@ def _adjoint(decay_next, forcing, entering, REVERSE: tl.constexpr):
 
 @triton.jit
 def _bwd_summary_chunk(
-    u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
+    delta_ptr, z_ptr, dout_ptr, pre_ptr, C_ptr, A_ptr, bias_ptr, dz_ptr,
     chunk_decay_ptr, chunk_adjoint_ptr, batch, start, lead, end, c, global_chunk,
     dim, seqlen, dstate, channels_per_group,
-    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, FULL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr,
 ):
-    """Chunk c's decay and the adjoint it hands the chunk before it (with no adjoint entering), and dz."""
+    """Chunk c's decay and the adjoint it hands the chunk before it (with no adjoint entering), and dz
+    from the pre-gate output the forward kept (pre_ptr, contiguous (batch, dim, seqlen))."""
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     d_ok = d < dim
@@ -275,25 +282,29 @@ def _bwd_summary_chunk(
     g = d // channels_per_group
     A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0) * 1.4426950408889634
     bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-    u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, valid, pos = _chunk_tile(
-        u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
-        batch, start, lead, end, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
-        su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
-        sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-        HAS_Z, SOFTPLUS, REVERSE, FULL, CHUNK_L)
+    t = c * CHUNK_L + tl.arange(0, CHUNK_L)
+    in_seq = _in_sequence(t, lead, end, FULL, True)
+    valid = d_ok[:, None] & in_seq[None, :]
+    pos = start + t
+    dt, _ = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
+    dout = tl.load(dout_ptr + batch * sg_b + d[:, None] * sg_d + pos[None, :] * sg_l, mask=valid, other=0.0)
+    dout = dout.to(tl.float32)
+    Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
+                 mask=dn_ok[:, :, None] & in_seq[None, None, :], other=0.0).to(tl.float32)
     if HAS_Z:
-        y = tl.sum(Ct * x, 1) + Dv[:, None] * u
+        z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
+        z = z.to(tl.float32)
+        row = batch * dim + d[:, None]
+        y = tl.load(pre_ptr + row * seqlen + pos[None, :], mask=valid, other=0.0).to(tl.float32)
         sg = tl.sigmoid(z)
         dz = dout * y * sg * (1.0 + z * (1.0 - sg))
-        tl.store(dz_ptr + (batch * dim + d[:, None]) * seqlen + pos[None, :],
-                 dz.to(dz_ptr.dtype.element_ty), mask=valid)
+        tl.store(dz_ptr + row * seqlen + pos[None, :], dz.to(dz_ptr.dtype.element_ty), mask=valid)
         gy = dout * z * sg
     else:
         gy = dout
     # The adjoint at the chunk's first step in scan order is sum_t exp2(A2 * P_t) * C_t * gy_t, with
     # P_t the chunk's dt summed from that step through t: independent terms (each an exact product
-    # of the chunk's decays), where an adjoint scan per state would be a second associative scan.
+    # of the chunk's decays), where an adjoint scan per state would be an associative scan.
     through = tl.cumsum(dt, 1, reverse=REVERSE)
     adjoint = tl.sum(tl.exp2(through[:, None, :] * A2[:, :, None]) * Ct * gy[:, None, :], 2)
     chunk_decay = tl.exp2(tl.sum(dt, 1)[:, None] * A2)
@@ -304,12 +315,11 @@ def _bwd_summary_chunk(
 
 @triton.jit
 def _selective_scan_bwd_summary_kernel(
-    u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
+    delta_ptr, z_ptr, dout_ptr, pre_ptr, C_ptr, A_ptr, bias_ptr, dz_ptr,
     chunk_decay_ptr, chunk_adjoint_ptr, cu_ptr, chunk_off_ptr,
     num_seqs, dim, seqlen, dstate, channels_per_group, chunks_per_seq,
-    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, VARLEN: tl.constexpr,
+    sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, VARLEN: tl.constexpr,
     SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_L: tl.constexpr, ALIGN: tl.constexpr,
 ):
@@ -319,20 +329,18 @@ def _selective_scan_bwd_summary_kernel(
         batch, start, lead, end, _, _ = _seq_span(s, seqlen, cu_ptr, chunk_off_ptr, chunks_per_seq, VARLEN, ALIGN)
         if _chunk_is_full(c, lead, end, CHUNK_L):
             _bwd_summary_chunk(
-                u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
+                delta_ptr, z_ptr, dout_ptr, pre_ptr, C_ptr, A_ptr, bias_ptr, dz_ptr,
                 chunk_decay_ptr, chunk_adjoint_ptr, batch, start, lead, end, c, global_chunk,
                 dim, seqlen, dstate, channels_per_group,
-                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
-                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
-                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, True, BLOCK_D, BLOCK_N, CHUNK_L)
+                sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+                HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, True, BLOCK_D, BLOCK_N, CHUNK_L)
         else:
             _bwd_summary_chunk(
-                u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, ck_ptr, dz_ptr,
+                delta_ptr, z_ptr, dout_ptr, pre_ptr, C_ptr, A_ptr, bias_ptr, dz_ptr,
                 chunk_decay_ptr, chunk_adjoint_ptr, batch, start, lead, end, c, global_chunk,
                 dim, seqlen, dstate, channels_per_group,
-                su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
-                sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
-                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, False, BLOCK_D, BLOCK_N, CHUNK_L)
+                sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l, sC_b, sC_g, sC_n, sC_l, sA_d, sA_n,
+                HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, False, BLOCK_D, BLOCK_N, CHUNK_L)
 
 
 @triton.jit
@@ -551,7 +559,9 @@ def _row_strides(t):
 
 def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
                               reverse, save_checkpoints, tile=None, max_registers=None):
-    """Same contract as the m4v::selective_scan_fwd op (B, C in (batch, groups, dstate, seqlen)).
+    """Same contract as the m4v::selective_scan_fwd op (B, C in (batch, groups, dstate, seqlen)):
+    (out, last_state, checkpoints, out_pre), out_pre (y before the gate, for the backward's dz) only
+    with save_checkpoints and z, else empty.
 
     tile: (channels per program, warps per program), and max_registers a cap on registers per thread,
     for the tuning sweep (benchmarks/tune_triton_selective_scan.py); with neither given, the default
@@ -562,6 +572,8 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
     num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
     f32 = dict(device=u.device, dtype=torch.float32)
     out = _new_output(u.shape, u.device, u.dtype)
+    keeps_pre_gate = save_checkpoints and z is not None
+    out_pre = _new_output(u.shape, u.device, u.dtype) if keeps_pre_gate else u.new_empty((0,))
     last = _new_output((num_seqs, dim, dstate), **f32)
     rows = checkpoint_rows("triton", batch, seqlen, cu_seqlens) if save_checkpoints else 0
     checkpoints = _new_output((rows, dim, dstate), **f32)
@@ -574,7 +586,8 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
     dummy = last
     grid = (num_seqs, triton.cdiv(dim, block_d))
     _selective_scan_fwd_kernel[grid](
-        u, delta, z if z is not None else u, out, B, C, A, D if D is not None else dummy,
+        u, delta, z if z is not None else u, out, out_pre if keeps_pre_gate else out, B, C, A,
+        D if D is not None else dummy,
         delta_bias if delta_bias is not None else dummy,
         initial_state.contiguous() if initial_state is not None else dummy, last, checkpoints,
         cu_seqlens if cu_seqlens is not None else dummy, offsets if offsets is not None else dummy,
@@ -586,12 +599,13 @@ def selective_scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, initial_state
         SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK,
         ALIGN=SEQ_ALIGN, num_warps=num_warps, **({"maxnreg": max_registers} if max_registers else {}),
     )
-    return out, last, checkpoints
+    return out, last, checkpoints, out_pre
 
 
 def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
-                              checkpoints, delta_softplus, reverse, tile=None):
-    """Same contract as the m4v::selective_scan_bwd op.
+                              checkpoints, out_pre, delta_softplus, reverse, tile=None):
+    """Same contract as the m4v::selective_scan_bwd op; out_pre is the forward's (contiguous, u's
+    shape, when z is given).
 
     tile: (channels per program, warps per program) of the summary and main kernels in place of the
     defaults, for the tuning sweep (benchmarks/tune_triton_selective_scan.py --backward).
@@ -606,13 +620,16 @@ def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_
     if checkpoints.shape != (rows, dim, dstate):
         raise ValueError(f"selective_scan: checkpoints must be ({rows}, {dim}, {dstate}) for the triton backend, "
                          f"got {tuple(checkpoints.shape)}")
+    if z is not None and (out_pre.shape != u.shape or out_pre.dtype != u.dtype or not out_pre.is_contiguous()):
+        raise ValueError(f"selective_scan: out_pre must be a contiguous {tuple(u.shape)} {u.dtype} tensor for the "
+                         f"triton backend's backward with z, got {tuple(out_pre.shape)} {out_pre.dtype}")
     f32 = dict(device=u.device, dtype=torch.float32)
     block_n = _block_sizes(dstate, BACKWARD_TILE_ELEMENTS)[1]
     block_d, num_warps = tile if tile is not None else backward_tile(dstate)
     offsets = _chunk_offsets(cu_seqlens)
     chunks_per_seq = triton.cdiv(seqlen, CHUNK)
     dummy = checkpoints
-    common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, VARLEN=varlen,
+    common = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, VARLEN=varlen,
                   SOFTPLUS=delta_softplus, REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK_L=CHUNK,
                   ALIGN=SEQ_ALIGN, num_warps=num_warps)
     D_arg = D if D is not None else dummy
@@ -625,10 +642,12 @@ def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_
     dz = _new_output((batch, dim, seqlen), u.device, u.dtype) if z is not None else u.new_empty((0,))
     chunk_decay = torch.zeros((rows, dim, dstate), **f32)
     chunk_adjoint = torch.zeros_like(chunk_decay)
+    gated = z is not None
     _selective_scan_bwd_summary_kernel[(rows, triton.cdiv(dim, block_d))](
-        u, delta, z if z is not None else u, dout, B, C, A, D_arg, bias_arg, checkpoints,
-        dz if z is not None else u, chunk_decay, chunk_adjoint, cu_arg, off_arg,
-        num_seqs, dim, seqlen, dstate, channels_per_group, chunks_per_seq, *strides, **common)
+        delta, z if gated else u, dout, out_pre if gated else u, C, A, bias_arg, dz if gated else u,
+        chunk_decay, chunk_adjoint, cu_arg, off_arg,
+        num_seqs, dim, seqlen, dstate, channels_per_group, chunks_per_seq,
+        *_row_strides(delta), *_row_strides(z), *_row_strides(dout), *C.stride(), *A.stride(), **common)
 
     carry = _new_output((rows, dim, dstate), **f32)
     dinit = _new_output((num_seqs, dim, dstate), **f32)
@@ -656,7 +675,7 @@ def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_
         u, delta, z if z is not None else u, dout, B, C, A, D_arg, bias_arg, checkpoints, carry,
         du, ddelta, dA_part, dD_part, dbias_part, dB_part, dC_part, cu_arg, off_arg,
         num_seqs, batch, dim, seqlen, dstate, groups, channels_per_group, chunks_per_seq, blocks_per_group,
-        channels_per_block, *strides, **common)
+        channels_per_block, *strides, HAS_D=D is not None, **common)
 
     return [du, ddelta, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0),
             dD_part.sum(0) if D is not None else u.new_empty((0,)), dz,
