@@ -205,9 +205,35 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _chunk_gradient_rows(
+    delta_ptr, z_ptr, dout_ptr, C_ptr, batch, start, lead, end, c, d, g, n, d_ok, dn_ok, bias,
+    sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, FULL: tl.constexpr, CHUNK_L: tl.constexpr,
+):
+    """What both backward passes load of chunk c for a block of channels: dt and d dt / d(delta + bias),
+    dout, z (zeros without a gate), the mask and positions of the steps in the sequence, all
+    (BLOCK_D, CHUNK_L), and C, (BLOCK_D, BLOCK_N, CHUNK_L)."""
+    t = c * CHUNK_L + tl.arange(0, CHUNK_L)
+    in_seq = _in_sequence(t, lead, end, FULL, True)
+    valid = d_ok[:, None] & in_seq[None, :]
+    pos = start + t
+    dt, dt_grad = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
+    dout = tl.load(dout_ptr + batch * sg_b + d[:, None] * sg_d + pos[None, :] * sg_l, mask=valid, other=0.0)
+    dout = dout.to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
+        z = z.to(tl.float32)
+    else:
+        z = tl.zeros(dout.shape, tl.float32)
+    Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
+                 mask=dn_ok[:, :, None] & in_seq[None, None, :], other=0.0).to(tl.float32)
+    return dt, dt_grad, dout, z, Ct, valid, pos
+
+
+@triton.jit
 def _chunk_tile(
     u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
-    batch, start, lead, end, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, Dv, dim, dstate,
+    batch, start, lead, end, c, global_chunk, d, g, n, d_ok, dn_ok, A2, bias, dim, dstate,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, FULL: tl.constexpr, CHUNK_L: tl.constexpr,
@@ -216,31 +242,19 @@ def _chunk_tile(
 
     Tiles are (BLOCK_D, CHUNK_L) per channel and (BLOCK_D, BLOCK_N, CHUNK_L) per state.
     """
-    steps = tl.arange(0, CHUNK_L)
-    t = c * CHUNK_L + steps
-    in_seq = _in_sequence(t, lead, end, FULL, True)
-    valid = d_ok[:, None] & in_seq[None, :]
-    pos = start + t
+    dt, dt_grad, dout, z, Ct, valid, pos = _chunk_gradient_rows(
+        delta_ptr, z_ptr, dout_ptr, C_ptr, batch, start, lead, end, c, d, g, n, d_ok, dn_ok, bias,
+        sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l, sC_b, sC_g, sC_n, sC_l,
+        HAS_Z, SOFTPLUS, FULL, CHUNK_L)
     u = tl.load(u_ptr + batch * su_b + d[:, None] * su_d + pos[None, :] * su_l, mask=valid, other=0.0).to(tl.float32)
-    dt, dt_grad = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
-    dout = tl.load(dout_ptr + batch * sg_b + d[:, None] * sg_d + pos[None, :] * sg_l, mask=valid, other=0.0)
-    dout = dout.to(tl.float32)
-    if HAS_Z:
-        z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
-        z = z.to(tl.float32)
-    else:
-        z = tl.zeros(u.shape, tl.float32)
-    tile_ok = dn_ok[:, :, None] & in_seq[None, None, :]
     Bt = tl.load(B_ptr + batch * sB_b + g[:, None, None] * sB_g + n[None, :, None] * sB_n + pos[None, None, :] * sB_l,
-                 mask=tile_ok, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
-                 mask=tile_ok, other=0.0).to(tl.float32)
+                 mask=dn_ok[:, :, None] & valid[:, None, :], other=0.0).to(tl.float32)
     decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
     drive = (dt * u)[:, None, :] * Bt
     entry = tl.load(ck_ptr + (global_chunk * dim + d[:, None]) * dstate + n[None, :], mask=dn_ok, other=0.0)
     scan_decay, scan_drive = tl.associative_scan((decay, drive), 2, _compose, reverse=REVERSE)
     x = scan_decay * entry[:, :, None] + scan_drive
-    return u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, valid, pos
+    return u, dt, dt_grad, dout, z, Bt, Ct, drive, x, valid, pos
 
 
 @triton.jit
@@ -282,18 +296,11 @@ def _bwd_summary_chunk(
     g = d // channels_per_group
     A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_ok, other=0.0) * 1.4426950408889634
     bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    t = c * CHUNK_L + tl.arange(0, CHUNK_L)
-    in_seq = _in_sequence(t, lead, end, FULL, True)
-    valid = d_ok[:, None] & in_seq[None, :]
-    pos = start + t
-    dt, _ = _load_dt(delta_ptr, batch * sdl_b + d[:, None] * sdl_d, pos, valid, sdl_l, bias, SOFTPLUS)
-    dout = tl.load(dout_ptr + batch * sg_b + d[:, None] * sg_d + pos[None, :] * sg_l, mask=valid, other=0.0)
-    dout = dout.to(tl.float32)
-    Ct = tl.load(C_ptr + batch * sC_b + g[:, None, None] * sC_g + n[None, :, None] * sC_n + pos[None, None, :] * sC_l,
-                 mask=dn_ok[:, :, None] & in_seq[None, None, :], other=0.0).to(tl.float32)
+    dt, _, dout, z, Ct, valid, pos = _chunk_gradient_rows(
+        delta_ptr, z_ptr, dout_ptr, C_ptr, batch, start, lead, end, c, d, g, n, d_ok, dn_ok, bias,
+        sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l, sC_b, sC_g, sC_n, sC_l,
+        HAS_Z, SOFTPLUS, FULL, CHUNK_L)
     if HAS_Z:
-        z = tl.load(z_ptr + batch * sz_b + d[:, None] * sz_d + pos[None, :] * sz_l, mask=valid, other=0.0)
-        z = z.to(tl.float32)
         row = batch * dim + d[:, None]
         y = tl.load(pre_ptr + row * seqlen + pos[None, :], mask=valid, other=0.0).to(tl.float32)
         sg = tl.sigmoid(z)
@@ -413,10 +420,10 @@ def _bwd_main_chunk(
         A2 = A * 1.4426950408889634
         bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
         Dv = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-        u, dt, dt_grad, dout, z, Bt, Ct, decay, drive, x, valid, pos = _chunk_tile(
+        u, dt, dt_grad, dout, z, Bt, Ct, drive, x, valid, pos = _chunk_tile(
             u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, ck_ptr,
             batch, start, lead, end, c, global_chunk, d, tl.zeros([BLOCK_D], tl.int32) + g, n, d_ok, dn_ok, A2,
-            bias, Dv, dim, dstate,
+            bias, dim, dstate,
             su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sg_b, sg_d, sg_l,
             sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
             HAS_Z, SOFTPLUS, REVERSE, FULL, CHUNK_L)
