@@ -14,8 +14,7 @@
 #   bash scripts/device_check.sh eval         # `m4v eval` of MODELS (pipeline dirs) in one run, EVAL_ARGS added
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS one after another), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
-#   bash scripts/device_check.sh triton-tests # the Triton scan GPU tests, SHARDS pytest processes side by side
-#                                             # (their time is mostly Triton's compiles, on the CPU)
+#   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes side by side
 #   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
 #                                             # tests compile every shape and outlast a call) + benchmark (SCAN_ARGS)
 #                                             # + conv benchmark + mixer of the tree, then of each
@@ -86,20 +85,22 @@ case "${1:-check}" in
       done
     done
     ;;
-  triton-tests)
+  scan-tests)
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     file=tests/kernels/test_selective_scan.py shards=${SHARDS:-6}
-    python3 -m pytest "$file" -q --collect-only -k "${TEST_FILTER:-triton}" 2>/dev/null | grep '::' >"$OUT/triton-ids.txt"
-    echo "$(wc -l <"$OUT/triton-ids.txt") tests in $shards shards"
+    python3 -m pytest "$file" -q --collect-only -k "${TEST_FILTER:-triton}" 2>/dev/null | grep '::' >"$OUT/scan-ids.txt"
+    echo "$(wc -l <"$OUT/scan-ids.txt") tests in $shards shards"
     pids=()
     for shard in $(seq 0 $((shards - 1))); do  # round-robin, so each shard gets a mix of shapes
-      awk -v n="$shards" -v k="$shard" 'NR % n == k' "$OUT/triton-ids.txt" >"$OUT/triton-ids-$shard.txt"
-      timeout ${TEST_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider $(cat "$OUT/triton-ids-$shard.txt") \
-        >"$OUT/triton-tests-$shard.log" 2>&1 & pids+=($!)
+      # (the Triton tests' time is mostly their compiles, on the CPU: shards run them side by side)
+      awk -v n="$shards" -v k="$shard" 'NR % n == k' "$OUT/scan-ids.txt" >"$OUT/scan-ids-$shard.txt"
+      mapfile -t ids <"$OUT/scan-ids-$shard.txt"  # ids hold spaces ("dim=6, seqlen=1")
+      timeout ${TEST_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider "${ids[@]}" \
+        >"$OUT/scan-tests-$shard.log" 2>&1 & pids+=($!)
     done
     wait "${pids[@]}"
-    for shard in $(seq 0 $((shards - 1))); do echo "shard $shard: $(tail -1 "$OUT/triton-tests-$shard.log")"; done
-    grep -h -E "^(FAILED|ERROR)" "$OUT"/triton-tests-*.log | head -20
+    for shard in $(seq 0 $((shards - 1))); do echo "shard $shard: $(tail -1 "$OUT/scan-tests-$shard.log")"; done
+    grep -h -E "^(FAILED|ERROR)" "$OUT"/scan-tests-*.log | head -20
     ;;
   bench)
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
