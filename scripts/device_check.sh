@@ -59,6 +59,23 @@ wait_for_peer() {
   echo "mamba_ssm build rc: $(cat "$PEER_DIR/build.rc" 2>/dev/null || echo 'not finished')"
 }
 
+# pytest FILE -k FILTER split round-robin (each shard a mix of shapes) over SHARDS processes side by
+# side: the Triton tests' time is mostly their compiles, on the CPU. Logs: PREFIX-<shard>.log.
+sharded_tests() {  # file filter prefix shards
+  local file=$1 filter=$2 prefix=$3 shards=$4 pids=() ids
+  python3 -m pytest "$file" -q --collect-only -k "$filter" 2>/dev/null | grep '::' >"$prefix-ids.txt"
+  echo "$(wc -l <"$prefix-ids.txt") tests of $file -k '$filter' in $shards shards"
+  for shard in $(seq 0 $((shards - 1))); do
+    mapfile -t ids < <(awk -v n="$shards" -v k="$shard" 'NR % n == k' "$prefix-ids.txt")  # ids hold spaces
+    [ ${#ids[@]} -gt 0 ] || continue
+    timeout ${TEST_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider "${ids[@]}" >"$prefix-$shard.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  for log in "$prefix"-[0-9]*.log; do echo "$(basename "$log"): $(tail -1 "$log")"; done
+  grep -h -E "^(FAILED|ERROR)" "$prefix"-[0-9]*.log | head -20
+}
+
 case "${1:-check}" in
   peer-build)
     # The sdist is git-ignored: the device call must carry .peer. Without it no build starts and no
@@ -87,20 +104,7 @@ case "${1:-check}" in
     ;;
   scan-tests)
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    file=tests/kernels/test_selective_scan.py shards=${SHARDS:-6}
-    python3 -m pytest "$file" -q --collect-only -k "${TEST_FILTER:-triton}" 2>/dev/null | grep '::' >"$OUT/scan-ids.txt"
-    echo "$(wc -l <"$OUT/scan-ids.txt") tests in $shards shards"
-    pids=()
-    for shard in $(seq 0 $((shards - 1))); do  # round-robin, so each shard gets a mix of shapes
-      # (the Triton tests' time is mostly their compiles, on the CPU: shards run them side by side)
-      awk -v n="$shards" -v k="$shard" 'NR % n == k' "$OUT/scan-ids.txt" >"$OUT/scan-ids-$shard.txt"
-      mapfile -t ids <"$OUT/scan-ids-$shard.txt"  # ids hold spaces ("dim=6, seqlen=1")
-      timeout ${TEST_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider "${ids[@]}" \
-        >"$OUT/scan-tests-$shard.log" 2>&1 & pids+=($!)
-    done
-    wait "${pids[@]}"
-    for shard in $(seq 0 $((shards - 1))); do echo "shard $shard: $(tail -1 "$OUT/scan-tests-$shard.log")"; done
-    grep -h -E "^(FAILED|ERROR)" "$OUT"/scan-tests-*.log | head -20
+    sharded_tests tests/kernels/test_selective_scan.py "${TEST_FILTER:-triton}" "$OUT/scan-tests" ${SHARDS:-6}
     ;;
   bench)
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
@@ -217,8 +221,7 @@ case "${1:-check}" in
       fi
       echo "== round $1 (tests: $test_file -k $tests; bench: $args; mixer: $mixer)"
       build_m4v || return 1
-      timeout 300 python3 -m pytest "$test_file" -q -x -k "$tests" 2>&1 \
-        | tee "$ROUNDS/tests-$1.log" | tail -3
+      TEST_TIMEOUT=300 sharded_tests "$test_file" "$tests" "$ROUNDS/tests-$1" ${SHARDS:-6}
       python3 benchmarks/bench_selective_scan.py $args --json "$ROUNDS/scan-$1.json" 2>&1 | tee "$ROUNDS/bench-$1.log" \
         | tail -14
       (cd benchmarks && python3 bench_conv1d.py --json "$ROUNDS/conv-$1.json") 2>&1 | grep -v '^\[{' | tail -5
