@@ -1,5 +1,5 @@
-"""One selective scan (by default at the ANCHORS.md shape), for ncu: a forward, or with ``--backward`` a
-forward and its backward (for the backward's summary, carry and main kernels):
+"""One selective scan (by default at the ANCHORS.md shape), for ncu: a forward, or with
+``--backward`` a forward and its backward (for the backward's summary, carry and main kernels):
 
     ncu --kernel-name regex:selective_scan_fwd --launch-skip 2 --launch-count 1 \
         --section WarpStateStats --section SchedulerStats python3 scripts/profile_scan.py
@@ -17,8 +17,10 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--backward", action="store_true", help="run the backward after each forward")
 parser.add_argument("--token-major", action="store_true",
                     help="the inputs, and dout, as MambaMixer passes them: views of (batch, seqlen, channels) tensors")
-parser.add_argument("--shape", type=int, nargs=4, default=(1, 3072, 16384, 16), metavar=("BATCH", "DIM", "SEQLEN", "DSTATE"),
-                    help="the scan's shape (default the ANCHORS.md one; the 768p mixer's is 1 2880 15872 16)")
+parser.add_argument("--shape", type=int, nargs=4, default=(1, 3072, 16384, 16),
+                    metavar=("BATCH", "DIM", "SEQLEN", "DSTATE"),
+                    help="the scan's shape (default the ANCHORS.md one; the 768p mixer's, 15,360 visual and "
+                         "128 text tokens, is 1 2880 15488 16)")
 args = parser.parse_args()
 
 batch, dim, seqlen, dstate = args.shape
