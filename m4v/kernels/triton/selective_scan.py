@@ -646,10 +646,10 @@ def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_
     strides = (*_row_strides(u), *_row_strides(delta), *_row_strides(z), *_row_strides(dout),
                *B.stride(), *C.stride(), *A.stride())
 
-    dz = _new_output((batch, dim, seqlen), u.device, u.dtype) if z is not None else u.new_empty((0,))
+    gated = z is not None
+    dz = _new_output((batch, dim, seqlen), u.device, u.dtype) if gated else u.new_empty((0,))
     chunk_decay = torch.zeros((rows, dim, dstate), **f32)
     chunk_adjoint = torch.zeros_like(chunk_decay)
-    gated = z is not None
     _selective_scan_bwd_summary_kernel[(rows, triton.cdiv(dim, block_d))](
         delta, z if gated else u, dout, out_pre if gated else u, C, A, bias_arg, dz if gated else u,
         chunk_decay, chunk_adjoint, cu_arg, off_arg,
@@ -679,7 +679,7 @@ def selective_scan_bwd_triton(dout, dlast_state, u, delta, A, B, C, D, z, delta_
     dB_part = torch.zeros((blocks_per_group, batch, groups, dstate, seqlen), **f32)
     dC_part = torch.zeros_like(dB_part)
     _selective_scan_bwd_main_kernel[(rows, groups * blocks_per_group)](
-        u, delta, z if z is not None else u, dout, B, C, A, D_arg, bias_arg, checkpoints, carry,
+        u, delta, z if gated else u, dout, B, C, A, D_arg, bias_arg, checkpoints, carry,
         du, ddelta, dA_part, dD_part, dbias_part, dB_part, dC_part, cu_arg, off_arg,
         num_seqs, batch, dim, seqlen, dstate, groups, channels_per_group, chunks_per_seq, blocks_per_group,
         channels_per_block, *strides, HAS_D=D is not None, **common)
