@@ -53,15 +53,18 @@ StateTensor state_tensor(const Tensor& t) {
 
 // A backward pass's channel blocks per group: the count whose grid (`tiles` chunk-and-group tiles,
 // each split into blocks) wastes the least of the last wave of `slots` resident CTAs. A CTA's time
-// grows with its channel count, so the cost is (waves) x (channels per block); ties go to fewer
-// blocks, which keeps the dB/dC partial buffer (one copy per main-pass block) small.
-ChannelBlocks pick_channel_blocks(int64_t channels_per_group, int64_t tiles, int64_t slots, int64_t groups) {
+// grows with its channel count, plus a fixed part worth `overhead_channels` channels, so the cost
+// is (waves) x (channels per block + overhead); ties go to fewer blocks, which keeps the dB/dC
+// partial buffer (one copy per main-pass block) small.
+ChannelBlocks pick_channel_blocks(int64_t channels_per_group, int64_t tiles, int64_t slots, int64_t groups,
+                                  int64_t overhead_channels) {
   const int64_t max_blocks = std::min<int64_t>({ceil_div(channels_per_group, kScanBwdWarps), 32,
                                                 std::max<int64_t>(1, 65535 / groups)});
   int64_t channels = 0, best_cost = 0;
   for (int64_t blocks = 1; blocks <= max_blocks; ++blocks) {
     const int64_t per_block = ceil_div(ceil_div(channels_per_group, blocks), kScanBwdWarps) * kScanBwdWarps;
-    const int64_t cost = ceil_div(tiles * ceil_div(channels_per_group, per_block), slots) * per_block;
+    const int64_t cost =
+        ceil_div(tiles * ceil_div(channels_per_group, per_block), slots) * (per_block + overhead_channels);
     if (channels == 0 || cost < best_cost) {
       channels = per_block;
       best_cost = cost;
@@ -302,8 +305,12 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
     p.dlast_state = keep.back().data_ptr<float>();
   }
 
-  // Each pass's channel blocks, for its own CTAs per SM: the summary fits more than the main pass,
-  // and has no partial buffers to keep small.
+  // Each pass's channel blocks, for its own CTAs per SM: the summary fits more than the main pass.
+  // A main-pass CTA carries a fixed cost of about two rounds of channels (its B/C tile loads, and
+  // its dB/dC partial's zeroing, write-out and share of the sum after), which favours fewer,
+  // longer blocks (the mixer's shape: 30 blocks, 6.9 waves -> 4 blocks, 1 wave: bwd_main 2.25 ->
+  // 2.16 ms on the H100). The summary's is small: weighting it the same took it from 19 blocks to 6
+  // and 0.419 -> 0.437 ms.
   int num_sms = 0, main_ctas_per_sm = 0, summary_ctas_per_sm = 0;
   TORCH_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, u.get_device()) == cudaSuccess,
               "selective_scan: cannot read the multiprocessor count");
@@ -312,12 +319,12 @@ std::vector<Tensor> selective_scan_bwd_cuda(const Tensor& dout, const OptTensor&
   });
   TORCH_CHECK(occupancy_err == cudaSuccess, "selective_scan: backward occupancy query failed: ",
               cudaGetErrorString(occupancy_err));
-  const auto blocks_for = [&](int ctas_per_sm) {
+  const auto blocks_for = [&](int ctas_per_sm, int64_t overhead_channels) {
     const int64_t slots = std::max<int64_t>(1, static_cast<int64_t>(num_sms) * ctas_per_sm);
-    return pick_channel_blocks(p.channels_per_group, rows * p.groups, slots, p.groups);
+    return pick_channel_blocks(p.channels_per_group, rows * p.groups, slots, p.groups, overhead_channels);
   };
-  p.main_blocks = blocks_for(main_ctas_per_sm);
-  p.summary_blocks = blocks_for(summary_ctas_per_sm);
+  p.main_blocks = blocks_for(main_ctas_per_sm, 2 * kScanBwdWarps);
+  p.summary_blocks = blocks_for(summary_ctas_per_sm, 0);
   p.total_chunks = static_cast<int>(rows);
   p.checkpoints = checkpoints.data_ptr<float>();
   p.dout = row_tensor(dout);

@@ -951,42 +951,47 @@ __device__ __forceinline__ void copy_step_vector(const RowTensor& t, const SeqSp
 }
 
 // Issues this thread's step of the inputs of channels [d0, d0 + kBwdWarps) into `raw` (zeros out of
-// the sequence); the caller commits the group.
+// the sequence); the caller commits the group. `main_pass`: also u and the pre-gate output (the
+// summary needs neither: it reads dt, dout and z only).
 template <typename T>
 __device__ __forceinline__ void prefetch_token_major_inputs(const ScanBwdParams& p, const SeqSpan& span, int d0,
-                                                            int chunk_start, bool with_out_pre, uint4* raw) {
+                                                            int chunk_start, bool main_pass, uint4* raw) {
   static_assert(kBwdWarps * sizeof(T) == 16, "one vector per time step and tensor");
   const int step = threadIdx.x, pos = chunk_start + step;
   const bool in_range = pos >= span.lo && pos < span.len;
-  copy_step_vector<T>(p.u, span, d0, pos, in_range, raw + kRawU * kScanChunk + step);
+  if (main_pass) copy_step_vector<T>(p.u, span, d0, pos, in_range, raw + kRawU * kScanChunk + step);
   copy_step_vector<T>(p.delta, span, d0, pos, in_range, raw + kRawDelta * kScanChunk + step);
   copy_step_vector<T>(p.dout, span, d0, pos, in_range, raw + kRawDout * kScanChunk + step);
   if (p.z.ptr != nullptr) {
     copy_step_vector<T>(p.z, span, d0, pos, in_range, raw + kRawZ * kScanChunk + step);
-    if (with_out_pre) copy_step_vector<T>(p.out_pre, span, d0, pos, in_range, raw + kRawOutPre * kScanChunk + step);
+    if (main_pass) copy_step_vector<T>(p.out_pre, span, d0, pos, in_range, raw + kRawOutPre * kScanChunk + step);
   }
 }
 
+// By value: unpacking through a reference to shared memory compiled to eight 2-byte loads (with
+// 4-way bank conflicts) instead of one 16-byte load.
 template <typename T>
-__device__ __forceinline__ void unpack_step(const uint4& v, float (&out)[kBwdWarps]) {
+__device__ __forceinline__ void unpack_step(const uint4 v, float (&out)[kBwdWarps]) {
   const T* e = reinterpret_cast<const T*>(&v);
 #pragma unroll
   for (int c = 0; c < kBwdWarps; ++c) out[c] = to_float(e[c]);
 }
 
-// Stages this thread's prefetched step into `rows` (see StagedInput) once its copies have landed;
-// with `write_dz` and a gate, also writes dz = dout * y * silu'(z) from the pre-gate output.
+// Stages this thread's prefetched step into `rows` (see StagedInput) once its copies have landed.
+// `main_pass` (the inputs prefetch_token_major_inputs copied for it): also stages u and, with a
+// gate, writes dz = dout * y * silu'(z) from the pre-gate output; else u's rows are left unwritten.
 // Cooperative over the CTA; the caller synchronises before reading the rows.
 template <typename T>
 __device__ __forceinline__ void stage_token_major_inputs(const ScanBwdParams& p, const SeqSpan& span, int d0,
-                                                         int chunk_start, bool write_dz, const uint4* raw,
+                                                         int chunk_start, bool main_pass, const uint4* raw,
                                                          float* rows) {
   cp_async_wait_all();
   const int step = threadIdx.x, pos = chunk_start + step;
   const bool in_range = pos >= span.lo && pos < span.len;
   const bool gated = p.z.ptr != nullptr;
+  const bool write_dz = main_pass;
   float u[kBwdWarps], dt[kBwdWarps], gy[kBwdWarps], z[kBwdWarps], y[kBwdWarps], dz[kBwdWarps];
-  unpack_step<T>(raw[kRawU * kScanChunk + step], u);
+  if (main_pass) unpack_step<T>(raw[kRawU * kScanChunk + step], u);
   unpack_step<T>(raw[kRawDelta * kScanChunk + step], dt);
   unpack_step<T>(raw[kRawDout * kScanChunk + step], gy);
   if (gated) {
@@ -1013,18 +1018,18 @@ __device__ __forceinline__ void stage_token_major_inputs(const ScanBwdParams& p,
   const int at = split_index(step);
 #pragma unroll
   for (int c = 0; c < kBwdWarps; ++c) {
-    rows[(kStagedU * kBwdWarps + c) * kScanChunk + at] = u[c];
+    if (main_pass) rows[(kStagedU * kBwdWarps + c) * kScanChunk + at] = u[c];
     rows[(kStagedDt * kBwdWarps + c) * kScanChunk + at] = dt[c];
     rows[(kStagedGy * kBwdWarps + c) * kScanChunk + at] = gy[c];
   }
 }
 
-// This warp's channel from the staged rows, in scan order (as load_chunk_inputs and
-// load_output_gradient give them; dt_sum added in memory order, as there).
-template <bool kReverse>
+// This warp's channel from the staged rows (u only for the main pass), in scan order (as
+// load_chunk_inputs and load_output_gradient give them; dt_sum added in memory order, as there).
+template <bool kReverse, bool kMainPass>
 __device__ __forceinline__ void staged_chunk_inputs(const float* rows, ChunkInputs& in, float (&gy)[K]) {
   const int warp = threadIdx.x >> 5;
-  tile_items(rows + (kStagedU * kBwdWarps + warp) * kScanChunk, kReverse, in.u);
+  if constexpr (kMainPass) tile_items(rows + (kStagedU * kBwdWarps + warp) * kScanChunk, kReverse, in.u);
   tile_items(rows + (kStagedDt * kBwdWarps + warp) * kScanChunk, kReverse, in.dt);
   tile_items(rows + (kStagedGy * kBwdWarps + warp) * kScanChunk, kReverse, gy);
   in.dt_sum = 0.f;
@@ -1044,17 +1049,26 @@ __device__ __forceinline__ void stage_state_row(const float* src, int64_t stride
   for (int n = threadIdx.x & 31; n < pitch; n += 32) row[n] = n < N ? src[n * stride] * scale : 0.f;
 }
 
+// Channel d's A row ([pitch], zero past dstate) copied with cp.async by the warp's lanes, one state
+// each (dstate <= 32), in the caller's group.
+__device__ __forceinline__ void prefetch_state_row(const ScanBwdParams& p, int d, int pitch, float* row) {
+  const int n = threadIdx.x & 31;
+  if (n >= pitch) return;
+  const bool real = n < p.dstate;
+  cp_async_or_zero<4>(row + n, real ? p.A + d * p.A_dim_stride + n * p.A_state_stride : p.A, real);
+}
+
 // The main pass's A, checkpoint and adjoint-carry rows of channel d ([3][pitch], zero past
 // dstate), copied with cp.async by the warp's lanes, one state each (dstate <= 32), in the same
 // group as the channels' prefetch_token_major_inputs.
 static_assert(kBwdTileMaxDstate <= 32, "one state per lane");
 __device__ __forceinline__ void prefetch_state_rows(const ScanBwdParams& p, int global_chunk, int d, int pitch,
                                                     float* rows) {
+  prefetch_state_row(p, d, pitch, rows);
   const int n = threadIdx.x & 31;
   if (n >= pitch) return;
   const bool real = n < p.dstate;
   const int64_t at = (static_cast<int64_t>(global_chunk) * p.dim + d) * p.dstate + n;
-  cp_async_or_zero<4>(rows + n, real ? p.A + d * p.A_dim_stride + n * p.A_state_stride : p.A, real);
   cp_async_or_zero<4>(rows + pitch + n, real ? p.checkpoints + at : p.checkpoints, real);
   cp_async_or_zero<4>(rows + 2 * pitch + n, real ? p.adjoint_carry + at : p.adjoint_carry, real);
 }
@@ -1083,6 +1097,9 @@ __device__ __forceinline__ bool bwd_tile(const ScanBwdParams& p, ChannelBlocks b
 // The summary takes states in fours (one warp_sum_quad), so its rows and C tile hold dstate rounded
 // up to four; a padding state reads as zeros.
 constexpr int kSummaryStates = 4;
+// Per-warp rows of per-state values in the summary pass: A * log2(e), chunk decay, chunk adjoint,
+// and the next channel's A as copied (token-major inputs only).
+enum SummaryRow { kSummaryA, kSummaryDecay, kSummaryAdjoint, kSummaryNextA, kSummaryRows };
 __host__ __device__ constexpr int summary_pitch(int dstate) {
   return (dstate + kSummaryStates - 1) / kSummaryStates * kSummaryStates;
 }
@@ -1136,8 +1153,9 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   constexpr bool desc = kReverse;
   const int N = p.dstate, pitch = summary_pitch(N);
   const int pos = tile.chunk * kScanChunk + lane * K;
-  // Per warp: A * log2(e), then the chunk decay and adjoint of each state ([3][pitch]).
-  float* rows = smem + warp * 3 * pitch;
+  // Per warp: A * log2(e), then the chunk decay and adjoint of each state, then (token-major
+  // inputs) the next channel's A as copied ([kSummaryRows][pitch]).
+  float* rows = smem + warp * kSummaryRows * pitch;
   const float* tile_C = nullptr;
   // kStaged and p.inputs_token_major: the CTA's channels' staged inputs, then their raw slots (no
   // out_pre: dz is the main pass's).
@@ -1145,7 +1163,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
   uint4* raw = nullptr;
   const int chunk_start = tile.chunk * kScanChunk;
   if constexpr (kStaged) {  // every channel of the CTA reads the same C chunk
-    float* staged = smem + kBwdWarps * 3 * pitch;
+    float* staged = smem + kBwdWarps * kSummaryRows * pitch;
     load_state_tile<T>(p.C, tile.span, tile.group, 0, pitch, N, chunk_start, staged);
     tile_C = staged;
     if constexpr (kTokenMajorStaging<T>) {
@@ -1153,6 +1171,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
         staged_inputs = staged + pitch * kScanChunk;
         raw = reinterpret_cast<uint4*>(staged_inputs + kStagedInputs * kBwdWarps * kScanChunk);
         prefetch_token_major_inputs<T>(p, tile.span, tile.d_begin, chunk_start, false, raw);
+        prefetch_state_row(p, tile.d_begin + warp, pitch, rows + kSummaryNextA * pitch);
         cp_async_commit();
       }
     }
@@ -1169,15 +1188,19 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
         const int d0 = d - warp;
         __syncthreads();  // every warp has read the previous channels' staged rows
         stage_token_major_inputs<T>(p, tile.span, d0, chunk_start, false, raw, staged_inputs);
+        // A was copied with the inputs, each entry by the lane that reads it here: a load of A at
+        // this point held every warp at the barrier below for its latency (a fifth of the stall
+        // samples of the mixer's summary).
+        for (int n = lane; n < pitch; n += 32) rows[n] = rows[kSummaryNextA * pitch + n] * kLog2e;
         // The next channels' copies land during this channel's state loop (into this thread's own
         // slots, which it has just read).
         if (d0 + kBwdWarps < tile.d_end) {
           prefetch_token_major_inputs<T>(p, tile.span, d0 + kBwdWarps, chunk_start, false, raw);
+          prefetch_state_row(p, d + kBwdWarps, pitch, rows + kSummaryNextA * pitch);
           cp_async_commit();
         }
-        stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
         __syncthreads();
-        staged_chunk_inputs<kReverse>(staged_inputs, in, gy);
+        staged_chunk_inputs<kReverse, false>(staged_inputs, in, gy);
       }
     } else {
       stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, kLog2e, N, pitch, rows);
@@ -1214,15 +1237,15 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 3) selective_scan_bwd_summary_
       const float total = warp_sum_quad(adjoint);
       if ((lane & 7) == 0) {
         const int n = n0 + (lane >> 3);
-        rows[pitch + n] = fast_exp2(rows[n] * dt_total);
-        rows[2 * pitch + n] = total;
+        rows[kSummaryDecay * pitch + n] = fast_exp2(rows[kSummaryA * pitch + n] * dt_total);
+        rows[kSummaryAdjoint * pitch + n] = total;
       }
     }
     __syncwarp();
     const int64_t chunk_row = (static_cast<int64_t>(tile.global_chunk) * p.dim + d) * N;
     for (int n = lane; n < N; n += 32) {
-      p.chunk_decay[chunk_row + n] = rows[pitch + n];
-      p.chunk_adjoint[chunk_row + n] = rows[2 * pitch + n];
+      p.chunk_decay[chunk_row + n] = rows[kSummaryDecay * pitch + n];
+      p.chunk_adjoint[chunk_row + n] = rows[kSummaryAdjoint * pitch + n];
     }
   }
 }
@@ -1463,7 +1486,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 2) selective_scan_bwd_main_ker
     if constexpr (kTokenMajorInputs) {
       stage_token_major_inputs<T>(p, tile.span, d - warp, chunk_start, true, raw, contrib);
       __syncthreads();
-      staged_chunk_inputs<kReverse>(contrib, in, gy);
+      staged_chunk_inputs<kReverse, true>(contrib, in, gy);
       __syncthreads();  // the first state round overwrites the staged rows
     } else if (active) {
       stage_state_row(p.A + d * p.A_dim_stride, p.A_state_stride, 1.f, N, pitch, rows);
@@ -1613,7 +1636,7 @@ inline size_t bwd_summary_smem(int dstate, bool inputs_token_major) {
   const size_t tile_C = dstate <= kBwdTileMaxDstate ? size_t{1} * pitch * kScanChunk : 0;
   const size_t raw_floats = size_t{1} * kRawOutPre * kScanChunk * 4;  // no out_pre slots
   const size_t inputs = inputs_token_major ? size_t{1} * kStagedInputs * kBwdWarps * kScanChunk + raw_floats : 0;
-  return sizeof(float) * (size_t{3} * kBwdWarps * pitch + tile_C + inputs);
+  return sizeof(float) * (size_t{1} * kSummaryRows * kBwdWarps * pitch + tile_C + inputs);
 }
 inline size_t bwd_main_smem(int dstate, bool inputs_token_major) {
   const int pitch = state_pitch(dstate);
