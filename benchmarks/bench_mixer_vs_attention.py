@@ -168,6 +168,11 @@ def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmd
                         with torch.no_grad():
                             call(module, *leaves)
                         return
+                    # A training step's gradients start empty (the optimizer's zero_grad sets them to
+                    # None): accumulating into the last repeat's would time adds no step makes.
+                    module.zero_grad(set_to_none=True)
+                    for leaf in leaves:
+                        leaf.grad = None
                     out = call(module, *leaves)
                     outs = (out,) if isinstance(out, torch.Tensor) else out
                     torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])

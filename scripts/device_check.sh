@@ -14,7 +14,8 @@
 #   bash scripts/device_check.sh eval         # `m4v eval` of MODELS (pipeline dirs) in one run, EVAL_ARGS added
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS one after another), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
-#   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes side by side
+#   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes
+#                                             # side by side (TEST_FILE: another test file or folder)
 #   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
 #                                             # tests compile every shape and outlast a call) + benchmark (SCAN_ARGS)
 #                                             # + conv benchmark + mixer of the tree, then of each
@@ -104,7 +105,7 @@ case "${1:-check}" in
     ;;
   scan-tests)
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    sharded_tests tests/kernels/test_selective_scan.py "${TEST_FILTER:-triton}" "$OUT/scan-tests" ${SHARDS:-6}
+    sharded_tests "${TEST_FILE:-tests/kernels/test_selective_scan.py}" "${TEST_FILTER:-triton}" "$OUT/scan-tests" ${SHARDS:-6}
     ;;
   bench)
     python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1

@@ -251,10 +251,19 @@ def _(seq, gather_index, scatter_index, text_len, num_stages, backend):
 
 def _register_gradient(dseq: Tensor, gather_index: Tensor, text_len: int, video_len: int,
                        num_stages: int) -> Tensor:
-    """(num_stages, C): each register's gradient, summed over batch and frames in a fixed order."""
-    slot_stage = gather_index[0].long() - (text_len + video_len)
-    one_hot = (slot_stage[:, None] == torch.arange(num_stages, device=dseq.device)).to(torch.float32)
-    return torch.einsum("bsc,sr->rc", dseq.float(), one_hot)
+    """(num_stages, C): each register's gradient, summed over batch and frames in a fixed order.
+
+    Only the frames' register slots are read: a one-hot product over the whole sequence cast all of
+    dseq to float32 first (0.14 ms of the mixer's backward at 15,360 tokens, for a few rows). The
+    slots are the same in every sample (text alone differs) and there is one per frame, a count
+    known from the shapes, so they are found without a host sync.
+    """
+    num_frames = gather_index.shape[1] - 2 * text_len - video_len
+    slots = torch.nonzero_static(gather_index[0] >= text_len + video_len, size=num_frames).flatten()
+    slot_stage = gather_index[0, slots].long() - (text_len + video_len)
+    acc = torch.promote_types(dseq.dtype, torch.float32)
+    one_hot = (slot_stage[:, None] == torch.arange(num_stages, device=dseq.device)).to(acc)
+    return torch.einsum("bfc,fr->rc", dseq[:, slots].to(acc), one_hot)
 
 
 def _recompose_setup(ctx, inputs, output):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from m4v.kernels.conv1d import causal_conv1d
 from m4v.kernels.selective_scan import selective_scan
+from m4v.layers.projections import forked_linear, split_linear
 
 
 class MambaMixer(nn.Module):
@@ -72,9 +73,12 @@ class MambaMixer(nn.Module):
         """
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: hidden must be (batch, seqlen, {self.d_model}), got {tuple(hidden.shape)}")
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        # in_proj's and x_proj's own autograd functions spare the backward a concatenation of dx and
+        # dz and a separate add of x's two gradients (scan and x_proj).
+        x, z = split_linear(hidden, self.in_proj.weight, self.in_proj.bias, (self.d_inner, self.d_inner))
         x = causal_conv1d(x, self.conv_weight, self.conv_bias, cu_seqlens, activation="silu", backend=self.backend)
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        x, x_dbl = forked_linear(x, self.x_proj.weight)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # the bias goes into the scan's softplus
         y, last_state = selective_scan(x.mT, delta.mT, -torch.exp(self.A_log.float()), B.mT, C.mT, self.D.float(),
                                        z=z.mT, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,

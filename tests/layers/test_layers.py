@@ -50,7 +50,7 @@ def tokens(ctx, batch=2, requires_grad=False):
 def test_mixer_matches_independent_composition():
     torch.manual_seed(0)
     mixer = MambaMixer(HIDDEN, d_state=4, expand=1.5, backend="reference").double()
-    x = torch.randn(2, 11, HIDDEN, dtype=torch.float64)
+    x = torch.randn(2, 11, HIDDEN, dtype=torch.float64, requires_grad=True)
     xz = x @ mixer.in_proj.weight.T
     xs, z = xz[..., :mixer.d_inner], xz[..., mixer.d_inner:]
     xs = F.silu(F.conv1d(xs.mT, mixer.conv_weight[:, None], mixer.conv_bias, padding=3,
@@ -61,7 +61,13 @@ def test_mixer_matches_independent_composition():
     y = selective_scan_ref(xs, delta, -torch.exp(mixer.A_log), B.mT, C.mT, mixer.D, z.mT, mixer.dt_proj.bias,
                            delta_softplus=True)
     expected = y.mT @ mixer.out_proj.weight.T
-    torch.testing.assert_close(mixer(x), expected)
+    out = mixer(x)
+    torch.testing.assert_close(out, expected)
+    # The gradients too: the mixer's in_proj and x_proj run their own backward (projections.py).
+    wrt = [x, *mixer.parameters()]
+    cotangent = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, wrt, cotangent), torch.autograd.grad(expected, wrt, cotangent)):
+        torch.testing.assert_close(got, want)
 
 
 def test_mixer_mamba1_init():
