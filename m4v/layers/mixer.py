@@ -14,6 +14,11 @@ from m4v.kernels.selective_scan import selective_scan
 from m4v.layers.projections import forked_linear, split_linear
 
 
+def _plain_linear(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` is F.linear on its weight and bias and nothing more."""
+    return type(layer) is nn.Linear and not layer._forward_hooks and not layer._forward_pre_hooks
+
+
 class MambaMixer(nn.Module):
     """in_proj -> causal depthwise conv + SiLU -> x_proj -> dt_proj -> selective scan (D skip, z
     gate) -> out_proj, with Mamba-1's initialisation of A_log, D and the dt bias.
@@ -74,10 +79,14 @@ class MambaMixer(nn.Module):
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: hidden must be (batch, seqlen, {self.d_model}), got {tuple(hidden.shape)}")
         # in_proj's and x_proj's own autograd functions spare the backward a concatenation of dx and
-        # dz and a separate add of x's two gradients (scan and x_proj).
-        x, z = split_linear(hidden, self.in_proj.weight, self.in_proj.bias, (self.d_inner, self.d_inner))
+        # dz and a separate add of x's two gradients (scan and x_proj); a wrapped layer (LoRA) or
+        # one with hooks is called as it is.
+        if _plain_linear(self.in_proj):
+            x, z = split_linear(hidden, self.in_proj.weight, self.in_proj.bias, (self.d_inner, self.d_inner))
+        else:
+            x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = causal_conv1d(x, self.conv_weight, self.conv_bias, cu_seqlens, activation="silu", backend=self.backend)
-        x, x_dbl = forked_linear(x, self.x_proj.weight)
+        x, x_dbl = forked_linear(x, self.x_proj.weight) if _plain_linear(self.x_proj) else (x, self.x_proj(x))
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # the bias goes into the scan's softplus
         y, last_state = selective_scan(x.mT, delta.mT, -torch.exp(self.A_log.float()), B.mT, C.mT, self.D.float(),

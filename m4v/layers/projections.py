@@ -20,10 +20,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype F.linear would compute in here: autocast's, if on for x's device."""
-    device_type = x.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+def _linear_as_autocast(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """F.linear as autocast, if on for x's device, would run it. Returns (out, x, weight), the last two
+    in the dtype the product was computed in (for the backward)."""
+    device_type = x.device.type  # "meta" (FLOP counting) has no autocast to ask about
+    if not (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)):
+        return F.linear(x, weight, bias), x, weight
+    dtype = torch.get_autocast_dtype(device_type)
+    x_c, weight_c = x.to(dtype), weight.to(dtype)
+    with torch.autocast(device_type, enabled=False):
+        return F.linear(x_c, weight_c, None if bias is None else bias.to(dtype)), x_c, weight_c
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -34,10 +40,7 @@ def _rows(x: Tensor) -> Tensor:
 class _SplitLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], split_sizes: Sequence[int]):
-        dtype = _compute_dtype(x)
-        x_c, weight_c = x.to(dtype), weight.to(dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            out = F.linear(x_c, weight_c, None if bias is None else bias.to(dtype))
+        out, x_c, weight_c = _linear_as_autocast(x, weight, bias)
         ctx.save_for_backward(x_c, weight_c)
         ctx.split_sizes = list(split_sizes)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -67,10 +70,7 @@ class _SplitLinear(torch.autograd.Function):
 class _ForkedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor):
-        dtype = _compute_dtype(x)
-        x_c, weight_c = x.to(dtype), weight.to(dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            out = F.linear(x_c, weight_c)
+        out, x_c, weight_c = _linear_as_autocast(x, weight, None)
         ctx.save_for_backward(x_c, weight_c)
         ctx.dtypes = (x.dtype, weight.dtype)
         return x.view_as(x), out
