@@ -257,6 +257,8 @@ case "${1:-check}" in
       || head -5 "$OUT/$kernel-sass.csv"
     grep -E "Executed Instructions|Issue Slots Busy|Eligible Warps|Active Warps|Registers|Duration|Throughput" \
       "$OUT/$kernel-details.txt" | head -24
+    # One file back for all three: a call returns few files, and the per-line table was lost once.
+    tar cf "$OUT/$kernel-tables.tar" -C "$OUT" "$kernel-details.txt" "$kernel-sass.csv" ncu.log
     ;;
   recompose)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
