@@ -989,14 +989,13 @@ __device__ __forceinline__ void stage_token_major_inputs(const ScanBwdParams& p,
   const int step = threadIdx.x, pos = chunk_start + step;
   const bool in_range = pos >= span.lo && pos < span.len;
   const bool gated = p.z.ptr != nullptr;
-  const bool write_dz = main_pass;
   float u[kBwdWarps], dt[kBwdWarps], gy[kBwdWarps], z[kBwdWarps], y[kBwdWarps], dz[kBwdWarps];
   if (main_pass) unpack_step<T>(raw[kRawU * kScanChunk + step], u);
   unpack_step<T>(raw[kRawDelta * kScanChunk + step], dt);
   unpack_step<T>(raw[kRawDout * kScanChunk + step], gy);
   if (gated) {
     unpack_step<T>(raw[kRawZ * kScanChunk + step], z);
-    if (write_dz) unpack_step<T>(raw[kRawOutPre * kScanChunk + step], y);
+    if (main_pass) unpack_step<T>(raw[kRawOutPre * kScanChunk + step], y);
   }
 #pragma unroll
   for (int c = 0; c < kBwdWarps; ++c) {
@@ -1004,11 +1003,11 @@ __device__ __forceinline__ void stage_token_major_inputs(const ScanBwdParams& p,
     dt[c] = in_range ? (p.delta_softplus ? softplus<T>(pre) : pre) : 0.f;
     if (gated) {
       const float sg = sigmoid(z[c]);
-      if (write_dz) dz[c] = gy[c] * y[c] * sg * (1.f + z[c] * (1.f - sg));
+      if (main_pass) dz[c] = gy[c] * y[c] * sg * (1.f + z[c] * (1.f - sg));
       gy[c] *= z[c] * sg;
     }
   }
-  if (gated && write_dz && in_range) {
+  if (gated && main_pass && in_range) {
     uint4 packed;
     T* e = reinterpret_cast<T*>(&packed);
 #pragma unroll
