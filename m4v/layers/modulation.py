@@ -34,8 +34,13 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def layer_norm(x: Tensor) -> Tensor:
-    """LayerNorm without affine parameters (the modulation supplies them), in at least float32."""
-    return F.layer_norm(x.to(compute_dtype(x)), x.shape[-1:], eps=1e-6).to(x.dtype)
+    """LayerNorm without affine parameters (the modulation supplies them), accumulated in at least float32.
+
+    torch's layer_norm kernels (CUDA and CPU) already accumulate half-precision inputs in float32, so
+    the input is not cast: a float32 copy of the activations and its backward cost ~0.4 ms per 768p
+    block. The cast back only matters under autocast, whose layer_norm returns float32.
+    """
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6).to(x.dtype)
 
 
 __all__ = ["Modulation", "modulate", "layer_norm", "compute_dtype"]
