@@ -20,11 +20,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+# Device types with an autocast to ask about ("meta", used for FLOP counting, has none). Found once:
+# dynamo cannot trace torch.amp.is_autocast_available (torch 2.11), while it folds
+# torch.is_autocast_enabled and torch.get_autocast_dtype into constants.
+_AUTOCAST_DEVICE_TYPES = frozenset(
+    device_type
+    for device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla", "maia",
+                        torch._C._get_privateuse1_backend_name())
+    if torch.amp.is_autocast_available(device_type))
+
+
 def _linear_as_autocast(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """F.linear as autocast, if on for x's device, would run it. Returns (out, x, weight), the last two
     in the dtype the product was computed in (for the backward)."""
-    device_type = x.device.type  # "meta" (FLOP counting) has no autocast to ask about
-    if not (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)):
+    device_type = x.device.type
+    if not (device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)):
         return F.linear(x, weight, bias), x, weight
     dtype = torch.get_autocast_dtype(device_type)
     x_c, weight_c = x.to(dtype), weight.to(dtype)
