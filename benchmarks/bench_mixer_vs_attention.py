@@ -153,6 +153,28 @@ def print_op_table(step, title: str, rows: int = 20) -> None:
         print(f"{self_device_us(e):9.1f} {e.count:5d}  {e.key} {e.input_shapes}")
 
 
+def make_step(module, call, inputs, pass_name: str):
+    """One timed step of a case: the forward under no_grad ("fwd"), or forward and backward from
+    empty gradients ("fwd_bwd")."""
+    leaves = [t.detach().requires_grad_(pass_name == "fwd_bwd") for t in inputs]
+
+    def step():
+        if pass_name == "fwd":
+            with torch.no_grad():
+                call(module, *leaves)
+            return
+        # A training step's gradients start empty (the optimizer's zero_grad sets them to None):
+        # accumulating into the last repeat's would time adds no step makes.
+        module.zero_grad(set_to_none=True)
+        for leaf in leaves:
+            leaf.grad = None
+        out = call(module, *leaves)
+        outs = (out,) if isinstance(out, torch.Tensor) else out
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    return step
+
+
 def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmdim=False, only=None):
     records = []
     for tokens in tokens_list:
@@ -161,22 +183,7 @@ def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmd
                 continue
             module = module.to(device=device, dtype=dtype)
             for pass_name in passes:
-                leaves = [t.detach().requires_grad_(pass_name == "fwd_bwd") for t in inputs]
-
-                def step():
-                    if pass_name == "fwd":
-                        with torch.no_grad():
-                            call(module, *leaves)
-                        return
-                    # A training step's gradients start empty (the optimizer's zero_grad sets them to
-                    # None): accumulating into the last repeat's would time adds no step makes.
-                    module.zero_grad(set_to_none=True)
-                    for leaf in leaves:
-                        leaf.grad = None
-                    out = call(module, *leaves)
-                    outs = (out,) if isinstance(out, torch.Tensor) else out
-                    torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
-
+                step = make_step(module, call, inputs, pass_name)
                 if device == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()

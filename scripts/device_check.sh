@@ -14,6 +14,7 @@
 #   bash scripts/device_check.sh eval         # `m4v eval` of MODELS (pipeline dirs) in one run, EVAL_ARGS added
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS one after another), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
+#   bash scripts/device_check.sh host         # the MM-DiM mixer's and block's host time against their GPU time
 #   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes
 #                                             # side by side (TEST_FILE: another test file or folder)
 #   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
@@ -201,6 +202,11 @@ case "${1:-check}" in
     wait_for_peer
     (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens ${TOKENS:-15360 119040} --profile \
       --json "$OUT/h100-mixer-vs-attention.json") 2>&1 | grep -v '^\[{' | tee "$OUT/mixer.log" | tail -${TAIL:-60}
+    ;;
+  host)
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    (cd benchmarks && python3 profile_mixer_host.py --tokens ${TOKENS:-15360}) >"$OUT/host.txt" 2>&1
+    grep "###" "$OUT/host.txt"
     ;;
   patches)
     # Kernel versions written without a GPU wait in benchmarks/patches/ (NOTES.md has each one's

@@ -1,0 +1,78 @@
+"""Where the MM-DiM mixer's and block's host time goes, next to their GPU time.
+
+For each case: the host time to issue a step (steps issued back to back, no sync), the wall time
+per step of those queued steps, and the median wall time of steps synced one by one (what
+bench_mixer_vs_attention.py and a training step see); then cProfile (Python) and torch.profiler's
+CPU table (ops) of the same steps. A synced step longer than its kernels while the issue time is
+shorter means the GPU waits on the host in stretches of the step.
+
+    python benchmarks/profile_mixer_host.py [--tokens 15360] [--steps 20] [--cases mixer:fwd_bwd ...]
+"""
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench_mixer_vs_attention import build_cases, make_step
+
+
+def host_times(step, sync, steps: int) -> tuple[float, float, float]:
+    """(issue ms, queued wall ms, synced wall median ms) per step."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    issued = time.perf_counter()
+    sync()
+    done = time.perf_counter()
+    synced = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        synced.append(time.perf_counter() - t0)
+    return 1e3 * (issued - start) / steps, 1e3 * (done - start) / steps, 1e3 * sorted(synced)[steps // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=15360)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cases", nargs="*", default=["mixer:fwd_bwd", "block:fwd_bwd", "block:fwd"],
+                        help="scope:pass of the mmdim cases")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    cases = build_cases(args.tokens, device, dtype, "auto")
+    for case in args.cases:
+        scope, pass_name = case.split(":")
+        module, call, inputs = cases[(scope, "mmdim")]
+        step = make_step(module.to(device=device, dtype=dtype), call, inputs, pass_name)
+        for _ in range(3):
+            step()
+        sync()
+        issue, queued, synced = host_times(step, sync, args.steps)
+        print(f"### {scope} mmdim {args.tokens} {pass_name}: issue {issue:.3f} ms/step, queued wall {queued:.3f}, "
+              f"synced wall median {synced:.3f}")
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(args.steps):
+            step()
+        sync()
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(45)
+        with profile(activities=[ProfilerActivity.CPU]) as ops:
+            for _ in range(5):
+                step()
+            sync()
+        print(ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=35, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
