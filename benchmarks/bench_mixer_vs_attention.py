@@ -11,7 +11,12 @@ unit, 119,040 a full 241-frame sequence), forward and forward+backward.
   FLOP accounting), each with its MLP and modulation.
 
 Reports median ms, the ratio against cuDNN attention and peak memory; writes JSON records
-{"mixer", "tokens", "pass", "scope", "ms", "peak_mib"} and, with matplotlib, a log-log plot.
+{"mixer", "tokens", "pass", "scope", "mode", "ms", "peak_mib"} and, with matplotlib, a log-log plot.
+``mode`` is "eager" (each op issued from Python, as a plain training loop runs) or, with
+``--cuda-graphs``, also "cuda_graph": the same step captured once and replayed, as
+``torch.compile(mode="reduce-overhead")`` or a ``torch.cuda.graph`` training loop runs it. The
+MM-DiM mixer's eager step is bound by the host's issue time at 15,360 tokens (NOTES.md, the
+thirty-eighth session); the graph shows what its kernels take when the host is out of the way.
 
     python benchmarks/bench_mixer_vs_attention.py [--tokens 4096 15360 ...] [--json out.json] [--png out.png]
     python benchmarks/bench_mixer_vs_attention.py --plot-only results.json --png out.png
@@ -175,30 +180,49 @@ def make_step(module, call, inputs, pass_name: str):
     return step
 
 
-def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmdim=False, only=None):
+def capture_step(step):
+    """``step`` captured in a CUDA graph after three warm-up calls on a side stream (which fill
+    the caches: index maps, cuBLAS and cuDNN plans); returns the graph's replay. Every allocation
+    of the step comes from the graph's private pool and is reused by each replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmdim=False, only=None,
+        cuda_graphs=False):
     records = []
+    modes = ["eager", "cuda_graph"] if cuda_graphs else ["eager"]
     for tokens in tokens_list:
         for (scope, name), (module, call, inputs) in build_cases(tokens, device, dtype, scan_backend).items():
             if only is not None and name not in only:
                 continue
             module = module.to(device=device, dtype=dtype)
             for pass_name in passes:
-                step = make_step(module, call, inputs, pass_name)
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                try:
-                    ms = median_ms(step)
-                except (RuntimeError, torch.OutOfMemoryError) as exc:  # e.g. a backend without this shape
-                    print(f"# {scope} {name} {tokens} {pass_name}: {type(exc).__name__}: {str(exc)[:120]}",
-                          file=sys.stderr)
-                    continue
-                peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0
-                if profile_mmdim and device == "cuda" and name == "mmdim":
-                    print_kernel_table(step, f"{scope} {name} {tokens} tokens {pass_name}")
-                records.append({"mixer": name, "tokens": tokens, "pass": pass_name, "scope": scope,
-                                "ms": round(ms, 4), "peak_mib": round(peak, 1)})
-                module.zero_grad(set_to_none=True)
+                for mode in modes:
+                    step = make_step(module, call, inputs, pass_name)
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats()
+                    try:
+                        ms = median_ms(capture_step(step) if mode == "cuda_graph" else step)
+                    except (RuntimeError, torch.OutOfMemoryError) as exc:  # e.g. a backend without this shape
+                        print(f"# {scope} {name} {tokens} {pass_name} {mode}: {type(exc).__name__}: "
+                              f"{str(exc)[:160]}", file=sys.stderr)
+                        continue
+                    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0
+                    if profile_mmdim and device == "cuda" and name == "mmdim" and mode == "eager":
+                        print_kernel_table(step, f"{scope} {name} {tokens} tokens {pass_name}")
+                    records.append({"mixer": name, "tokens": tokens, "pass": pass_name, "scope": scope,
+                                    "mode": mode, "ms": round(ms, 4), "peak_mib": round(peak, 1)})
+                    module.zero_grad(set_to_none=True)
             if json_path:  # keep partial results if a long run is cut short
                 with open(json_path, "w") as f:
                     json.dump(records, f, indent=1)
@@ -206,13 +230,18 @@ def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmd
 
 
 def print_table(records):
-    print(f"{'scope':6} {'pass':8} {'tokens':>7} {'mixer':11} {'ms':>9} {'vs attn_cudnn':>14} {'peak MiB':>9}")
+    """Each record against cuDNN attention's mixer in the same pass and mode (records written
+    before the graph mode have none and count as eager)."""
+    print(f"{'scope':6} {'pass':8} {'mode':10} {'tokens':>7} {'mixer':11} {'ms':>9} {'vs attn_cudnn':>14} "
+          f"{'peak MiB':>9}")
     for r in records:
+        mode = r.get("mode", "eager")
         peer = next((p["ms"] for p in records if p["mixer"] == "attn_cudnn" and p["tokens"] == r["tokens"]
-                     and p["pass"] == r["pass"] and p["scope"] == "mixer"), None)
+                     and p["pass"] == r["pass"] and p["scope"] == "mixer" and p.get("mode", "eager") == mode),
+                    None)
         ratio = f"{peer / r['ms']:.2f}x" if peer else "-"
-        print(f"{r['scope']:6} {r['pass']:8} {r['tokens']:7d} {r['mixer']:11} {r['ms']:9.3f} {ratio:>14} "
-              f"{r['peak_mib']:9.0f}")
+        print(f"{r['scope']:6} {r['pass']:8} {mode:10} {r['tokens']:7d} {r['mixer']:11} {r['ms']:9.3f} "
+              f"{ratio:>14} {r['peak_mib']:9.0f}")
 
 
 def plot(records, png_path):
@@ -224,6 +253,7 @@ def plot(records, png_path):
     except ImportError:
         print("# matplotlib not importable: no plot (run again with --plot-only where it is)", file=sys.stderr)
         return
+    records = [r for r in records if r.get("mode", "eager") == "eager"]  # one curve per case
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, pass_name in zip(axes, ("fwd", "fwd_bwd")):
         for scope, style in (("mixer", "-"), ("block", "--")):
@@ -256,6 +286,8 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=None,
                         help="time only these cases (mmdim, attn_cudnn, attn_flash, mamba_ssm, attn_auto), "
                              "e.g. for A/B runs of one change")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time each step captured in a CUDA graph (mode cuda_graph)")
     args = parser.parse_args(argv)
     if args.plot_only:
         with open(args.plot_only) as f:
@@ -269,7 +301,8 @@ def main(argv=None):
         print("bench_mixer_vs_attention: needs a CUDA GPU (or --cpu-smoke)", file=sys.stderr)
         return 1
     else:
-        records = run(args.tokens, "cuda", torch.bfloat16, "auto", args.passes, args.json, args.profile, args.only)
+        records = run(args.tokens, "cuda", torch.bfloat16, "auto", args.passes, args.json, args.profile, args.only,
+                      args.cuda_graphs)
     print_table(records)
     emit_records(records, args.json)
     if args.png:

@@ -13,7 +13,8 @@
 #                                             # each config's preset), bf16 tars in $OUT
 #   bash scripts/device_check.sh eval         # `m4v eval` of MODELS (pipeline dirs) in one run, EVAL_ARGS added
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS one after another), pack (bf16 tars), evaluate with the base
-#   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build)
+#   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build;
+#                                             # MIXER_ARGS added, e.g. --cuda-graphs)
 #   bash scripts/device_check.sh host         # the MM-DiM mixer's and block's host time against their GPU time
 #   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes
 #                                             # side by side (TEST_FILE: another test file or folder)
@@ -76,6 +77,10 @@ sharded_tests() {  # file filter prefix shards
   wait "${pids[@]}"
   for log in "$prefix"-[0-9]*.log; do echo "$(basename "$log"): $(tail -1 "$log")"; done
   grep -h -E "^(FAILED|ERROR)" "$prefix"-[0-9]*.log | head -20
+  # One file back for all shards: a device call returns only a few files.
+  local name; name=$(basename "$prefix")
+  (cd "$(dirname "$prefix")" && tar cf "$name-logs.tar" "$name"-[0-9]*.log "$name-ids.txt" \
+    && rm -f "$name"-[0-9]*.log "$name-ids.txt")
 }
 
 case "${1:-check}" in
@@ -200,7 +205,7 @@ case "${1:-check}" in
   mixer)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     wait_for_peer
-    (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens ${TOKENS:-15360 119040} --profile \
+    (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens ${TOKENS:-15360 119040} --profile ${MIXER_ARGS:-} \
       --json "$OUT/h100-mixer-vs-attention.json") 2>&1 | grep -v '^\[{' | tee "$OUT/mixer.log" | tail -${TAIL:-60}
     ;;
   host)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m4v.kernels import selective_scan_ref
+from m4v.kernels import available_backends, selective_scan_ref
 from m4v.kernels.recompose import FrameSpec
 from m4v.layers import (MambaMixer, MMDiMBlock, MMDiTBlock, MultiModalMamba, SingleStreamAttentionBlock,
                         TemporalBranch, TokenContext)
@@ -221,6 +221,42 @@ def test_mixer_compiles_with_inductor_at_odd_length():
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(hidden.grad, eager_grad, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.skipif(not available_backends()["cuda"].usable, reason="CUDA graphs of the CUDA kernels")
+def test_mm_dim_block_step_replays_in_a_cuda_graph():
+    """A whole MM-DiM training step (forward, then the gradients of inputs and parameters) captured
+    in one CUDA graph, as torch.compile's reduce-overhead mode or a graphed training loop runs it,
+    replays to the eager step's values on new inputs copied into the captured ones."""
+    from tests.kernels.test_selective_scan import capture_in_cuda_graph
+
+    torch.manual_seed(0)
+    block = randomize(MMDiMBlock(64, layer_index=3, d_state=16, num_stages=2)).cuda()
+    frames = [FrameSpec(6, 10, 0), FrameSpec(6, 10, 0), FrameSpec(12, 20, 1)]
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    ctx = TokenContext(frames, mask, "cuda")
+    inputs = [torch.randn(2, 7, 64, device="cuda"), torch.randn(2, ctx.video_len, 64, device="cuda"),
+              torch.randn(2, 64, device="cuda")]
+    leaves = [t.clone().requires_grad_(True) for t in inputs[:2]] + [inputs[2]]
+    results = []
+
+    def step():
+        text, video = block(*leaves, ctx)
+        grads = torch.autograd.grad([text, video], [*leaves[:2], *block.parameters()],
+                                    [torch.ones_like(text), torch.ones_like(video)])
+        results[:] = [text, video, *grads]
+
+    graph = capture_in_cuda_graph(step)
+    with torch.no_grad():
+        for leaf in leaves:
+            leaf.copy_(torch.randn_like(leaf))
+    graph.replay()
+    replayed = [t.clone() for t in results]
+    step()  # eager, on the same new inputs
+    for a, b in zip(replayed, results):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_history, n_current, d", [(0, 1, 8), (3, 1, 30), (5, 4, 7)])
