@@ -22,6 +22,9 @@
 #                                             # tests compile every shape and outlast a call) + benchmark (SCAN_ARGS)
 #                                             # + conv benchmark + mixer of the tree, then of each
 #                                             # benchmarks/patches/*.patch
+#   bash scripts/device_check.sh final        # issue 7's closing run in one call (~7 min): peer build beside the
+#                                             # CUDA-graph tests and the mixer (eager and graphed), then the scan
+#                                             # benchmark with mamba_ssm and compute-sanitizer; one tar back
 #   bash scripts/device_check.sh profile      # ncu of a scan kernel (KERNEL, default the forward): stalls, and
 #                                             # executed counts per SASS line
 set -uo pipefail
@@ -252,6 +255,22 @@ case "${1:-check}" in
       [ -z "${PATCHES:-}" ] || [[ " $PATCHES " == *" $name "* ]] || continue
       git apply "$patch" && { scan_round "$name" "$patch"; git apply -R "$patch"; }
     done
+    ;;
+  final)
+    bash "$0" peer-build
+    install_wheels; build_m4v || exit 1
+    timeout 120 python3 -m pytest -q tests/layers/test_layers.py tests/kernels/test_selective_scan.py \
+      -k "cuda_graph or compiles" >"$OUT/graph-tests.log" 2>&1; tail -1 "$OUT/graph-tests.log"
+    # The eager rows are host-bound: niced as it is, the peer build beside them may still slow them.
+    (cd benchmarks && timeout 200 python3 bench_mixer_vs_attention.py --tokens 15360 3840 --cuda-graphs \
+      --only mmdim attn_cudnn attn_auto --json "$OUT/h100-mixer-graphs.json") 2>&1 | grep -v '^\[{' | tail -24
+    BENCH_ARGS=${BENCH_ARGS:---backends cuda mamba_ssm} bash "$0" bench | grep -v '^\[{' | tail -16
+    for tool in memcheck racecheck; do
+      timeout 60 compute-sanitizer --tool $tool --error-exitcode 9 python3 scripts/sanitize_selective_scan.py \
+        >"$OUT/sanitize-$tool.log" 2>&1
+      echo "sanitize_selective_scan $tool rc=$?"; tail -1 "$OUT/sanitize-$tool.log"
+    done
+    (cd "$OUT" && tar cf final.tar ./*.log ./*.json && rm -f ./*.log)
     ;;
   profile)
     # Executed instructions per SASS line (SourceCounters), to see where the issue slots go.
