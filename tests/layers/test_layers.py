@@ -254,9 +254,10 @@ def test_mm_dim_block_step_replays_in_a_cuda_graph():
     graph.replay()
     replayed = [t.clone() for t in results]
     step()  # eager, on the same new inputs
+    # Not bitwise: the temporal branch's pooling and upsampling backward accumulate with atomics.
     for a, b in zip(replayed, results):
         assert torch.isfinite(a).all()
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_history, n_current, d", [(0, 1, 8), (3, 1, 30), (5, 4, 7)])
