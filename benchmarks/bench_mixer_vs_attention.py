@@ -33,6 +33,8 @@ import time
 import torch
 from _report import emit_records
 
+from m4v.cuda_graphs import capture_step
+
 HIDDEN, HEADS, TEXT = 1920, 30, 128
 DEFAULT_TOKENS = [4096, 15360, 32768, 65536, 119040]
 
@@ -180,22 +182,6 @@ def make_step(module, call, inputs, pass_name: str):
     return step
 
 
-def capture_step(step):
-    """``step`` captured in a CUDA graph after three warm-up calls on a side stream (which fill
-    the caches: index maps, cuBLAS and cuDNN plans); returns the graph's replay. Every allocation
-    of the step comes from the graph's private pool and is reused by each replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
 def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmdim=False, only=None,
         cuda_graphs=False):
     records = []
@@ -212,7 +198,7 @@ def run(tokens_list, device, dtype, scan_backend, passes, json_path, profile_mmd
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats()
                     try:
-                        ms = median_ms(capture_step(step) if mode == "cuda_graph" else step)
+                        ms = median_ms(capture_step(step).replay if mode == "cuda_graph" else step)
                     except (RuntimeError, torch.OutOfMemoryError) as exc:  # e.g. a backend without this shape
                         print(f"# {scope} {name} {tokens} {pass_name} {mode}: {type(exc).__name__}: "
                               f"{str(exc)[:160]}", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from m4v.cuda_graphs import capture_step
 from m4v.kernels import available_backends, selective_scan, selective_scan_flops, selective_scan_ref
 from m4v.kernels.selective_scan import CHECKPOINT_CHUNK, SEQ_ALIGN, checkpoint_rows
 
@@ -443,21 +444,6 @@ def test_backward_is_deterministic(backend):
         assert torch.equal(a, b)
 
 
-def capture_in_cuda_graph(step):
-    """A CUDA graph of ``step`` after three warm-up calls on a side stream (as torch.cuda.graphs
-    asks): the warm-up fills the caches that read values on the host (cu_seqlens checks)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph
-
-
 @pytest.mark.skipif("cuda" not in BACKENDS, reason="CUDA graphs of the CUDA kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", [Case(dim=16, seqlen=1000, dstate=16, groups=1, with_init=True),
@@ -476,7 +462,7 @@ def test_cuda_graph_replay_follows_new_inputs(dtype, case):
         out = selective_scan(*mixer_layout(*leaves), backend="cuda", **kw)
         results[:] = [out, *torch.autograd.grad(out, grad_leaves, torch.ones_like(out))]
 
-    graph = capture_in_cuda_graph(step)
+    graph = capture_step(step)
     new_args, new_kwargs = make_inputs(case, dtype=dtype, generator_seed=1)
     with torch.no_grad():
         for leaf, value in zip(grad_leaves, _grad_leaves(*_differentiable(new_args, new_kwargs))):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from m4v.cuda_graphs import capture_step
 from m4v.kernels import available_backends, selective_scan_ref
 from m4v.kernels.recompose import FrameSpec
 from m4v.layers import (MambaMixer, MMDiMBlock, MMDiTBlock, MultiModalMamba, SingleStreamAttentionBlock,
@@ -228,8 +229,6 @@ def test_mm_dim_block_step_replays_in_a_cuda_graph():
     """A whole MM-DiM training step (forward, then the gradients of inputs and parameters) captured
     in one CUDA graph, as torch.compile's reduce-overhead mode or a graphed training loop runs it,
     replays to the eager step's values on new inputs copied into the captured ones."""
-    from tests.kernels.test_selective_scan import capture_in_cuda_graph
-
     torch.manual_seed(0)
     block = randomize(MMDiMBlock(64, layer_index=3, d_state=16, num_stages=2)).cuda()
     frames = [FrameSpec(6, 10, 0), FrameSpec(6, 10, 0), FrameSpec(12, 20, 1)]
@@ -247,7 +246,7 @@ def test_mm_dim_block_step_replays_in_a_cuda_graph():
                                     [torch.ones_like(text), torch.ones_like(video)])
         results[:] = [text, video, *grads]
 
-    graph = capture_in_cuda_graph(step)
+    graph = capture_step(step)
     with torch.no_grad():
         for leaf in leaves:
             leaf.copy_(torch.randn_like(leaf))
