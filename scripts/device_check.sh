@@ -28,7 +28,7 @@
 #   bash scripts/device_check.sh profile      # ncu of a scan kernel (KERNEL, default the forward): stalls, and
 #                                             # executed counts per SASS line
 set -uo pipefail
-OUT=${OUT:-/tmp/m4v-out}
+export OUT=${OUT:-/tmp/m4v-out}  # the modes that call this script again write there too
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 PEER_DIR=/tmp/peer
