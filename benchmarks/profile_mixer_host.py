@@ -6,10 +6,16 @@ bench_mixer_vs_attention.py and a training step see); then cProfile (Python) and
 CPU table (ops) of the same steps. A synced step longer than its kernels while the issue time is
 shorter means the GPU waits on the host in stretches of the step.
 
+``--paths eager registered`` times each case's step both ways the package's ops can be called
+(``m4v/kernels/_eager.py``: the eager path, or the registered custom ops as under torch.compile),
+alternating for ``--rounds`` rounds in the same process; the profiles are taken of the first path.
+
     python benchmarks/profile_mixer_host.py [--tokens 15360] [--steps 20] [--cases mixer:fwd_bwd ...]
+        [--paths eager registered] [--rounds 3]
 """
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import time
@@ -18,6 +24,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_mixer_vs_attention import build_cases, make_step
+
+from m4v.kernels._eager import registered_ops
 
 
 def host_times(step, sync, steps: int) -> tuple[float, float, float]:
@@ -43,6 +51,9 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cases", nargs="*", default=["mixer:fwd_bwd", "block:fwd_bwd", "block:fwd"],
                         help="scope:pass of the mmdim cases")
+    parser.add_argument("--paths", nargs="+", default=["eager"], choices=["eager", "registered"],
+                        help="how the package's ops are called (the registered ops skip the eager path)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds over the paths, alternating")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -55,23 +66,37 @@ def main():
         for _ in range(3):
             step()
         sync()
-        issue, queued, synced = host_times(step, sync, args.steps)
-        print(f"### {scope} mmdim {args.tokens} {pass_name}: issue {issue:.3f} ms/step, queued wall {queued:.3f}, "
-              f"synced wall median {synced:.3f}")
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(args.steps):
+        for _ in range(args.rounds):
+            for path in args.paths:
+                with op_path(path):
+                    issue, queued, synced = host_times(step, sync, args.steps)
+                print(f"### {scope} mmdim {args.tokens} {pass_name} ({path} ops): issue {issue:.3f} ms/step, "
+                      f"queued wall {queued:.3f}, synced wall median {synced:.3f}")
+        with op_path(args.paths[0]):
+            profile_step(step, sync, args.steps)
+
+
+def op_path(path: str):
+    """How the package's ops are called within: "eager" (the default) or "registered"."""
+    return registered_ops() if path == "registered" else contextlib.nullcontext()
+
+
+def profile_step(step, sync, steps: int) -> None:
+    """cProfile (Python) and torch.profiler's CPU table (ops) of the step."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    sync()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(45)
+    with profile(activities=[ProfilerActivity.CPU]) as ops:
+        for _ in range(5):
             step()
         sync()
-        profiler.disable()
-        stats = pstats.Stats(profiler)
-        stats.sort_stats("tottime").print_stats(30)
-        stats.sort_stats("cumulative").print_stats(45)
-        with profile(activities=[ProfilerActivity.CPU]) as ops:
-            for _ in range(5):
-                step()
-            sync()
-        print(ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=35, max_name_column_width=60))
+    print(ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=35, max_name_column_width=60))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@
 #   bash scripts/device_check.sh reward       # reward-tune (CONFIGS one after another), pack (bf16 tars), evaluate with the base
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build;
 #                                             # MIXER_ARGS added, e.g. --cuda-graphs)
-#   bash scripts/device_check.sh host         # the MM-DiM mixer's and block's host time against their GPU time
+#   bash scripts/device_check.sh host         # host time per op call (eager path / registered ops), and the MM-DiM
+#                                             # mixer's and block's host time against their GPU time, both paths
 #   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes
 #                                             # side by side (TEST_FILE: another test file or folder)
 #   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
@@ -214,7 +215,9 @@ case "${1:-check}" in
     ;;
   host)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    (cd benchmarks && python3 profile_mixer_host.py --tokens ${TOKENS:-15360}) >"$OUT/host.txt" 2>&1
+    (cd benchmarks && python3 bench_op_overhead.py --json "$OUT/op-overhead.json") 2>&1 | grep -v '^\[{'
+    (cd benchmarks && python3 profile_mixer_host.py --tokens ${TOKENS:-15360} --paths eager registered --rounds 3) \
+      >"$OUT/host.txt" 2>&1
     grep "###" "$OUT/host.txt"
     ;;
   patches)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from m4v.kernels._backend import resolve_backend
 from m4v.kernels._cu_seqlens import check_cu_seqlens_values
+from m4v.kernels._eager import eager_autograd_call, eager_call
 
 OP = "causal_conv1d"
 CUDA_MAX_WIDTH = 4  # mirrors kConvMaxWidth in csrc/causal_conv1d/causal_conv1d.h
@@ -94,8 +95,7 @@ def _uses_cuda(backend: str, weight: Tensor) -> bool:
     return backend == "cuda" and weight.shape[1] <= CUDA_MAX_WIDTH
 
 
-@torch.library.custom_op("m4v::causal_conv1d", mutates_args=())
-def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], cu_seqlens: Optional[Tensor], silu: bool,
+def _causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], cu_seqlens: Optional[Tensor], silu: bool,
                      backend: str) -> Tensor:
     """Forward op: x (batch, seqlen, channels) with unit channel stride; weight and bias in x's
     dtype. Returns a contiguous tensor."""
@@ -104,19 +104,25 @@ def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], cu_seqle
     return causal_conv1d_ref(x, weight, bias, cu_seqlens, "silu" if silu else None).contiguous()
 
 
+causal_conv1d_op = torch.library.custom_op("m4v::causal_conv1d", mutates_args=())(_causal_conv1d)
+
+
 @causal_conv1d_op.register_fake
 def _(x, weight, bias, cu_seqlens, silu, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("m4v::causal_conv1d_bwd", mutates_args=())
-def causal_conv1d_bwd_op(dout: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+def _causal_conv1d_bwd(dout: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
                          cu_seqlens: Optional[Tensor], silu: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight float32, dbias float32 or empty). Deterministic on every backend."""
     if _uses_cuda(backend, weight):
         return torch.ops.m4v.causal_conv1d_bwd_cuda(dout, x, weight, bias, cu_seqlens, silu)
     dx, dweight, dbias = _conv_ref_bwd(dout, x, weight, bias, cu_seqlens, silu)
     return dx.contiguous(), dweight.float(), dbias.float()
+
+
+causal_conv1d_bwd_op = torch.library.custom_op("m4v::causal_conv1d_bwd", mutates_args=())(_causal_conv1d_bwd)
+_causal_conv1d_bwd_call = eager_call(causal_conv1d_bwd_op, _causal_conv1d_bwd)
 
 
 @causal_conv1d_bwd_op.register_fake
@@ -134,11 +140,13 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dout):
     x, weight, bias, cu_seqlens = ctx.saved_tensors
-    dx, dweight, dbias = causal_conv1d_bwd_op(dout.contiguous(), x, weight, bias, cu_seqlens, ctx.silu, ctx.backend)
+    dx, dweight, dbias = _causal_conv1d_bwd_call(dout.contiguous(), x, weight, bias, cu_seqlens, ctx.silu,
+                                                 ctx.backend)
     return dx, dweight.to(weight.dtype), dbias.to(bias.dtype) if bias is not None else None, None, None, None
 
 
 causal_conv1d_op.register_autograd(_backward, setup_context=_setup)
+_causal_conv1d_call = eager_autograd_call(causal_conv1d_op, _causal_conv1d, _setup, _backward)
 
 
 def _register_flop_formulas() -> None:
@@ -199,7 +207,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, cu_s
     bias = bias.to(x.dtype) if bias is not None else None
     # Half of a fused projection's output (unit channel stride) is read in place, without a copy.
     x = x if x.stride(2) == 1 else x.contiguous()
-    return causal_conv1d_op(x, weight, bias, cu_seqlens, activation == "silu", backend)
+    return _causal_conv1d_call(x, weight, bias, cu_seqlens, activation == "silu", backend)
 
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref", "CUDA_MAX_WIDTH"]

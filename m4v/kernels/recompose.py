@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from m4v.kernels._backend import resolve_backend
+from m4v.kernels._eager import eager_autograd_call
 
 OP = "recompose"
 NUM_PATHS = 8
@@ -210,8 +211,7 @@ def inverse_recompose_ref(seq: Tensor, scatter_index: Tensor, text_len: int) -> 
 # Custom ops. Each takes both maps so that its backward can call the other op.
 
 
-@torch.library.custom_op("m4v::recompose", mutates_args=())
-def recompose_op(text: Tensor, video: Tensor, registers: Tensor, gather_index: Tensor, scatter_index: Tensor,
+def _recompose(text: Tensor, video: Tensor, registers: Tensor, gather_index: Tensor, scatter_index: Tensor,
                  backend: str) -> Tensor:
     """text (batch, T, C), video (batch, V, C), registers (R, C) -> seq (batch, S, C)."""
     if backend == "cuda":
@@ -223,13 +223,15 @@ def recompose_op(text: Tensor, video: Tensor, registers: Tensor, gather_index: T
     return recompose_ref(text, video, registers, gather_index)
 
 
+recompose_op = torch.library.custom_op("m4v::recompose", mutates_args=())(_recompose)
+
+
 @recompose_op.register_fake
 def _(text, video, registers, gather_index, scatter_index, backend):
     return video.new_empty((video.shape[0], gather_index.shape[1], video.shape[2]))
 
 
-@torch.library.custom_op("m4v::inverse_recompose", mutates_args=())
-def inverse_recompose_op(seq: Tensor, gather_index: Tensor, scatter_index: Tensor, text_len: int,
+def _inverse_recompose(seq: Tensor, gather_index: Tensor, scatter_index: Tensor, text_len: int,
                          num_stages: int, backend: str) -> tuple[Tensor, Tensor]:
     """seq (batch, S, C) -> (text (batch, T, C), video (batch, V, C))."""
     if backend == "cuda":
@@ -240,6 +242,9 @@ def inverse_recompose_op(seq: Tensor, gather_index: Tensor, scatter_index: Tenso
 
         return inverse_recompose_triton(seq, scatter_index, text_len)
     return inverse_recompose_ref(seq, scatter_index, text_len)
+
+
+inverse_recompose_op = torch.library.custom_op("m4v::inverse_recompose", mutates_args=())(_inverse_recompose)
 
 
 @inverse_recompose_op.register_fake
@@ -276,8 +281,8 @@ def _recompose_setup(ctx, inputs, output):
 def _recompose_backward(ctx, dseq):
     gather_index, scatter_index = ctx.saved_tensors
     dseq = dseq.contiguous()
-    dtext, dvideo = inverse_recompose_op(dseq, gather_index, scatter_index, ctx.text_len, ctx.num_stages,
-                                         ctx.backend)
+    dtext, dvideo = _inverse_recompose_call(dseq, gather_index, scatter_index, ctx.text_len, ctx.num_stages,
+                                            ctx.backend)
     dregisters = _register_gradient(dseq, gather_index, ctx.text_len, ctx.video_len, ctx.num_stages)
     return dtext, dvideo, dregisters.to(ctx.register_dtype), None, None, None
 
@@ -300,11 +305,15 @@ def _inverse_backward(ctx, dtext, dvideo):
     if dvideo is None:
         dvideo = dtext.new_zeros((dtext.shape[0], scatter_index.shape[1] - dtext.shape[1], dtext.shape[2]))
     zero_registers = dvideo.new_zeros((ctx.num_stages, dvideo.shape[2]))
-    dseq = recompose_op(dtext.contiguous(), dvideo, zero_registers, gather_index, scatter_index, ctx.backend)
+    dseq = _recompose_call(dtext.contiguous(), dvideo, zero_registers, gather_index, scatter_index, ctx.backend)
     return dseq, None, None, None, None, None
 
 
 inverse_recompose_op.register_autograd(_inverse_backward, setup_context=_inverse_setup)
+# Each op's backward calls the other, so both callers exist before either backward runs.
+_recompose_call = eager_autograd_call(recompose_op, _recompose, _recompose_setup, _recompose_backward)
+_inverse_recompose_call = eager_autograd_call(inverse_recompose_op, _inverse_recompose, _inverse_setup,
+                                              _inverse_backward)
 
 
 def recompose_bytes(layout: ScanLayout, channels: int, dtype: torch.dtype) -> tuple[int, int]:
@@ -388,8 +397,8 @@ def recompose(text: Optional[Tensor], video: Tensor, layout: ScanLayout, registe
         _fail(f"text must have video's dtype {video.dtype}, got {text.dtype}")
     backend = resolve_backend(OP, backend, video)
     gather_index, scatter_index = layout.maps(video.device)
-    return recompose_op(text.contiguous(), video.contiguous(), registers[:layout.num_stages].to(video.dtype),
-                        gather_index, scatter_index, backend)
+    return _recompose_call(text.contiguous(), video.contiguous(), registers[:layout.num_stages].to(video.dtype),
+                           gather_index, scatter_index, backend)
 
 
 def inverse_recompose(seq: Tensor, layout: ScanLayout, backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -401,8 +410,8 @@ def inverse_recompose(seq: Tensor, layout: ScanLayout, backend: str = "auto") ->
     _check("seq", seq, layout.batch, layout.seq_len, None)
     backend = resolve_backend(OP, backend, seq)
     gather_index, scatter_index = layout.maps(seq.device)
-    return inverse_recompose_op(seq.contiguous(), gather_index, scatter_index, layout.text_len, layout.num_stages,
-                                backend)
+    return _inverse_recompose_call(seq.contiguous(), gather_index, scatter_index, layout.text_len,
+                                   layout.num_stages, backend)
 
 
 __all__ = ["FrameSpec", "ScanLayout", "zigzag_order", "recompose", "inverse_recompose", "recompose_ref",

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from m4v.kernels._backend import new_scan_output, resolve_backend
 from m4v.kernels._cu_seqlens import check_cu_seqlens_values
+from m4v.kernels._eager import eager_autograd_call, eager_call
 
 OP = "selective_scan"
 MAX_DSTATE = 256
@@ -340,8 +341,7 @@ def _cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, de
 # Custom ops.
 
 
-@torch.library.custom_op("m4v::selective_scan_fwd", mutates_args=())
-def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+def _selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                        z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
                        cu_seqlens: Optional[Tensor], delta_softplus: bool, reverse: bool, backend: str,
                        save_checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -370,6 +370,9 @@ def _row_output(u: Tensor, backend: str) -> Tensor:
     return new_scan_output(u) if backend == "cuda" else u.new_empty(u.shape)
 
 
+selective_scan_fwd = torch.library.custom_op("m4v::selective_scan_fwd", mutates_args=())(_selective_scan_fwd)
+
+
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse, backend,
       save_checkpoints):
@@ -383,8 +386,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
     return out, last, u.new_empty((rows, dim, A.shape[1]), dtype=torch.float32), out_pre
 
 
-@torch.library.custom_op("m4v::selective_scan_bwd", mutates_args=())
-def selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+def _selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
                        C: Tensor, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                        initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], checkpoints: Tensor,
                        out_pre: Tensor, delta_softplus: bool, reverse: bool, backend: str) -> list[Tensor]:
@@ -404,6 +406,10 @@ def selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, d
                                          cu_seqlens, checkpoints, out_pre, delta_softplus, reverse)
     return _reference_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
                           delta_softplus, reverse)
+
+
+selective_scan_bwd = torch.library.custom_op("m4v::selective_scan_bwd", mutates_args=())(_selective_scan_bwd)
+_selective_scan_bwd_call = eager_call(selective_scan_bwd, _selective_scan_bwd)
 
 
 @selective_scan_bwd.register_fake
@@ -439,8 +445,8 @@ def _backward(ctx, dout, dlast_state, _dcheckpoints, _dout_pre):
         # The CUDA kernels read a token-major dout (the mixer's, from out_proj) in place: its
         # transposed copy took 0.31 ms at 15,360 tokens.
         dout = dout.contiguous()
-    grads = selective_scan_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state,
-                               cu_seqlens, checkpoints, out_pre, ctx.delta_softplus, ctx.reverse, ctx.backend)
+    grads = _selective_scan_bwd_call(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                     cu_seqlens, checkpoints, out_pre, ctx.delta_softplus, ctx.reverse, ctx.backend)
     du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = grads
     return (du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
             dD if D is not None else None, dz if z is not None else None,
@@ -450,6 +456,7 @@ def _backward(ctx, dout, dlast_state, _dcheckpoints, _dout_pre):
 
 
 selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+_selective_scan_fwd_call = eager_autograd_call(selective_scan_fwd, _selective_scan_fwd, _setup_context, _backward)
 
 
 def _scan_flops(batch: int, dim: int, seqlen: int, dstate: int, has_D: bool, has_z: bool) -> int:
@@ -516,8 +523,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     B4, C4 = B4.to(u.dtype), C4.to(u.dtype)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B4, C4, D, z, delta_bias, initial_state))
-    out, last_state, _, _ = selective_scan_fwd(u, delta, A, B4, C4, D, z, delta_bias, initial_state, cu_seqlens,
-                                               delta_softplus, reverse, backend, needs_grad)
+    out, last_state, _, _ = _selective_scan_fwd_call(u, delta, A, B4, C4, D, z, delta_bias, initial_state,
+                                                     cu_seqlens, delta_softplus, reverse, backend, needs_grad)
     return (out, last_state) if return_last_state else out
 
 
