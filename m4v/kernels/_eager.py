@@ -10,7 +10,8 @@ and its eager step is bound by host time at the 768p unit (H100: 7.30 ms synced 
 of kernels, thirty-eighth session). ``benchmarks/bench_op_overhead.py`` times both paths per op.
 
 In plain eager mode the same implementation, ``setup_context`` and ``backward`` therefore run
-through one classic ``torch.autograd.Function``. The classic form matters: a Function with its own
+through one classic ``torch.autograd.Function``, or, without grad mode (sampling), the
+implementation is called directly. The classic form matters: a Function with its own
 ``setup_context`` binds every call's arguments through ``inspect.signature`` and costs as much as
 the op (measured: 51 us against 8). Anything that inspects or transforms ops (``torch.compile``,
 fake tensors, ``FlopCounterMode``, ``make_fx``, a ``torch.device`` context, other dispatch or
@@ -76,7 +77,10 @@ def eager_autograd_call(op: Callable, impl: Callable, setup_context: Callable, b
     EagerFunction.__name__ = EagerFunction.__qualname__ = f"Eager_{impl.__name__.lstrip('_')}"
 
     def call(*args):
-        return EagerFunction.apply(*args) if plain_eager() else op(*args)
+        if not plain_eager():
+            return op(*args)
+        # Without grad mode (sampling) no graph is recorded: the Function would only cost host time.
+        return EagerFunction.apply(*args) if torch.is_grad_enabled() else impl(*args)
 
     return call
 

@@ -134,7 +134,9 @@ class ScanLayout:
         self.video_len = sum(f.tokens for f in self.frames)
         self.seq_len = 2 * text_len + len(self.frames) + self.video_len
         self._gather_cpu, self._scatter_cpu, self.frame_slices = self._build_maps()
+        self._register_cpu = self._build_register_map()
         self._maps: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._register_maps: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def _build_maps(self) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         T, V, S = self.text_len, self.video_len, self.seq_len
@@ -164,6 +166,21 @@ class ScanLayout:
             scatter[b, real, 0] = left_slots
             scatter[b, real, 1] = right_slots
         return gather.to(torch.int32), scatter.to(torch.int32), frame_slices
+
+    def _build_register_map(self) -> tuple[Tensor, Tensor]:
+        slots = torch.tensor([start - 1 for start, _ in self.frame_slices], dtype=torch.int64, device="cpu")
+        stages = torch.tensor([f.stage for f in self.frames], dtype=torch.int64, device="cpu")
+        one_hot = (torch.arange(self.num_stages, device="cpu")[:, None] == stages).to(torch.float32)
+        return slots, one_hot
+
+    def register_map(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """(register_slots (frames,) int64, the sequence position of each frame's register token;
+        stage_one_hot (num_stages, frames) float32, 1 where a frame belongs to a stage), on
+        ``device``: what the registers' gradient is gathered and summed with."""
+        device = torch.device(device)
+        if device not in self._register_maps:
+            self._register_maps[device] = tuple(t.to(device) for t in self._register_cpu)
+        return self._register_maps[device]
 
     def maps(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
         """(gather_index (batch, S), scatter_index (batch, T + V, 2)), int32, on ``device``.
@@ -208,11 +225,11 @@ def inverse_recompose_ref(seq: Tensor, scatter_index: Tensor, text_len: int) -> 
 
 
 # ------------------------------------------------------------------------------------------------
-# Custom ops. Each takes both maps so that its backward can call the other op.
+# Custom ops. Each takes both index maps and the register map, so that its backward can call the other op.
 
 
 def _recompose(text: Tensor, video: Tensor, registers: Tensor, gather_index: Tensor, scatter_index: Tensor,
-                 backend: str) -> Tensor:
+               register_slots: Tensor, stage_one_hot: Tensor, backend: str) -> Tensor:
     """text (batch, T, C), video (batch, V, C), registers (R, C) -> seq (batch, S, C)."""
     if backend == "cuda":
         return torch.ops.m4v.recompose_cuda(text, video, registers, gather_index)
@@ -227,12 +244,12 @@ recompose_op = torch.library.custom_op("m4v::recompose", mutates_args=())(_recom
 
 
 @recompose_op.register_fake
-def _(text, video, registers, gather_index, scatter_index, backend):
+def _(text, video, registers, gather_index, scatter_index, register_slots, stage_one_hot, backend):
     return video.new_empty((video.shape[0], gather_index.shape[1], video.shape[2]))
 
 
-def _inverse_recompose(seq: Tensor, gather_index: Tensor, scatter_index: Tensor, text_len: int,
-                         num_stages: int, backend: str) -> tuple[Tensor, Tensor]:
+def _inverse_recompose(seq: Tensor, gather_index: Tensor, scatter_index: Tensor, register_slots: Tensor,
+                       stage_one_hot: Tensor, text_len: int, backend: str) -> tuple[Tensor, Tensor]:
     """seq (batch, S, C) -> (text (batch, T, C), video (batch, V, C))."""
     if backend == "cuda":
         text, video = torch.ops.m4v.inverse_recompose_cuda(seq, scatter_index, text_len)
@@ -248,65 +265,60 @@ inverse_recompose_op = torch.library.custom_op("m4v::inverse_recompose", mutates
 
 
 @inverse_recompose_op.register_fake
-def _(seq, gather_index, scatter_index, text_len, num_stages, backend):
+def _(seq, gather_index, scatter_index, register_slots, stage_one_hot, text_len, backend):
     batch, _, channels = seq.shape
     video_len = scatter_index.shape[1] - text_len
     return seq.new_empty((batch, text_len, channels)), seq.new_empty((batch, video_len, channels))
 
 
-def _register_gradient(dseq: Tensor, gather_index: Tensor, text_len: int, video_len: int,
-                       num_stages: int) -> Tensor:
+def _register_gradient(dseq: Tensor, register_slots: Tensor, stage_one_hot: Tensor) -> Tensor:
     """(num_stages, C): each register's gradient, summed over batch and frames in a fixed order.
 
-    Only the frames' register slots are read: a one-hot product over the whole sequence cast all of
-    dseq to float32 first (0.14 ms of the mixer's backward at 15,360 tokens, for a few rows). The
-    slots are the same in every sample (text alone differs) and there is one per frame, a count
-    known from the shapes, so they are found without a host sync.
+    Only the frames' register slots are read, at positions the layout knows: gathering them from
+    gather_index in the backward took a dozen small ops (a search, casts, a one-hot) per call.
     """
-    num_frames = gather_index.shape[1] - 2 * text_len - video_len
-    slots = torch.nonzero_static(gather_index[0] >= text_len + video_len, size=num_frames).flatten()
-    slot_stage = gather_index[0, slots].long() - (text_len + video_len)
     acc = torch.promote_types(dseq.dtype, torch.float32)
-    one_hot = (slot_stage[:, None] == torch.arange(num_stages, device=dseq.device)).to(acc)
-    return torch.einsum("bfc,fr->rc", dseq[:, slots].to(acc), one_hot)
+    rows = dseq.index_select(1, register_slots)  # (batch, frames, C)
+    rows = rows[0].to(acc) if rows.shape[0] == 1 else rows.sum(0, dtype=acc)
+    return stage_one_hot.to(acc) @ rows
 
 
 def _recompose_setup(ctx, inputs, output):
-    text, video, registers, gather_index, scatter_index, backend = inputs
-    ctx.save_for_backward(gather_index, scatter_index)
-    ctx.text_len, ctx.video_len, ctx.num_stages = text.shape[1], video.shape[1], registers.shape[0]
-    ctx.register_dtype, ctx.backend = registers.dtype, backend
+    text, video, registers, gather_index, scatter_index, register_slots, stage_one_hot, backend = inputs
+    ctx.save_for_backward(gather_index, scatter_index, register_slots, stage_one_hot)
+    ctx.text_len, ctx.register_dtype, ctx.backend = text.shape[1], registers.dtype, backend
 
 
 def _recompose_backward(ctx, dseq):
-    gather_index, scatter_index = ctx.saved_tensors
+    gather_index, scatter_index, register_slots, stage_one_hot = ctx.saved_tensors
     dseq = dseq.contiguous()
-    dtext, dvideo = _inverse_recompose_call(dseq, gather_index, scatter_index, ctx.text_len, ctx.num_stages,
-                                            ctx.backend)
-    dregisters = _register_gradient(dseq, gather_index, ctx.text_len, ctx.video_len, ctx.num_stages)
-    return dtext, dvideo, dregisters.to(ctx.register_dtype), None, None, None
+    dtext, dvideo = _inverse_recompose_call(dseq, gather_index, scatter_index, register_slots, stage_one_hot,
+                                            ctx.text_len, ctx.backend)
+    dregisters = _register_gradient(dseq, register_slots, stage_one_hot)
+    return dtext, dvideo, dregisters.to(ctx.register_dtype), None, None, None, None, None
 
 
 recompose_op.register_autograd(_recompose_backward, setup_context=_recompose_setup)
 
 
 def _inverse_setup(ctx, inputs, output):
-    seq, gather_index, scatter_index, text_len, num_stages, backend = inputs
-    ctx.save_for_backward(gather_index, scatter_index)
-    ctx.num_stages, ctx.backend = num_stages, backend
+    seq, gather_index, scatter_index, register_slots, stage_one_hot, text_len, backend = inputs
+    ctx.save_for_backward(gather_index, scatter_index, register_slots, stage_one_hot)
+    ctx.backend = backend
 
 
 def _inverse_backward(ctx, dtext, dvideo):
-    gather_index, scatter_index = ctx.saved_tensors
+    gather_index, scatter_index, register_slots, stage_one_hot = ctx.saved_tensors
     # The adjoint of "drop registers, sum the two text copies" is "zero registers, copy text twice".
     dvideo = dvideo.contiguous() if dvideo is not None else None
     if dtext is None:
         dtext = dvideo.new_zeros((dvideo.shape[0], scatter_index.shape[1] - dvideo.shape[1], dvideo.shape[2]))
     if dvideo is None:
         dvideo = dtext.new_zeros((dtext.shape[0], scatter_index.shape[1] - dtext.shape[1], dtext.shape[2]))
-    zero_registers = dvideo.new_zeros((ctx.num_stages, dvideo.shape[2]))
-    dseq = _recompose_call(dtext.contiguous(), dvideo, zero_registers, gather_index, scatter_index, ctx.backend)
-    return dseq, None, None, None, None, None
+    zero_registers = dvideo.new_zeros((stage_one_hot.shape[0], dvideo.shape[2]))
+    dseq = _recompose_call(dtext.contiguous(), dvideo, zero_registers, gather_index, scatter_index, register_slots,
+                           stage_one_hot, ctx.backend)
+    return dseq, None, None, None, None, None, None
 
 
 inverse_recompose_op.register_autograd(_inverse_backward, setup_context=_inverse_setup)
@@ -335,7 +347,8 @@ def _register_flop_formulas() -> None:
         return 0  # a permutation with copies
 
     @register_flop_formula(torch.ops.m4v.inverse_recompose)
-    def _inverse_flops(seq_shape, gather_shape, scatter_shape, text_len, *args, out_shape=None, **kwargs) -> int:
+    def _inverse_flops(seq_shape, gather_shape, scatter_shape, slots_shape, one_hot_shape, text_len, *args,
+                       out_shape=None, **kwargs) -> int:
         batch, _, channels = seq_shape
         return batch * text_len * channels  # one add per text element (Z_l' + Z_r')
 
@@ -396,9 +409,10 @@ def recompose(text: Optional[Tensor], video: Tensor, layout: ScanLayout, registe
     if text.dtype != video.dtype:
         _fail(f"text must have video's dtype {video.dtype}, got {text.dtype}")
     backend = resolve_backend(OP, backend, video)
-    gather_index, scatter_index = layout.maps(video.device)
-    return _recompose_call(text.contiguous(), video.contiguous(), registers[:layout.num_stages].to(video.dtype),
-                           gather_index, scatter_index, backend)
+    if registers.shape[0] > layout.num_stages:  # sliced only when needed: the slice's backward is two kernels
+        registers = registers[:layout.num_stages]
+    return _recompose_call(text.contiguous(), video.contiguous(), registers.to(video.dtype),
+                           *layout.maps(video.device), *layout.register_map(video.device), backend)
 
 
 def inverse_recompose(seq: Tensor, layout: ScanLayout, backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -409,9 +423,8 @@ def inverse_recompose(seq: Tensor, layout: ScanLayout, backend: str = "auto") ->
     """
     _check("seq", seq, layout.batch, layout.seq_len, None)
     backend = resolve_backend(OP, backend, seq)
-    gather_index, scatter_index = layout.maps(seq.device)
-    return _inverse_recompose_call(seq.contiguous(), gather_index, scatter_index, layout.text_len,
-                                   layout.num_stages, backend)
+    return _inverse_recompose_call(seq.contiguous(), *layout.maps(seq.device), *layout.register_map(seq.device),
+                                   layout.text_len, backend)
 
 
 __all__ = ["FrameSpec", "ScanLayout", "zigzag_order", "recompose", "inverse_recompose", "recompose_ref",

@@ -76,6 +76,27 @@ class MultiModalMamba(nn.Module):
         return video_out if text is None else (text_out, video_out)
 
 
+class _AddToLastTokens(torch.autograd.Function):
+    """``video[:, -n:] += update`` in place (n = update's tokens), with a backward that copies
+    nothing: the gradient passes to ``video`` as it is and to ``update`` as its last n tokens.
+
+    Autograd's own backward of an in-place add on a slice (CopySlices) clones the whole gradient
+    and copies the slice's around the add: at 15,360 tokens that was two full-size copies and five
+    slice-size kernels per block backward, for values it passes on unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, video: Tensor, update: Tensor) -> Tensor:
+        ctx.tokens, ctx.update_dtype = update.shape[1], update.dtype
+        ctx.mark_dirty(video)
+        video[:, -update.shape[1]:] += update
+        return video
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return grad, grad[:, -ctx.tokens:].to(ctx.update_dtype)
+
+
 class MMDiMBlock(nn.Module):
     """The MM-DiM block: adaLN-Zero modulation; [re-composition -> Mamba mixer -> inverse] in
     parallel with an MLP on the shared modulated input; a gated residual; and the temporal branch
@@ -110,7 +131,7 @@ class MMDiMBlock(nn.Module):
         if self.temporal is not None:
             # In place on the sum (its backward keeps no output): a cat copied all V tokens to
             # change the current frame's.
-            video[:, -ctx.frames[-1].tokens:] += self.temporal(h_video, ctx.frames)
+            video = _AddToLastTokens.apply(video, self.temporal(h_video, ctx.frames))
         return text, video
 
 

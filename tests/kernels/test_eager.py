@@ -62,16 +62,34 @@ def outputs_and_grads(run, inputs):
     return outs, [leaf.grad for leaf in leaves], outs[0].grad_fn.name()
 
 
+@pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("case", [scan_case, conv_case, recompose_case])
-def test_eager_path_matches_the_registered_op(case):
+def test_eager_path_matches_the_registered_op(case, autocast):
     run, inputs = case(torch.Generator().manual_seed(0))
-    fast_outs, fast_grads, fast_node = outputs_and_grads(run, inputs)
-    with eager.registered_ops():
+    if autocast:  # the implementation sees autocast on both paths alike
+        inputs = [t.float() for t in inputs]
+    context = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    with context:
+        fast_outs, fast_grads, fast_node = outputs_and_grads(run, inputs)
+    with context, eager.registered_ops():
         op_outs, op_grads, op_node = outputs_and_grads(run, inputs)
     assert "Eager" in fast_node and "Eager" not in op_node, (fast_node, op_node)
     for fast, ref in zip(list(fast_outs) + fast_grads, list(op_outs) + op_grads):
         assert ref is not None and not ref.isnan().any()
         torch.testing.assert_close(fast, ref, rtol=0, atol=0)  # the same implementation, bit for bit
+
+
+@pytest.mark.parametrize("grad_off", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("case", [scan_case, conv_case, recompose_case])
+def test_eager_path_without_grad_matches_the_registered_op(case, grad_off):
+    run, inputs = case(torch.Generator().manual_seed(4))
+    with grad_off():
+        fast = run(*[t.requires_grad_() for t in inputs])
+        with eager.registered_ops():
+            registered = run(*inputs)
+    for got, ref in zip(fast, registered):
+        assert not got.requires_grad and not ref.isnan().any()
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
 def test_modes_see_the_registered_op():

@@ -100,6 +100,19 @@ def test_sequence_structure(path):
     assert slot == S - T
 
 
+def test_register_map_points_at_the_register_tokens():
+    layout = pyramid_layout(path=2, seed=4)
+    gather_index, _ = layout.maps("cpu")
+    slots, stage_one_hot = layout.register_map("cpu")
+    first_register_row = layout.text_len + layout.video_len
+    expected_slots = (gather_index[0] >= first_register_row).nonzero().flatten()
+    assert torch.equal(slots, expected_slots)
+    assert (gather_index[:, slots] >= first_register_row).all()  # the same slots in every sample
+    stages = gather_index[0, slots].long() - first_register_row
+    assert torch.equal(stage_one_hot, torch.nn.functional.one_hot(stages, layout.num_stages).T.float())
+    assert stage_one_hot.sum(0).eq(1).all() and stage_one_hot.shape == (layout.num_stages, len(layout.frames))
+
+
 @pytest.mark.parametrize("path", range(NUM_PATHS))
 def test_round_trip_returns_video_and_doubled_text(path):
     layout = pyramid_layout(path, seed=path)
@@ -110,13 +123,29 @@ def test_round_trip_returns_video_and_doubled_text(path):
     assert torch.equal(text_out, 2 * text * layout.text_mask[..., None])
 
 
-def test_gradients_match_reference_in_float64():
-    layout = pyramid_layout(3, text_len=3)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_gradients_match_reference_in_float64(batch):
+    layout = pyramid_layout(3, batch=batch, text_len=3)
     text, video, registers = inputs(layout, channels=5, device="cpu", dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda t, v, r: recompose(t, v, layout, r, backend="reference"),
                              (text, video, registers))
     seq = torch.randn(layout.batch, layout.seq_len, 5, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda s: inverse_recompose(s, layout, backend="reference"), (seq,))
+
+
+def test_register_gradient_sums_each_stage_slots():
+    """Against a loop over the frames; rows past the layout's stages get a zero gradient."""
+    layout = pyramid_layout(5, text_len=2)
+    text, video, _ = inputs(layout, channels=5, device="cpu", dtype=torch.float64)
+    registers = torch.randn(layout.num_stages + 2, 5, dtype=torch.float64, requires_grad=True)
+    seq = recompose(text, video, layout, registers, backend="reference")
+    dseq = torch.randn_like(seq)
+    (grad,) = torch.autograd.grad(seq, registers, dseq)
+    expected = torch.zeros_like(registers)
+    for f, (first_token, _) in zip(layout.frames, layout.frame_slices):
+        expected[f.stage] += dseq[:, first_token - 1].sum(0)  # the register sits just before its frame
+    assert torch.equal(grad[layout.num_stages:], expected[layout.num_stages:])
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_video_only_layout():
@@ -203,12 +232,10 @@ def test_opcheck(backend):
     device = "cpu" if backend == "reference" else DEVICE
     layout = pyramid_layout(path=4, text_len=3)
     text, video, registers = inputs(layout, 8, device=device, requires_grad=True)
-    gather_index, scatter_index = layout.maps(device)
-    torch.library.opcheck(torch.ops.m4v.recompose.default,
-                          (text, video, registers, gather_index, scatter_index, backend))
+    maps = (*layout.maps(device), *layout.register_map(device))
+    torch.library.opcheck(torch.ops.m4v.recompose.default, (text, video, registers, *maps, backend))
     seq = torch.randn(layout.batch, layout.seq_len, 8, device=device, requires_grad=True)
-    torch.library.opcheck(torch.ops.m4v.inverse_recompose.default,
-                          (seq, gather_index, scatter_index, layout.text_len, layout.num_stages, backend))
+    torch.library.opcheck(torch.ops.m4v.inverse_recompose.default, (seq, *maps, layout.text_len, backend))
 
 
 def test_torch_compile_fullgraph():

@@ -14,6 +14,7 @@ from m4v.kernels import available_backends, selective_scan_ref
 from m4v.kernels.recompose import FrameSpec
 from m4v.layers import (MambaMixer, MMDiMBlock, MMDiTBlock, MultiModalMamba, SingleStreamAttentionBlock,
                         TemporalBranch, TokenContext)
+from m4v.layers import mm_dim
 from m4v.layers.temporal import time_causal_attention
 
 HIDDEN, HEADS, ROPE = 32, 2, (4, 6, 6)
@@ -204,6 +205,59 @@ def test_mmdim_block_runs_on_plain_video_tokens():
     ctx = TokenContext(frames, torch.ones(2, 0, dtype=torch.bool), "cpu")
     text, video = block(torch.zeros(2, 0, HIDDEN), torch.randn(2, 36, HIDDEN), torch.randn(2, HIDDEN), ctx)
     assert text.shape == (2, 0, HIDDEN) and video.shape == (2, 36, HIDDEN) and torch.isfinite(video).all()
+
+
+def test_mmdim_block_temporal_update_matches_autograds_in_place_add():
+    """The block adds the temporal branch to the current frame through its own in-place Function;
+    outputs and every gradient must equal autograd's in-place add on the slice, bit for bit."""
+    block = randomize(MMDiMBlock(HIDDEN, layer_index=3, d_state=4, backend="reference")).double()
+    frames = [FrameSpec(2, 3, 0), FrameSpec(2, 3, 0), FrameSpec(4, 6, 1)]
+    ctx = TokenContext(frames, torch.tensor([[True, True, False], [True, False, False]]), "cpu")
+    inputs = [torch.randn(2, 3, HIDDEN, dtype=torch.float64), torch.randn(2, 36, HIDDEN, dtype=torch.float64),
+              torch.randn(2, HIDDEN, dtype=torch.float64)]
+
+    def slice_add(video, update):
+        video[:, -update.shape[1]:] += update
+        return video
+
+    results = []
+    for add in (mm_dim._AddToLastTokens.apply, slice_add):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        original = mm_dim._AddToLastTokens.apply
+        mm_dim._AddToLastTokens.apply = add
+        try:
+            text, video = block(*leaves, ctx)
+        finally:
+            mm_dim._AddToLastTokens.apply = original
+        weights = torch.randn(video.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        grads = torch.autograd.grad((video * weights).sum() + text.sum(), leaves + list(block.parameters()))
+        results.append([text, video, *grads])
+    assert results[0][1].grad_fn.name() == "_AddToLastTokensBackward"
+    for got, ref in zip(*results):
+        assert not ref.isnan().any()
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_mmdim_block_traces_whole_and_matches_eager():
+    """torch.compile(fullgraph=True) sees the registered ops and the block's in-place Function; its
+    outputs and gradients equal the eager block's, which runs the eager op path. The eager run goes
+    first: it builds the context's layouts, which read the text mask's values on the host (a trace
+    cannot)."""
+    block = randomize(MMDiMBlock(HIDDEN, layer_index=5, d_state=4, backend="reference"))
+    frames = [FrameSpec(2, 3, 0), FrameSpec(2, 3, 0), FrameSpec(4, 6, 1)]
+    ctx = TokenContext(frames, torch.tensor([[True, True, False], [True, False, False]]), "cpu")
+    inputs = [torch.randn(2, 3, HIDDEN), torch.randn(2, 36, HIDDEN), torch.randn(2, HIDDEN)]
+
+    def run(call):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        text, video = call(*leaves, ctx)
+        grads = torch.autograd.grad(video.square().sum() + text.sum(), leaves + list(block.parameters()))
+        return [text, video, *grads]
+
+    expected = run(block)
+    for got, ref in zip(run(torch.compile(block, fullgraph=True, backend="aot_eager")), expected):
+        assert not ref.isnan().any()
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor with the CUDA kernels needs a GPU")
