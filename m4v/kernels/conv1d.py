@@ -96,7 +96,7 @@ def _uses_cuda(backend: str, weight: Tensor) -> bool:
 
 
 def _causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], cu_seqlens: Optional[Tensor], silu: bool,
-                     backend: str) -> Tensor:
+                   backend: str) -> Tensor:
     """Forward op: x (batch, seqlen, channels) with unit channel stride; weight and bias in x's
     dtype. Returns a contiguous tensor."""
     if _uses_cuda(backend, weight):
@@ -113,7 +113,7 @@ def _(x, weight, bias, cu_seqlens, silu, backend):
 
 
 def _causal_conv1d_bwd(dout: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                         cu_seqlens: Optional[Tensor], silu: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                       cu_seqlens: Optional[Tensor], silu: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight float32, dbias float32 or empty). Deterministic on every backend."""
     if _uses_cuda(backend, weight):
         return torch.ops.m4v.causal_conv1d_bwd_cuda(dout, x, weight, bias, cu_seqlens, silu)

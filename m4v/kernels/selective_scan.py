@@ -342,9 +342,9 @@ def _cuda_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, de
 
 
 def _selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                       z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
-                       cu_seqlens: Optional[Tensor], delta_softplus: bool, reverse: bool, backend: str,
-                       save_checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                        z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
+                        cu_seqlens: Optional[Tensor], delta_softplus: bool, reverse: bool, backend: str,
+                        save_checkpoints: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward op. B and C are (batch, groups, dstate, seqlen) in u's dtype.
 
     Returns (out (batch, dim, seqlen), last_state (num_seqs, dim, dstate) fp32, checkpoints,
@@ -386,10 +386,10 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
     return out, last, u.new_empty((rows, dim, A.shape[1]), dtype=torch.float32), out_pre
 
 
-def _selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
-                       C: Tensor, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
-                       initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], checkpoints: Tensor,
-                       out_pre: Tensor, delta_softplus: bool, reverse: bool, backend: str) -> list[Tensor]:
+def _selective_scan_bwd(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor,
+                        B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+                        initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], checkpoints: Tensor,
+                        out_pre: Tensor, delta_softplus: bool, reverse: bool, backend: str) -> list[Tensor]:
     """Backward op: [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state].
 
     dB and dC are float32 (float64 for float64 input) in the (batch, groups, dstate, seqlen) form; dD, dz and ddelta_bias are
