@@ -75,7 +75,10 @@ sharded_tests() {  # file filter prefix shards
   for shard in $(seq 0 $((shards - 1))); do
     mapfile -t ids < <(awk -v n="$shards" -v k="$shard" 'NR % n == k' "$prefix-ids.txt")  # ids hold spaces
     [ ${#ids[@]} -gt 0 ] || continue
-    timeout ${TEST_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider "${ids[@]}" >"$prefix-$shard.log" 2>&1 &
+    # One core's worth of threads per shard: at torch's default (every core) twelve shards of the
+    # CPU-heavy eval tests stalled each other past the limit (fortieth session).
+    OMP_NUM_THREADS=$(( $(nproc) / shards > 0 ? $(nproc) / shards : 1 )) \
+      timeout ${TEST_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider "${ids[@]}" >"$prefix-$shard.log" 2>&1 &
     pids+=($!)
   done
   wait "${pids[@]}"
