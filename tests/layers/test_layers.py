@@ -207,7 +207,7 @@ def test_mmdim_block_runs_on_plain_video_tokens():
     assert text.shape == (2, 0, HIDDEN) and video.shape == (2, 36, HIDDEN) and torch.isfinite(video).all()
 
 
-def test_mmdim_block_temporal_update_matches_autograds_in_place_add():
+def test_mmdim_block_temporal_update_matches_autograds_in_place_add(monkeypatch):
     """The block adds the temporal branch to the current frame through its own in-place Function;
     outputs and every gradient must equal autograd's in-place add on the slice, bit for bit."""
     block = randomize(MMDiMBlock(HIDDEN, layer_index=3, d_state=4, backend="reference")).double()
@@ -221,14 +221,12 @@ def test_mmdim_block_temporal_update_matches_autograds_in_place_add():
         return video
 
     results = []
-    for add in (mm_dim._AddToLastTokens.apply, slice_add):
+    for autograds_add in (False, True):
         leaves = [t.clone().requires_grad_() for t in inputs]
-        original = mm_dim._AddToLastTokens.apply
-        mm_dim._AddToLastTokens.apply = add
-        try:
+        with monkeypatch.context() as patch:
+            if autograds_add:
+                patch.setattr(mm_dim._AddToLastTokens, "apply", slice_add)
             text, video = block(*leaves, ctx)
-        finally:
-            mm_dim._AddToLastTokens.apply = original
         weights = torch.randn(video.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         grads = torch.autograd.grad((video * weights).sum() + text.sum(), leaves + list(block.parameters()))
         results.append([text, video, *grads])
