@@ -17,7 +17,6 @@ compute on the tiny inputs is included in both paths alike).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
@@ -92,7 +91,7 @@ def main(argv=None):
         for pass_name, fn in (("fwd", forward), ("fwd+bwd", forward_backward)):
             times = {}
             for path in ("registered", "eager"):
-                with registered_ops() if path == "registered" else contextlib.nullcontext():
+                with registered_ops(path == "registered"):
                     times[path] = host_us(fn, args.calls, sync)
             floors.setdefault(pass_name, times["eager"])
             record = {"op": name, "pass": pass_name, "backend": backend, "device": device,

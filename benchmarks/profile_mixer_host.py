@@ -15,7 +15,6 @@ alternating for ``--rounds`` rounds in the same process; the profiles are taken 
 """
 
 import argparse
-import contextlib
 import cProfile
 import pstats
 import time
@@ -68,17 +67,12 @@ def main():
         sync()
         for _ in range(args.rounds):
             for path in args.paths:
-                with op_path(path):
+                with registered_ops(path == "registered"):
                     issue, queued, synced = host_times(step, sync, args.steps)
                 print(f"### {scope} mmdim {args.tokens} {pass_name} ({path} ops): issue {issue:.3f} ms/step, "
                       f"queued wall {queued:.3f}, synced wall median {synced:.3f}")
-        with op_path(args.paths[0]):
+        with registered_ops(args.paths[0] == "registered"):
             profile_step(step, sync, args.steps)
-
-
-def op_path(path: str):
-    """How the package's ops are called within: "eager" (the default) or "registered"."""
-    return registered_ops() if path == "registered" else contextlib.nullcontext()
 
 
 def profile_step(step, sync, steps: int) -> None:

@@ -30,11 +30,11 @@ _force_registered = False
 
 
 @contextlib.contextmanager
-def registered_ops() -> Iterator[None]:
-    """Within it, the ops are called through their registrations even in plain eager mode (to
-    compare the two paths: tests and benchmarks)."""
+def registered_ops(enabled: bool = True) -> Iterator[None]:
+    """Within it (when ``enabled``), the ops are called through their registrations even in plain
+    eager mode (to compare the two paths: tests and benchmarks)."""
     global _force_registered
-    previous, _force_registered = _force_registered, True
+    previous, _force_registered = _force_registered, enabled or _force_registered
     try:
         yield
     finally:

@@ -105,6 +105,10 @@ def test_modes_see_the_registered_op():
         assert not eager.plain_eager()
     with eager.registered_ops():
         assert not eager.plain_eager()
+        with eager.registered_ops(False):  # an inner "not forced" leaves the outer in force
+            assert not eager.plain_eager()
+    with eager.registered_ops(False):
+        assert eager.plain_eager()
     assert eager.plain_eager()
 
 
