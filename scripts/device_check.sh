@@ -17,6 +17,8 @@
 #                                             # MIXER_ARGS added, e.g. --cuda-graphs)
 #   bash scripts/device_check.sh host         # host time per op call (eager path / registered ops), and the MM-DiM
 #                                             # mixer's and block's host time against their GPU time, both paths
+#   bash scripts/device_check.sh timeline     # synced MM-DiM steps on the GPU timeline: lead-in, idle gaps and
+#                                             # the launches that came late; MM-DiM's kernel tables
 #   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes
 #                                             # side by side (TEST_FILE: another test file or folder)
 #   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
@@ -222,6 +224,15 @@ case "${1:-check}" in
     (cd benchmarks && python3 profile_mixer_host.py --tokens ${TOKENS:-15360} --paths eager registered --rounds 3) \
       >"$OUT/host.txt" 2>&1
     grep "###" "$OUT/host.txt"
+    ;;
+  timeline)
+    # The synced MM-DiM steps on the GPU's timeline (lead-in, idle gaps, tail), then MM-DiM's kernel
+    # tables (mixer and block, eager).
+    install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
+    (cd benchmarks && python3 profile_mixer_timeline.py --tokens ${TOKENS:-15360} --json "$OUT/timeline.json") 2>&1 \
+      | tee "$OUT/timeline.log" | tail -${TAIL:-90}
+    (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens ${TOKENS:-15360} --profile --only mmdim) \
+      >"$OUT/kernel-tables.log" 2>&1
     ;;
   patches)
     # Kernel versions written without a GPU wait in benchmarks/patches/ (NOTES.md has each one's
