@@ -9,9 +9,12 @@ launch by CUPTI's correlation id, and the steps are split at the host's device s
 
 Also runs one step under ``torch.cuda.set_sync_debug_mode("warn")`` and prints any synchronizing
 call it reports (a hidden sync drains the queue and turns the rest of the step host-bound).
+``--host-detail`` profiles a few more steps with CPU ops and Python calls recorded, and prints what
+the host ran in the lead-in and in the longest gaps of the middle step (absolute times there are
+inflated by the recording; the proportions are what to read).
 
     python benchmarks/profile_mixer_timeline.py [--tokens 15360] [--cases mixer:fwd_bwd ...]
-        [--steps 8] [--gap-us 4] [--json FILE]
+        [--steps 8] [--gap-us 4] [--host-detail] [--json FILE]
 """
 
 import argparse
@@ -90,6 +93,53 @@ def analyse_steps(events: list[dict], gap_us: float) -> tuple[list[dict], list[d
     return steps, gaps
 
 
+def host_windows(events: list[dict], gaps: int = 3) -> list[tuple[str, float, float]]:
+    """(label, start, end) host-time windows of the middle step: the lead-in (sync end to first
+    launch) and, for its longest GPU gaps, the stretch from the GPU going idle to the late launch."""
+    launches = {e["args"]["correlation"]: e for e in events
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and e["name"] in LAUNCH_NAMES
+                and "correlation" in e.get("args", {})}
+    syncs = sorted(e["ts"] + e["dur"] for e in events
+                   if e.get("cat") in ("cuda_runtime", "cuda_driver") and e["name"] in SYNC_NAMES)
+    gpu = sorted((e for e in events if e.get("cat") in GPU_CATEGORIES), key=lambda e: e["ts"])
+    if len(syncs) < 3:
+        return []
+    middle = len(syncs) // 2
+    start, end = syncs[middle - 1], syncs[middle]
+    ops = [e for e in gpu if start <= e["ts"] < end]
+    if not ops:
+        return []
+    windows = []
+    first = launches.get(ops[0].get("args", {}).get("correlation"))
+    if first is not None:
+        windows.append(("lead-in", start, first["ts"]))
+    late, cursor = [], ops[0]["ts"] + ops[0]["dur"]
+    for previous, op in zip(ops, ops[1:]):
+        launch = launches.get(op.get("args", {}).get("correlation"))
+        if launch is not None and launch["ts"] > cursor:
+            late.append((launch["ts"] - cursor, cursor, launch["ts"], short_name(op["name"], 40)))
+        cursor = max(cursor, op["ts"] + op["dur"])
+    for wait, lo, hi, name in sorted(late, reverse=True)[:gaps]:
+        windows.append((f"GPU idle {wait:.0f} us before {name}", lo, hi))
+    return windows
+
+
+def print_host_window(events: list[dict], label: str, lo: float, hi: float, min_us: float = 10.0,
+                      rows: int = 40) -> None:
+    """The CPU ops and Python calls of at least min_us that overlap [lo, hi], nested by containment."""
+    spans = sorted((e for e in events if e.get("cat") in ("cpu_op", "python_function", "user_annotation")
+                    and e["dur"] >= min_us and e["ts"] < hi and e["ts"] + e["dur"] > lo),
+                   key=lambda e: (e["ts"], -e["dur"]))
+    print(f"-- host during {label} ({hi - lo:.0f} us):")
+    stack = []
+    for e in spans[:rows]:
+        while stack and e["ts"] >= stack[-1]:
+            stack.pop()
+        inside = max(0.0, min(hi, e["ts"] + e["dur"]) - max(lo, e["ts"]))
+        print(f"   {e['ts'] - lo:8.0f} {e['dur']:8.0f} {inside:8.0f}  {'  ' * len(stack)}{short_name(e['name'], 90)}")
+        stack.append(e["ts"] + e["dur"])
+
+
 def hidden_syncs(step) -> list[str]:
     """Messages of the synchronizing calls one step makes."""
     with warnings.catch_warnings(record=True) as caught:
@@ -110,6 +160,9 @@ def main():
                         help="scope:pass of the mmdim cases")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--gap-us", type=float, default=4.0, help="list idle gaps at least this long")
+    parser.add_argument("--host-detail", action="store_true",
+                        help="also record CPU ops and Python calls, and print the host's work in the lead-in and "
+                             "the longest gaps")
     parser.add_argument("--json", help="write the per-step records and gaps here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -158,6 +211,15 @@ def main():
             late = statistics.median(g["host_late_us"] for g in group)
             print(f"{total:8.1f} us/step  x{len(group) / per_step:4.1f}  host late {late:7.1f}  {after}  ->  {before}")
         records[name] = {"synced_wall_ms": walls, "syncs": syncs, "steps": steps, "gaps": gaps}
+        if args.host_detail:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+                torch.cuda.synchronize()
+                for _ in range(3):
+                    step()
+                    torch.cuda.synchronize()
+            events = trace_events(prof)
+            for label, lo, hi in host_windows(events):
+                print_host_window(events, label, lo, hi)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

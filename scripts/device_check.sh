@@ -18,6 +18,7 @@
 #   bash scripts/device_check.sh host         # host time per op call (eager path / registered ops), and the MM-DiM
 #                                             # mixer's and block's host time against their GPU time, both paths
 #   bash scripts/device_check.sh timeline     # synced MM-DiM steps on the GPU timeline: lead-in, idle gaps and
+#                                             # (TIMELINE_ARGS, e.g. --host-detail: what the host ran meanwhile)
 #                                             # the launches that came late; MM-DiM's kernel tables
 #   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes
 #                                             # side by side (TEST_FILE: another test file or folder)
@@ -229,7 +230,7 @@ case "${1:-check}" in
     # The synced MM-DiM steps on the GPU's timeline (lead-in, idle gaps, tail), then MM-DiM's kernel
     # tables (mixer and block, eager).
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
-    (cd benchmarks && python3 profile_mixer_timeline.py --tokens ${TOKENS:-15360} --json "$OUT/timeline.json") 2>&1 \
+    (cd benchmarks && python3 profile_mixer_timeline.py --tokens ${TOKENS:-15360} ${TIMELINE_ARGS:-} --json "$OUT/timeline.json") 2>&1 \
       | tee "$OUT/timeline.log" | tail -${TAIL:-90}
     (cd benchmarks && python3 bench_mixer_vs_attention.py --tokens ${TOKENS:-15360} --profile --only mmdim) \
       >"$OUT/kernel-tables.log" 2>&1
