@@ -18,8 +18,8 @@
 #   bash scripts/device_check.sh host         # host time per op call (eager path / registered ops), and the MM-DiM
 #                                             # mixer's and block's host time against their GPU time, both paths
 #   bash scripts/device_check.sh timeline     # synced MM-DiM steps on the GPU timeline: lead-in, idle gaps and
-#                                             # (TIMELINE_ARGS, e.g. --host-detail: what the host ran meanwhile)
-#                                             # the launches that came late; MM-DiM's kernel tables
+#                                             # the launches that came late (TIMELINE_ARGS, e.g. --host-detail:
+#                                             # what the host ran meanwhile); MM-DiM's kernel tables
 #   bash scripts/device_check.sh scan-tests   # the scan GPU tests -k TEST_FILTER (default: triton), SHARDS pytest processes
 #                                             # side by side (TEST_FILE: another test file or folder)
 #   bash scripts/device_check.sh patches      # scan tests (pytest -k SCAN_TESTS, default "not triton": the Triton
