@@ -6,15 +6,19 @@ bench_mixer_vs_attention.py and a training step see); then cProfile (Python) and
 CPU table (ops) of the same steps. A synced step longer than its kernels while the issue time is
 shorter means the GPU waits on the host in stretches of the step.
 
-``--paths eager registered`` times each case's step both ways the package's ops can be called
-(``m4v/kernels/_eager.py``: the eager path, or the registered custom ops as under torch.compile),
-alternating for ``--rounds`` rounds in the same process; the profiles are taken of the first path.
+``--paths eager op-by-op registered`` times each case's step the ways the package's ops can be
+called, alternating for ``--rounds`` rounds in the same process (the profiles are taken of the
+first path): "eager", the default (the mixer as one autograd node, m4v/layers/mixer_autograd.py,
+and the other ops on the eager path of m4v/kernels/_eager.py); "op-by-op", the mixer's ops recorded
+one by one on the eager path; "registered", every op through its registration, as under
+torch.compile.
 
     python benchmarks/profile_mixer_host.py [--tokens 15360] [--steps 20] [--cases mixer:fwd_bwd ...]
-        [--paths eager registered] [--rounds 3]
+        [--paths eager op-by-op registered] [--rounds 3]
 """
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import time
@@ -25,6 +29,17 @@ from torch.profiler import ProfilerActivity, profile
 from bench_mixer_vs_attention import build_cases, make_step
 
 from m4v.kernels._eager import registered_ops
+from m4v.layers.mixer_autograd import mixer_op_by_op
+
+
+PATHS = ("eager", "op-by-op", "registered")
+
+
+@contextlib.contextmanager
+def call_path(path: str):
+    """The ops called the way ``path`` names (see the module docstring)."""
+    with registered_ops(path == "registered"), mixer_op_by_op(path == "op-by-op"):
+        yield
 
 
 def host_times(step, sync, steps: int) -> tuple[float, float, float]:
@@ -50,8 +65,8 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cases", nargs="*", default=["mixer:fwd_bwd", "block:fwd_bwd", "block:fwd"],
                         help="scope:pass of the mmdim cases")
-    parser.add_argument("--paths", nargs="+", default=["eager"], choices=["eager", "registered"],
-                        help="how the package's ops are called (the registered ops skip the eager path)")
+    parser.add_argument("--paths", nargs="+", default=["eager"], choices=list(PATHS),
+                        help="how the package's ops are called (see above)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds over the paths, alternating")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,11 +82,11 @@ def main():
         sync()
         for _ in range(args.rounds):
             for path in args.paths:
-                with registered_ops(path == "registered"):
+                with call_path(path):
                     issue, queued, synced = host_times(step, sync, args.steps)
                 print(f"### {scope} mmdim {args.tokens} {pass_name} ({path} ops): issue {issue:.3f} ms/step, "
                       f"queued wall {queued:.3f}, synced wall median {synced:.3f}")
-        with registered_ops(args.paths[0] == "registered"):
+        with call_path(args.paths[0]):
             profile_step(step, sync, args.steps)
 
 

@@ -16,7 +16,7 @@
 #   bash scripts/device_check.sh mixer        # the mixer benchmark with MM-DiM's kernel tables (after peer-build;
 #                                             # MIXER_ARGS added, e.g. --cuda-graphs)
 #   bash scripts/device_check.sh host         # host time per op call (eager path / registered ops), and the MM-DiM
-#                                             # mixer's and block's host time against their GPU time, both paths
+#                                             # mixer's and block's host time against their GPU time, each call path
 #   bash scripts/device_check.sh timeline     # synced MM-DiM steps on the GPU timeline: lead-in, idle gaps and
 #                                             # the launches that came late (TIMELINE_ARGS, e.g. --host-detail:
 #                                             # what the host ran meanwhile); MM-DiM's kernel tables
@@ -222,7 +222,7 @@ case "${1:-check}" in
   host)
     install_wheels; python3 -c "import m4v._C" 2>/dev/null || build_m4v || exit 1
     (cd benchmarks && python3 bench_op_overhead.py --json "$OUT/op-overhead.json") 2>&1 | grep -v '^\[{'
-    (cd benchmarks && python3 profile_mixer_host.py --tokens ${TOKENS:-15360} --paths eager registered --rounds 3) \
+    (cd benchmarks && python3 profile_mixer_host.py --tokens ${TOKENS:-15360} --paths eager op-by-op registered --rounds 3) \
       >"$OUT/host.txt" 2>&1
     grep "###" "$OUT/host.txt"
     ;;

@@ -82,6 +82,9 @@ def eager_autograd_call(op: Callable, impl: Callable, setup_context: Callable, b
         # Without grad mode (sampling) no graph is recorded: the Function would only cost host time.
         return EagerFunction.apply(*args) if torch.is_grad_enabled() else impl(*args)
 
+    # A larger Function that runs several ops in one graph node (m4v/layers/mixer_autograd.py) calls
+    # the parts itself.
+    call.impl, call.setup_context, call.backward = impl, setup_context, backward
     return call
 
 

@@ -180,6 +180,13 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, cu_s
     Returns:
         (batch, seqlen, channels), contiguous, in x's dtype.
     """
+    return _causal_conv1d_call(*causal_conv1d_args(x, weight, bias, cu_seqlens, activation, backend))
+
+
+def causal_conv1d_args(x: Tensor, weight: Tensor, bias: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                       activation: Optional[str], backend: str) -> tuple:
+    """Checks :func:`causal_conv1d`'s arguments and returns the op's: (x, weight, bias, cu_seqlens,
+    silu, backend), with the backend resolved and weight and bias in x's dtype."""
     if x.dim() != 3:
         raise ValueError(f"{OP}: x must be (batch, seqlen, channels), got {tuple(x.shape)}")
     if x.numel() == 0:
@@ -207,7 +214,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, cu_s
     bias = bias.to(x.dtype) if bias is not None else None
     # Half of a fused projection's output (unit channel stride) is read in place, without a copy.
     x = x if x.stride(2) == 1 else x.contiguous()
-    return _causal_conv1d_call(x, weight, bias, cu_seqlens, activation == "silu", backend)
+    return x, weight, bias, cu_seqlens, activation == "silu", backend
 
 
-__all__ = ["causal_conv1d", "causal_conv1d_ref", "CUDA_MAX_WIDTH"]
+__all__ = ["causal_conv1d", "causal_conv1d_args", "causal_conv1d_ref", "CUDA_MAX_WIDTH"]

@@ -513,6 +513,21 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     Returns:
         out (batch, dim, seqlen) in u's dtype, and the last state when ``return_last_state``.
     """
+    args = selective_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse,
+                               cu_seqlens, backend)
+    needs_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
+    out, last_state, _, _ = _selective_scan_fwd_call(*args, needs_grad)
+    return (out, last_state) if return_last_state else out
+
+
+def selective_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                        z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                        initial_state: Optional[Tensor], reverse: bool, cu_seqlens: Optional[Tensor],
+                        backend: str) -> tuple:
+    """Checks :func:`selective_scan`'s arguments and returns the forward op's, all but its last
+    (save_checkpoints): (u, delta, A, B4, C4, D, z, delta_bias, initial_state, cu_seqlens,
+    delta_softplus, reverse, backend), with B and C grouped in u's dtype, A, D, delta_bias and
+    initial_state in the state dtype, and the backend resolved."""
     B4, C4 = _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
     backend = resolve_backend(OP, backend, u)
     state_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -521,11 +536,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     delta_bias = delta_bias.to(state_dtype) if delta_bias is not None else None
     initial_state = initial_state.to(state_dtype) if initial_state is not None else None
     B4, C4 = B4.to(u.dtype), C4.to(u.dtype)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B4, C4, D, z, delta_bias, initial_state))
-    out, last_state, _, _ = _selective_scan_fwd_call(u, delta, A, B4, C4, D, z, delta_bias, initial_state,
-                                                     cu_seqlens, delta_softplus, reverse, backend, needs_grad)
-    return (out, last_state) if return_last_state else out
+    return u, delta, A, B4, C4, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, reverse, backend
 
 
 def selective_scan_flops(batch: int, dim: int, seqlen: int, dstate: int, has_D: bool = True,
@@ -534,4 +545,5 @@ def selective_scan_flops(batch: int, dim: int, seqlen: int, dstate: int, has_D: 
     return _scan_flops(batch, dim, seqlen, dstate, has_D, has_z)
 
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_flops", "checkpoint_rows", "MAX_DSTATE"]
+__all__ = ["selective_scan", "selective_scan_args", "selective_scan_ref", "selective_scan_flops", "checkpoint_rows",
+           "MAX_DSTATE"]

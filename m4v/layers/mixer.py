@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from m4v.kernels.conv1d import causal_conv1d
 from m4v.kernels.selective_scan import selective_scan
+from m4v.layers.mixer_autograd import MixerShape, mamba_inner, one_node_enabled
 from m4v.layers.projections import forked_linear, split_linear
 
 
@@ -78,6 +79,13 @@ class MambaMixer(nn.Module):
         """
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: hidden must be (batch, seqlen, {self.d_model}), got {tuple(hidden.shape)}")
+        if one_node_enabled() and all(_plain_linear(layer) for layer in (self.in_proj, self.x_proj, self.out_proj)):
+            # Eager training: one autograd node for the whole mixer (m4v/layers/mixer_autograd.py).
+            out, last_state = mamba_inner(hidden, self.in_proj, self.conv_weight, self.conv_bias, self.x_proj,
+                                          self.dt_proj, self.A_log, self.D, self.out_proj,
+                                          MixerShape(self.d_inner, self.dt_rank, self.d_state, self.backend),
+                                          initial_state, cu_seqlens)
+            return (out, last_state) if return_last_state else out
         # in_proj's and x_proj's own autograd functions spare the backward a concatenation of dx and
         # dz and a separate add of x's two gradients (scan and x_proj); a wrapped layer (LoRA) or
         # one with hooks is called as it is.

@@ -1,0 +1,173 @@
+"""The Mamba mixer's forward and backward as one autograd node, for eager training.
+
+Recorded op by op, the mixer's forward adds about twenty nodes to autograd's graph (the
+projections, the conv, the scan, and the views, splits and casts between them), and at the 768p
+unit the host took longer to record them than the GPU took to run the forward's first kernels: the
+GPU sat idle for ~0.5 ms of a synced fwd+bwd step (H200, `benchmarks/profile_mixer_timeline.py`),
+against ~0.17 ms when the same forward runs without grad. ``mamba_inner`` runs the same ops with no
+recording and keeps what each op's backward needs; its backward calls those backwards in reverse
+order, with the glue autograd would have added (transposes, the split's concatenation, the casts
+and the ``-exp(A_log)`` chain) written out. Each op's own ``setup_context`` and ``backward`` run
+unchanged (on a stand-in context), so both paths compute the same gradients.
+
+The layer takes this path only in plain eager mode with grad enabled and plain ``nn.Linear``
+projections; torch.compile, FLOP counting, other modes, wrapped layers (LoRA) and sampling take the
+op-by-op path (``MambaMixer.forward``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from m4v.kernels._eager import plain_eager
+from m4v.kernels.conv1d import _causal_conv1d_call, causal_conv1d_args
+from m4v.kernels.selective_scan import _selective_scan_fwd_call, selective_scan_args
+from m4v.layers.projections import _ForkedLinear, _linear_as_autocast, _SplitLinear
+
+
+_disabled = False
+
+
+@contextlib.contextmanager
+def mixer_op_by_op(enabled: bool = True) -> Iterator[None]:
+    """Within it (when ``enabled``), the mixer records its ops one by one even where it would take
+    the one-node path (to compare the two: tests and benchmarks)."""
+    global _disabled
+    previous, _disabled = _disabled, enabled or _disabled
+    try:
+        yield
+    finally:
+        _disabled = previous
+
+
+def one_node_enabled() -> bool:
+    """Whether a mixer call made now may run as one node (eager, grad on, not within mixer_op_by_op)."""
+    return not _disabled and torch.is_grad_enabled() and plain_eager()
+
+
+class _OpContext:
+    """An op's autograd context inside the mixer's node: its ``setup_context`` and ``backward`` run
+    against it. What the op saves goes through the node's own ``save_for_backward`` (so autograd's
+    checks of in-place changes still apply); flags and attributes stay here."""
+
+    def __init__(self, needs_input_grad: tuple = ()):
+        self.needs_input_grad = needs_input_grad
+        self.to_save: tuple = ()
+        self.saved_tensors: tuple = ()
+
+    def save_for_backward(self, *tensors) -> None:
+        self.to_save = tensors
+
+    def mark_non_differentiable(self, *tensors) -> None:
+        pass  # the node's outputs are marked by the node
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass  # the node passes None for unused gradients itself
+
+
+@dataclass(frozen=True)
+class MixerShape:
+    """The mixer's sizes and scan settings that are not tensors."""
+    d_inner: int
+    dt_rank: int
+    d_state: int
+    backend: str
+
+
+class _MambaInner(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, in_weight, in_bias, conv_weight, conv_bias, x_weight, dt_weight, dt_bias, A_log, D,
+                out_weight, out_bias, initial_state, cu_seqlens, shape: MixerShape, save: bool):
+        needs = ctx.needs_input_grad
+        in_ctx = _OpContext((needs[0], needs[1], needs[2], False))
+        conv_ctx, fork_ctx, scan_ctx = _OpContext(), _OpContext((True, needs[5])), _OpContext()
+        x, z = _SplitLinear.forward(in_ctx, hidden, in_weight, in_bias, (shape.d_inner, shape.d_inner))
+        conv_args = causal_conv1d_args(x, conv_weight, conv_bias, cu_seqlens, "silu", shape.backend)
+        x = _causal_conv1d_call.impl(*conv_args)
+        _causal_conv1d_call.setup_context(conv_ctx, conv_args, x)
+        x, x_dbl = _ForkedLinear.forward(fork_ctx, x, x_weight)
+        dt, B, C = x_dbl.split([shape.dt_rank, shape.d_state, shape.d_state], dim=-1)
+        delta, dt_c, dt_weight_c = _linear_as_autocast(dt, dt_weight, None)  # its bias goes into the scan
+        exp_A = torch.exp(A_log.float())
+        scan_args = selective_scan_args(x.mT, delta.mT, -exp_A, B.mT, C.mT, D.float(), z.mT, dt_bias.float(), True,
+                                        initial_state, False, cu_seqlens, shape.backend) + (save,)
+        scan_out = _selective_scan_fwd_call.impl(*scan_args)
+        _selective_scan_fwd_call.setup_context(scan_ctx, scan_args, scan_out)
+        y, last_state = scan_out[0], scan_out[1]
+        # The CUDA scan returns token-major y for token-major input, so y.mT is already contiguous
+        # (see MambaMixer.forward).
+        out, y_c, out_weight_c = _linear_as_autocast(y.mT.contiguous(), out_weight, out_bias)
+
+        ctx.op_contexts = (in_ctx, conv_ctx, fork_ctx, scan_ctx)
+        ctx.counts = tuple(len(c.to_save) for c in ctx.op_contexts)
+        ctx.save_for_backward(*(t for c in ctx.op_contexts for t in c.to_save), dt_c, dt_weight_c, exp_A, y_c,
+                              out_weight_c)
+        for c in ctx.op_contexts:
+            c.to_save = ()
+        ctx.shape = shape
+        ctx.dtypes = {name: None if t is None else t.dtype for name, t in (
+            ("hidden", hidden), ("conv_weight", conv_weight), ("conv_bias", conv_bias), ("dt_weight", dt_weight),
+            ("dt_bias", dt_bias), ("A_log", A_log), ("D", D), ("out_weight", out_weight), ("out_bias", out_bias),
+            ("initial_state", initial_state))}
+        ctx.set_materialize_grads(False)
+        return out, last_state
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout: Optional[Tensor], dlast_state: Optional[Tensor]):
+        saved = ctx.saved_tensors
+        start = 0
+        for c, count in zip(ctx.op_contexts, ctx.counts):
+            c.saved_tensors, start = saved[start:start + count], start + count
+        dt_c, dt_weight_c, exp_A, y_c, out_weight_c = saved[start:]
+        in_ctx, conv_ctx, fork_ctx, scan_ctx = ctx.op_contexts
+        shape, dtypes, needs = ctx.shape, ctx.dtypes, ctx.needs_input_grad
+
+        # out_proj
+        dy = dout_weight = dout_bias = None
+        if dout is not None:
+            dout_rows = dout.to(y_c.dtype).reshape(-1, dout.shape[-1])
+            dy = (dout_rows @ out_weight_c).view(y_c.shape).mT  # (batch, d_inner, seqlen), token-major
+            if needs[10]:
+                dout_weight = (dout_rows.mT @ y_c.reshape(-1, y_c.shape[-1])).to(dtypes["out_weight"])
+            if dtypes["out_bias"] is not None and needs[11]:
+                dout_bias = dout_rows.sum(0).to(dtypes["out_bias"])  # as autograd's linear: in the GEMM's dtype
+        # the scan, then the glue around its inputs: A = -exp(A_log), D and the dt bias cast to float,
+        # B and C split from x_proj's output, and every (batch, d_inner, seqlen) input a transpose
+        (du, ddelta, dA, dB, dC, dD, dz, ddt_bias, dinitial, *_) = _selective_scan_fwd_call.backward(
+            scan_ctx, dy, dlast_state, None, None)
+        # A, D and the dt bias reach the scan through float32 (the layer's .float()), then the state
+        # dtype: their gradients come back the same way.
+        dA_log = (dA.float().neg() * exp_A).to(dtypes["A_log"])
+        ddelta_rows = ddelta.mT.reshape(-1, ddelta.shape[1])
+        ddt = (ddelta_rows @ dt_weight_c).view(*dt_c.shape)
+        ddt_weight = (ddelta_rows.mT @ dt_c.reshape(-1, dt_c.shape[-1])).to(dtypes["dt_weight"])
+        dx_dbl = torch.cat([ddt, dB.squeeze(1).mT, dC.squeeze(1).mT], dim=-1)
+        dx, dx_weight = _ForkedLinear.backward(fork_ctx, du.mT, dx_dbl)
+        dx, dconv_weight, dconv_bias, *_ = _causal_conv1d_call.backward(conv_ctx, dx)
+        dhidden, din_weight, din_bias, _ = _SplitLinear.backward(in_ctx, dx, dz.mT)
+        return (dhidden, din_weight, din_bias, dconv_weight.to(dtypes["conv_weight"]),
+                None if dconv_bias is None else dconv_bias.to(dtypes["conv_bias"]), dx_weight, ddt_weight,
+                ddt_bias.float().to(dtypes["dt_bias"]), dA_log, dD.float().to(dtypes["D"]), dout_weight, dout_bias,
+                None if dinitial is None else dinitial.to(dtypes["initial_state"]), None, None, None)
+
+
+def mamba_inner(hidden: Tensor, in_proj: torch.nn.Linear, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                x_proj: torch.nn.Linear, dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor,
+                out_proj: torch.nn.Linear, shape: MixerShape, initial_state: Optional[Tensor] = None,
+                cu_seqlens: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """The mixer of :class:`m4v.layers.mixer.MambaMixer` from hidden (batch, seqlen, d_model) to
+    (out (batch, seqlen, d_model), last_state (num_seqs, d_inner, d_state) float32), recorded as
+    one autograd node. The projections must be plain ``nn.Linear`` layers (x_proj without bias)."""
+    inputs = (hidden, in_proj.weight, in_proj.bias, conv_weight, conv_bias, x_proj.weight, dt_proj.weight,
+              dt_proj.bias, A_log, D, out_proj.weight, out_proj.bias, initial_state)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return _MambaInner.apply(*inputs, cu_seqlens, shape, save)
+
+
+__all__ = ["MixerShape", "mamba_inner", "mixer_op_by_op", "one_node_enabled"]
