@@ -58,11 +58,13 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("case", ["plain", "initial_state", "packed", "bias"])
+@pytest.mark.parametrize("case", ["plain", "initial_state", "packed", "bias", "one_token", "strided_hidden"])
 def test_one_node_is_bitwise_the_op_by_op_mixer(dtype, case):
     module = mixer(dtype, bias=case == "bias")
     batch = 1 if case == "packed" else 2
-    hidden = torch.randn(batch, 13, HIDDEN, dtype=dtype)
+    hidden = torch.randn(batch, 1 if case == "one_token" else 13, HIDDEN, dtype=dtype)
+    if case == "strided_hidden":
+        hidden = torch.randn(batch, HIDDEN, 13, dtype=dtype).mT
     cu = torch.tensor([0, 1, 6, 13], dtype=torch.int32) if case == "packed" else None
     seqs = 3 if case == "packed" else batch
     init = torch.randn(seqs, module.d_inner, 4, dtype=dtype) if case in ("initial_state", "packed") else None
