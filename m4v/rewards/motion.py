@@ -123,8 +123,11 @@ def train_motion_critic(real: Tensor, steps: int = 300, seed: int = 0, corrupted
             out[picked] = shared_corruption(pairs[picked], generator)
         return out
 
-    return train_realism_critic(corrupt_some(real).to(device), corrupt_some(fake).to(device), steps=steps,
-                                seed=seed, critic=RealismCritic(context=1))
+    real, fake = corrupt_some(real).to(device), corrupt_some(fake).to(device)
+    # A fresh critic's weights from the seed too, as train_realism_critic's own default critic: drawn
+    # from the global generator as it stood, they made the result depend on whatever ran before.
+    torch.manual_seed(seed)
+    return train_realism_critic(real, fake, steps=steps, seed=seed, critic=RealismCritic(context=1))
 
 
 __all__ = ["frame_pairs", "jumped_pairs", "faded_pairs", "shared_corruption", "train_motion_critic"]
