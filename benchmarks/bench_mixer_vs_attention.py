@@ -164,17 +164,19 @@ def make_step(module, call, inputs, pass_name: str):
     """One timed step of a case: the forward under no_grad ("fwd"), or forward and backward from
     empty gradients ("fwd_bwd")."""
     leaves = [t.detach().requires_grad_(pass_name == "fwd_bwd") for t in inputs]
+    # A training step's gradients start empty: the optimizer's zero_grad sets them to None, from its
+    # list of parameters (Module.zero_grad walks the module tree instead: ~0.15 ms per MM-DiM mixer
+    # step on the H100's host, forty-first session). Accumulating into the last repeat's gradients
+    # would time adds no step makes.
+    cleared = list(module.parameters()) + leaves
 
     def step():
         if pass_name == "fwd":
             with torch.no_grad():
                 call(module, *leaves)
             return
-        # A training step's gradients start empty (the optimizer's zero_grad sets them to None):
-        # accumulating into the last repeat's would time adds no step makes.
-        module.zero_grad(set_to_none=True)
-        for leaf in leaves:
-            leaf.grad = None
+        for tensor in cleared:
+            tensor.grad = None
         out = call(module, *leaves)
         outs = (out,) if isinstance(out, torch.Tensor) else out
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
