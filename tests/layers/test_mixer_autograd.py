@@ -133,6 +133,17 @@ def test_one_node_frozen_input_and_parameters():
         torch.testing.assert_close(grad, getattr(module.get_parameter(name), "grad"), rtol=0, atol=0)
 
 
+def test_one_node_backward_twice_with_retain_graph():
+    module = mixer()
+    hidden = torch.randn(2, 6, HIDDEN, dtype=torch.float64, requires_grad=True)
+    out = module(hidden)
+    wrt = [hidden, *module.parameters()]
+    first = torch.autograd.grad(out.sum(), wrt, retain_graph=True)
+    second = torch.autograd.grad(out.sum(), wrt)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.skipif(not available_backends()["cuda"].usable, reason="needs the CUDA backend")
 def test_one_node_on_cuda_matches_op_by_op():
     module = mixer(torch.bfloat16, device="cuda", backend="cuda", hidden=64, d_state=16)
