@@ -53,15 +53,21 @@ def short_name(name: str, width: int = 70) -> str:
     return name if len(name) <= width else name[:width - 3] + "..."
 
 
-def analyse_steps(events: list[dict], gap_us: float) -> tuple[list[dict], list[dict]]:
-    """Per step: wall, lead-in, kernel busy time, idle gaps, tail (us); and every gap over gap_us,
-    with the kernels around it and how late the next kernel's launch came after the GPU went idle."""
+def timeline_parts(events: list[dict]) -> tuple[dict, list[float], list[dict]]:
+    """(launch calls by correlation id, end times of the device syncs, GPU ops by start time)."""
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("cat") in ("cuda_runtime", "cuda_driver") and e["name"] in LAUNCH_NAMES
                 and "correlation" in e.get("args", {})}
     syncs = sorted(e["ts"] + e["dur"] for e in events
                    if e.get("cat") in ("cuda_runtime", "cuda_driver") and e["name"] in SYNC_NAMES)
     gpu = sorted((e for e in events if e.get("cat") in GPU_CATEGORIES), key=lambda e: e["ts"])
+    return launches, syncs, gpu
+
+
+def analyse_steps(events: list[dict], gap_us: float) -> tuple[list[dict], list[dict]]:
+    """Per step: wall, lead-in, kernel busy time, idle gaps, tail (us); and every gap over gap_us,
+    with the kernels around it and how late the next kernel's launch came after the GPU went idle."""
+    launches, syncs, gpu = timeline_parts(events)
     steps, gaps = [], []
     for start, end in zip(syncs, syncs[1:]):
         ops = [e for e in gpu if start <= e["ts"] < end]
@@ -96,12 +102,7 @@ def analyse_steps(events: list[dict], gap_us: float) -> tuple[list[dict], list[d
 def host_windows(events: list[dict], gaps: int = 3) -> list[tuple[str, float, float]]:
     """(label, start, end) host-time windows of the middle step: the lead-in (sync end to first
     launch) and, for its longest GPU gaps, the stretch from the GPU going idle to the late launch."""
-    launches = {e["args"]["correlation"]: e for e in events
-                if e.get("cat") in ("cuda_runtime", "cuda_driver") and e["name"] in LAUNCH_NAMES
-                and "correlation" in e.get("args", {})}
-    syncs = sorted(e["ts"] + e["dur"] for e in events
-                   if e.get("cat") in ("cuda_runtime", "cuda_driver") and e["name"] in SYNC_NAMES)
-    gpu = sorted((e for e in events if e.get("cat") in GPU_CATEGORIES), key=lambda e: e["ts"])
+    launches, syncs, gpu = timeline_parts(events)
     if len(syncs) < 3:
         return []
     middle = len(syncs) // 2
