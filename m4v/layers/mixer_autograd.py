@@ -113,7 +113,7 @@ class _MambaInner(torch.autograd.Function):
             c.to_save = ()
         ctx.shape = shape
         ctx.dtypes = {name: None if t is None else t.dtype for name, t in (
-            ("hidden", hidden), ("conv_weight", conv_weight), ("conv_bias", conv_bias), ("dt_weight", dt_weight),
+            ("conv_weight", conv_weight), ("conv_bias", conv_bias), ("dt_weight", dt_weight),
             ("dt_bias", dt_bias), ("A_log", A_log), ("D", D), ("out_weight", out_weight), ("out_bias", out_bias),
             ("initial_state", initial_state))}
         ctx.set_materialize_grads(False)
