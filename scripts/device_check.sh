@@ -278,7 +278,8 @@ case "${1:-check}" in
     bash "$0" peer-build
     install_wheels; build_m4v || exit 1
     timeout 120 python3 -m pytest -q tests/layers/test_layers.py tests/kernels/test_selective_scan.py \
-      tests/kernels/test_eager.py -k "cuda_graph or compiles or cuda_ops" >"$OUT/graph-tests.log" 2>&1
+      tests/kernels/test_eager.py tests/layers/test_mixer_autograd.py -k "cuda_graph or compiles or cuda_ops or on_cuda" \
+      >"$OUT/graph-tests.log" 2>&1
     tail -1 "$OUT/graph-tests.log"
     # The eager rows are host-bound: niced as it is, the peer build beside them may still slow them.
     (cd benchmarks && timeout 200 python3 bench_mixer_vs_attention.py --tokens 15360 3840 --cuda-graphs \
