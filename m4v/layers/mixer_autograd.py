@@ -1,16 +1,18 @@
-"""The Mamba mixer's forward and backward as one autograd node, for eager training.
+"""The Mamba mixer's forward and backward as one autograd node after in_proj's, for eager training.
 
 Recorded op by op, the mixer's forward adds about twenty nodes to autograd's graph (the
 projections, the conv, the scan, and the views, splits and casts between them), each costing the
 host time to record; at the 768p unit the GPU then waited on the host before the scan (H200: 0.17
-ms per synced fwd+bwd step, `benchmarks/profile_mixer_timeline.py`). ``mamba_inner`` runs the same
-ops without recording and keeps what each op's backward needs; its backward calls those backwards
-in reverse order, with the glue autograd would have added (transposes, the split's concatenation,
-the casts and the ``-exp(A_log)`` chain) written out. Each op's own ``setup_context`` and
+ms per synced fwd+bwd step, `benchmarks/profile_mixer_timeline.py`). ``mamba_inner`` runs in_proj
+as its own node (its GEMM, the step's first long kernel, should start as early as it can), then
+the conv, x_proj, dt_proj, the scan and out_proj without recording, keeping what each op's
+backward needs; that node's backward calls those backwards in reverse order, with the glue
+autograd would have added (transposes, the split's concatenation, the casts and the
+``-exp(A_log)`` chain) written out. Each op's own ``setup_context`` and
 ``backward`` run unchanged (on a stand-in context), so both paths compute the same gradients.
-Measured on an H100 at 15,360 tokens: 3.0-3.5 ms of host time to issue a fwd+bwd step instead of
-3.8-4.0 (the synced step stays ~7.0 ms there: its lead-in and the wait before the first GEMM
-remain).
+Measured on an H100 at 15,360 tokens with in_proj inside the node: 3.0-3.5 ms of host time to issue
+a fwd+bwd step instead of 3.8-4.0, but a synced step of ~7.0 ms either way, as the node's
+bookkeeping delayed in_proj's GEMM; hence in_proj outside it.
 
 The layer takes this path only in plain eager mode with grad enabled and plain ``nn.Linear``
 projections; torch.compile, FLOP counting, other modes, wrapped layers (LoRA) and sampling take the
@@ -29,7 +31,7 @@ from torch import Tensor
 from m4v.kernels._eager import plain_eager
 from m4v.kernels.conv1d import _causal_conv1d_call, causal_conv1d_args
 from m4v.kernels.selective_scan import _selective_scan_fwd_call, selective_scan_args
-from m4v.layers.projections import _ForkedLinear, _linear_as_autocast, _SplitLinear
+from m4v.layers.projections import _ForkedLinear, _linear_as_autocast, split_linear
 
 
 _disabled = False
@@ -83,12 +85,9 @@ class MixerShape:
 
 class _MambaInner(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, in_weight, in_bias, conv_weight, conv_bias, x_weight, dt_weight, dt_bias, A_log, D,
-                out_weight, out_bias, initial_state, cu_seqlens, shape: MixerShape, save: bool):
-        needs = ctx.needs_input_grad
-        in_ctx = _OpContext((needs[0], needs[1], needs[2], False))
-        conv_ctx, fork_ctx, scan_ctx = _OpContext(), _OpContext((True, needs[5])), _OpContext()
-        x, z = _SplitLinear.forward(in_ctx, hidden, in_weight, in_bias, (shape.d_inner, shape.d_inner))
+    def forward(ctx, x, z, conv_weight, conv_bias, x_weight, dt_weight, dt_bias, A_log, D, out_weight, out_bias,
+                initial_state, cu_seqlens, shape: MixerShape, save: bool):
+        conv_ctx, fork_ctx, scan_ctx = _OpContext(), _OpContext((True, ctx.needs_input_grad[4])), _OpContext()
         conv_args = causal_conv1d_args(x, conv_weight, conv_bias, cu_seqlens, "silu", shape.backend)
         x = _causal_conv1d_call.impl(*conv_args)
         _causal_conv1d_call.setup_context(conv_ctx, conv_args, x)
@@ -105,7 +104,7 @@ class _MambaInner(torch.autograd.Function):
         # (see MambaMixer.forward).
         out, y_c, out_weight_c = _linear_as_autocast(y.mT.contiguous(), out_weight, out_bias)
 
-        ctx.op_contexts = (in_ctx, conv_ctx, fork_ctx, scan_ctx)
+        ctx.op_contexts = (conv_ctx, fork_ctx, scan_ctx)
         ctx.counts = tuple(len(c.to_save) for c in ctx.op_contexts)
         ctx.save_for_backward(*(t for c in ctx.op_contexts for t in c.to_save), dt_c, dt_weight_c, exp_A, y_c,
                               out_weight_c)
@@ -127,7 +126,7 @@ class _MambaInner(torch.autograd.Function):
         for c, count in zip(ctx.op_contexts, ctx.counts):
             c.saved_tensors, start = saved[start:start + count], start + count
         dt_c, dt_weight_c, exp_A, y_c, out_weight_c = saved[start:]
-        in_ctx, conv_ctx, fork_ctx, scan_ctx = ctx.op_contexts
+        conv_ctx, fork_ctx, scan_ctx = ctx.op_contexts
         shape, dtypes, needs = ctx.shape, ctx.dtypes, ctx.needs_input_grad
 
         # out_proj
@@ -135,9 +134,9 @@ class _MambaInner(torch.autograd.Function):
         if dout is not None:
             dout_rows = dout.to(y_c.dtype).reshape(-1, dout.shape[-1])
             dy = (dout_rows @ out_weight_c).view(y_c.shape).mT  # (batch, d_inner, seqlen), token-major
-            if needs[10]:
+            if needs[9]:
                 dout_weight = (dout_rows.mT @ y_c.reshape(-1, y_c.shape[-1])).to(dtypes["out_weight"])
-            if dtypes["out_bias"] is not None and needs[11]:
+            if dtypes["out_bias"] is not None and needs[10]:
                 dout_bias = dout_rows.sum(0).to(dtypes["out_bias"])  # as autograd's linear: in the GEMM's dtype
         # the scan, then the glue around its inputs: A = -exp(A_log), D and the dt bias cast to float,
         # B and C split from x_proj's output, and every (batch, d_inner, seqlen) input a transpose
@@ -160,8 +159,7 @@ class _MambaInner(torch.autograd.Function):
         dx, dx_weight = _ForkedLinear.backward(fork_ctx, du.mT, dx_dbl)
         del du, dx_dbl
         dx, dconv_weight, dconv_bias, *_ = _causal_conv1d_call.backward(conv_ctx, dx)
-        dhidden, din_weight, din_bias, _ = _SplitLinear.backward(in_ctx, dx, dz.mT)
-        return (dhidden, din_weight, din_bias, dconv_weight.to(dtypes["conv_weight"]),
+        return (dx, dz.mT, dconv_weight.to(dtypes["conv_weight"]),
                 None if dconv_bias is None else dconv_bias.to(dtypes["conv_bias"]), dx_weight, ddt_weight,
                 ddt_bias.float().to(dtypes["dt_bias"]), dA_log, dD.float().to(dtypes["D"]), dout_weight, dout_bias,
                 None if dinitial is None else dinitial.to(dtypes["initial_state"]), None, None, None)
@@ -173,9 +171,13 @@ def mamba_inner(hidden: Tensor, in_proj: torch.nn.Linear, conv_weight: Tensor, c
                 cu_seqlens: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """The mixer of :class:`m4v.layers.mixer.MambaMixer` from hidden (batch, seqlen, d_model) to
     (out (batch, seqlen, d_model), last_state (num_seqs, d_inner, d_state) float32), recorded as
-    one autograd node. The projections must be plain ``nn.Linear`` layers (x_proj without bias)."""
-    inputs = (hidden, in_proj.weight, in_proj.bias, conv_weight, conv_bias, x_proj.weight, dt_proj.weight,
-              dt_proj.bias, A_log, D, out_proj.weight, out_proj.bias, initial_state)
+    one autograd node after in_proj's own. The projections must be plain ``nn.Linear`` layers (x_proj
+    without bias)."""
+    # in_proj first, as its own node (projections.py): its GEMM, the step's first long kernel, then
+    # starts before the host prepares the node (which took it 25-55 us later on a CPU host).
+    x, z = split_linear(hidden, in_proj.weight, in_proj.bias, (shape.d_inner, shape.d_inner))
+    inputs = (x, z, conv_weight, conv_bias, x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight,
+              out_proj.bias, initial_state)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     return _MambaInner.apply(*inputs, cu_seqlens, shape, save)
 
