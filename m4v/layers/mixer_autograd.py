@@ -8,11 +8,11 @@ as its own node (its GEMM, the step's first long kernel, should start as early a
 the conv, x_proj, dt_proj, the scan and out_proj without recording, keeping what each op's
 backward needs; that node's backward calls those backwards in reverse order, with the glue
 autograd would have added (transposes, the split's concatenation, the casts and the
-``-exp(A_log)`` chain) written out. Each op's own ``setup_context`` and
-``backward`` run unchanged (on a stand-in context), so both paths compute the same gradients.
-Measured on an H100 at 15,360 tokens with in_proj inside the node: 3.0-3.5 ms of host time to issue
-a fwd+bwd step instead of 3.8-4.0, but a synced step of ~7.0 ms either way, as the node's
-bookkeeping delayed in_proj's GEMM; hence in_proj outside it.
+``-exp(A_log)`` chain) written out. Each op's own ``setup_context`` and ``backward`` run unchanged
+(on a stand-in context), so both paths compute the same gradients. Measured on an H100 at 15,360
+tokens with in_proj inside the node: 3.0-3.5 ms of host time to issue a fwd+bwd step instead of
+3.8-4.0, but a synced step of ~7.0 ms either way, as the node's bookkeeping delayed in_proj's
+GEMM; hence in_proj outside it.
 
 The layer takes this path only in plain eager mode with grad enabled and plain ``nn.Linear``
 projections; torch.compile, FLOP counting, other modes, wrapped layers (LoRA) and sampling take the
