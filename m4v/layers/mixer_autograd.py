@@ -110,7 +110,6 @@ class _MambaInner(torch.autograd.Function):
                               out_weight_c)
         for c in ctx.op_contexts:
             c.to_save = ()
-        ctx.shape = shape
         ctx.dtypes = {name: None if t is None else t.dtype for name, t in (
             ("conv_weight", conv_weight), ("conv_bias", conv_bias), ("dt_weight", dt_weight),
             ("dt_bias", dt_bias), ("A_log", A_log), ("D", D), ("out_weight", out_weight), ("out_bias", out_bias),
@@ -127,7 +126,7 @@ class _MambaInner(torch.autograd.Function):
             c.saved_tensors, start = saved[start:start + count], start + count
         dt_c, dt_weight_c, exp_A, y_c, out_weight_c = saved[start:]
         conv_ctx, fork_ctx, scan_ctx = ctx.op_contexts
-        shape, dtypes, needs = ctx.shape, ctx.dtypes, ctx.needs_input_grad
+        dtypes, needs = ctx.dtypes, ctx.needs_input_grad
 
         # out_proj
         dy = dout_weight = dout_bias = None
@@ -138,9 +137,9 @@ class _MambaInner(torch.autograd.Function):
                 dout_weight = (dout_rows.mT @ y_c.reshape(-1, y_c.shape[-1])).to(dtypes["out_weight"])
             if dtypes["out_bias"] is not None and needs[10]:
                 dout_bias = dout_rows.sum(0).to(dtypes["out_bias"])  # as autograd's linear: in the GEMM's dtype
-        # the scan, then the glue around its inputs: A = -exp(A_log), D and the dt bias cast to float,
-        # B and C split from x_proj's output, and every (batch, d_inner, seqlen) input a transpose
-        # Each gradient is dropped after its last use, as autograd frees them between nodes: the
+        # The scan, then the glue around its inputs: A = -exp(A_log), D and the dt bias cast to float,
+        # B and C split from x_proj's output, and every (batch, d_inner, seqlen) input a transpose.
+        # Each gradient is dropped after its last use, as autograd frees them between nodes; the
         # saved tensors cannot be (they stay for a retain_graph backward), so the node's backward
         # peaks above the op-by-op one by what those release early (~0.2 GB at the 768p unit).
         (du, ddelta, dA, dB, dC, dD, dz, ddt_bias, dinitial, *_) = _selective_scan_fwd_call.backward(
