@@ -26,24 +26,30 @@ from typing import Callable, Iterator
 
 import torch
 
-_force_registered = False
+class Switch:
+    """A process-wide flag, on within ``with switch():`` (or ``switch(enabled)``) blocks; an inner
+    ``switch(False)`` leaves an outer block's ``on``. For comparing a fast path with the one it
+    replaces (tests and benchmarks)."""
+
+    def __init__(self):
+        self.on = False
+
+    @contextlib.contextmanager
+    def __call__(self, enabled: bool = True) -> Iterator[None]:
+        previous, self.on = self.on, enabled or self.on
+        try:
+            yield
+        finally:
+            self.on = previous
 
 
-@contextlib.contextmanager
-def registered_ops(enabled: bool = True) -> Iterator[None]:
-    """Within it (when ``enabled``), the ops are called through their registrations even in plain
-    eager mode (to compare the two paths: tests and benchmarks)."""
-    global _force_registered
-    previous, _force_registered = _force_registered, enabled or _force_registered
-    try:
-        yield
-    finally:
-        _force_registered = previous
+# Within it, the ops are called through their registrations even in plain eager mode.
+registered_ops = Switch()
 
 
 def plain_eager() -> bool:
     """Whether nothing but eager autograd would see an op call made now."""
-    return (not _force_registered and not torch.compiler.is_compiling()
+    return (not registered_ops.on and not torch.compiler.is_compiling()
             and torch._C._len_torch_dispatch_stack() == 0
             and torch._C._len_torch_function_stack() == 0
             and torch._C._functorch.peek_interpreter_stack() is None)
@@ -88,4 +94,4 @@ def eager_autograd_call(op: Callable, impl: Callable, setup_context: Callable, b
     return call
 
 
-__all__ = ["plain_eager", "registered_ops", "eager_call", "eager_autograd_call"]
+__all__ = ["Switch", "plain_eager", "registered_ops", "eager_call", "eager_autograd_call"]

@@ -80,7 +80,7 @@ class MambaMixer(nn.Module):
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(f"MambaMixer: hidden must be (batch, seqlen, {self.d_model}), got {tuple(hidden.shape)}")
         if one_node_enabled() and all(_plain_linear(layer) for layer in (self.in_proj, self.x_proj, self.out_proj)):
-            # Eager training: one autograd node for the whole mixer (m4v/layers/mixer_autograd.py).
+            # Eager training: in_proj, then one autograd node for the rest (m4v/layers/mixer_autograd.py).
             out, last_state = mamba_inner(hidden, self.in_proj, self.conv_weight, self.conv_bias, self.x_proj,
                                           self.dt_proj, self.A_log, self.D, self.out_proj,
                                           MixerShape(self.d_inner, self.dt_rank, self.d_state, self.backend),

@@ -21,37 +21,25 @@ op-by-op path (``MambaMixer.forward``).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from m4v.kernels._eager import plain_eager
+from m4v.kernels._eager import Switch, plain_eager
 from m4v.kernels.conv1d import _causal_conv1d_call, causal_conv1d_args
 from m4v.kernels.selective_scan import _selective_scan_fwd_call, selective_scan_args
 from m4v.layers.projections import _ForkedLinear, _linear_as_autocast, split_linear
 
 
-_disabled = False
-
-
-@contextlib.contextmanager
-def mixer_op_by_op(enabled: bool = True) -> Iterator[None]:
-    """Within it (when ``enabled``), the mixer records its ops one by one even where it would take
-    the one-node path (to compare the two: tests and benchmarks)."""
-    global _disabled
-    previous, _disabled = _disabled, enabled or _disabled
-    try:
-        yield
-    finally:
-        _disabled = previous
+# Within it, the mixer records its ops one by one even where it would take the one-node path.
+mixer_op_by_op = Switch()
 
 
 def one_node_enabled() -> bool:
     """Whether a mixer call made now may run as one node (eager, grad on, not within mixer_op_by_op)."""
-    return not _disabled and torch.is_grad_enabled() and plain_eager()
+    return not mixer_op_by_op.on and torch.is_grad_enabled() and plain_eager()
 
 
 class _OpContext:
