@@ -37,10 +37,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 PEER_DIR=/tmp/peer
 
-# The device image has no package registry: install carried wheels (.wheels/) that are missing. Made
-# here with `pip download --no-deps --only-binary :all: --python-version 3.12 --platform
-# manylinux2014_x86_64 -d .wheels safetensors einops tqdm imageio-ffmpeg` (imageio-ffmpeg: the
-# device's imageio has no FFMPEG plugin, which the mp4 tests need).
+# The device image has no package registry: install carried wheels (.wheels/) that are missing.
+# `bash scripts/fetch_device_carry.sh` makes .wheels/ and .peer/ here (git keeps neither).
 install_wheels() {
   python3 -c "import safetensors, einops, tqdm, imageio_ffmpeg" 2>/dev/null && return 0
   python3 -m pip install -q --no-index --find-links .wheels safetensors einops tqdm imageio-ffmpeg
@@ -97,7 +95,7 @@ case "${1:-check}" in
   peer-build)
     # The sdist is git-ignored: the device call must carry .peer. Without it no build starts and no
     # $PEER_DIR is made, so the benchmarks run without mamba_ssm at once instead of waiting for it.
-    compgen -G ".peer/mamba_ssm-*.tar.gz" >/dev/null || { echo "mamba_ssm: no .peer/ sdist here (carry .peer)"; exit 1; }
+    compgen -G ".peer/mamba_ssm-*.tar.gz" >/dev/null || { echo "mamba_ssm: no .peer/ sdist here (scripts/fetch_device_carry.sh, then carry .peer)"; exit 1; }
     rm -rf "$PEER_DIR" && mkdir -p "$PEER_DIR" && tar xzf .peer/mamba_ssm-*.tar.gz -C "$PEER_DIR"
     cd "$PEER_DIR"/mamba_ssm-* || exit 1
     sed -i 's/+ cc_flag/+ ["-gencode", "arch=compute_90,code=sm_90"]/' setup.py

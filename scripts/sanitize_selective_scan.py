@@ -50,6 +50,10 @@ if __name__ == "__main__":
     run(300, dstate=17, dim=12, groups=1)  # odd dstate: the backward's zero padding state; idle warps
     run(257, reverse=True, init=True, dtype=torch.float32)
     run(0, seq_lens=(300, 0, 1, 77), init=True)
+    # aligned row-major B/C rows with packed starts off the 8-step grid: the forward's B/C pipeline
+    # (one 8-state tile per chunk, then four, reverse)
+    run(0, seq_lens=(251, 262, 7, 512), dstate=8, init=True)
+    run(0, seq_lens=(251, 262, 7, 512), dstate=32, groups=1, reverse=True)
     run(100, dstate=64, groups=1, dtype=torch.float16)
     run(70, dstate=256, dim=8, groups=1)
     run(600, dim=16, token_major=True)
