@@ -166,9 +166,14 @@ def main():
                         help="also record CPU ops and Python calls, and print the host's work in the lead-in and "
                              "the longest gaps")
     parser.add_argument("--json", help="write the per-step records and gaps here")
+    parser.add_argument("--blas", choices=["cublas", "cublaslt"], default=None,
+                        help="torch's preferred BLAS library for the run (the host cost of in_proj's first GEMM "
+                             "launch is in the step's critical path)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_mixer_timeline.py needs a CUDA device (the timeline is the GPU's)")
+    if args.blas:
+        torch.backends.cuda.preferred_blas_library(args.blas)
     dtype = torch.bfloat16
     cases = build_cases(args.tokens, "cuda", dtype, "auto")
     records = {}
