@@ -334,9 +334,9 @@ def test_backend_matches_reference_fp32(backend, case, poison_outputs):
                                   # packed starts off the 8-step grid; the second one's lead adds a chunk
                                   Case(seq_lens=(251, 262, 7, 512), dim=8, with_init=True),
                                   Case(dim=64, seqlen=4096, dstate=16, groups=1),
-                                  # aligned (batch, groups, dstate, seqlen) B/C rows of 8, 32 and 64
-                                  # states: one, four and eight 8-state tiles per chunk in the CUDA
-                                  # forward's B/C pipeline (v25), packed starts off the 8-step grid
+                                  # aligned (batch, groups, dstate, seqlen) B/C rows: one, four (packed,
+                                  # starts off the 8-step grid) and eight 8-state tiles per chunk in the
+                                  # CUDA forward's B/C pipeline (v25)
                                   Case(dim=16, seqlen=600, dstate=8, groups=1, reverse=True),
                                   Case(seq_lens=(251, 262, 7, 512), dim=16, dstate=32, groups=2, with_init=True),
                                   Case(batch=2, dim=16, seqlen=1000, dstate=64, groups=1)], ids=case_id)
